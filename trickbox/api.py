@@ -1,0 +1,224 @@
+"""Bring your own loop: trickbox's tricks inside any PyTorch / Accelerate training script.
+
+The user keeps the loop; trickbox supplies the pieces::
+
+    tricks = trickbox.load_tricks({"mixup": {"alpha": 0.2}, "label_smoothing": {}, "sgdr": {"t0": 10}})
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    tricks.setup(model, optimizer, accelerator=accelerator, num_classes=10, epochs=E, steps_per_epoch=len(loader))
+    for epoch in range(E):
+        for x, y in loader:
+            batch = tricks.batch(x, y)                       # mixup, smoothing …
+            loss = tricks.loss(tricks.forward(model, batch), batch).total
+            accelerator.backward(loss)
+            optimizer.step(); optimizer.zero_grad()
+            tricks.step()                                    # next LR (SGDR), after-step hooks, logging
+
+trickbox's own loop (:mod:`trickbox.loop`) is a client of this module like any other.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .batch import Batch, LossParts, hard_batch
+from .context import RunContext
+from .registry import Catalog, call_chain, discover, plugin_manager
+from .trick import ConfigError, NonFiniteError, Trick
+
+
+class TrickSet:
+    """The configured tricks of one run and the hook calls a training loop needs."""
+
+    def __init__(self, tricks: Sequence[Trick]) -> None:
+        self.tricks = list(tricks)
+        self.pm = plugin_manager(self.tricks)
+        self.ctx: RunContext | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule: Callable[[int], float] | None = None
+        self.log_every = 10
+        self._last_parts: dict[str, float] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tricks]
+
+    # -- setup ---------------------------------------------------------------
+    def setup(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        num_classes: int,
+        epochs: int,
+        steps_per_epoch: int,
+        accelerator: Any = None,
+        base_lr: float | None = None,
+        seed: int = 0,
+        log_every: int = 10,
+        **context: Any,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Create the run context, run the setup and configure hooks, and set the first LR.
+
+        Call it before or after ``accelerator.prepare``: after prepare, the
+        configure hooks see the unwrapped model and may change it only in place.
+        ``steps_per_epoch`` counts optimizer steps of one process.
+        """
+        if steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        if epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        if base_lr is None:
+            base_lr = float(optimizer.param_groups[0]["lr"])
+        ctx = RunContext(num_classes=num_classes, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lr=base_lr, seed=seed, **context)
+        if accelerator is not None:
+            ctx.accelerator = accelerator
+            ctx.device = accelerator.device
+            ctx.rank = accelerator.process_index
+            ctx.world_size = accelerator.num_processes
+            ctx.autocast = accelerator.autocast
+            if "log" not in context:
+                ctx.log = _accelerator_log(accelerator)
+            if "log_images" not in context:
+                ctx.log_images = _accelerator_log_images(accelerator)
+        self.ctx = ctx
+        self.log_every = log_every
+        hook = self.pm.hook
+        hook.trickbox_setup(ctx=ctx)
+        inner = _unwrap(model, accelerator)
+        new_model = call_chain(self.pm, "trickbox_configure_model", inner, ctx=ctx)
+        if new_model is not inner:
+            if inner is not model:
+                raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before prepare")
+            model = new_model
+        optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group.setdefault("lr_scale", 1.0)
+        self.schedule = hook.trickbox_lr_schedule(ctx=ctx)
+        self._apply_lr()
+        return model, optimizer
+
+    def _context(self) -> RunContext:
+        if self.ctx is None:
+            raise RuntimeError("call tricks.setup(model, optimizer, ...) before training")
+        return self.ctx
+
+    def lr(self, step: int | None = None) -> float:
+        """The scheduled learning rate at ``step`` (default: the current step)."""
+        ctx = self._context()
+        s = ctx.step if step is None else step
+        return float(self.schedule(s)) if self.schedule is not None else ctx.base_lr
+
+    def _apply_lr(self) -> float:
+        lr = self.lr()
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    # -- per batch -----------------------------------------------------------
+    def batch(self, x: Tensor, labels: Tensor, index: Tensor | None = None) -> Batch:
+        """One-hot targets, then every batch transform, then every target transform."""
+        ctx = self._context()
+        batch = hard_batch(x, labels, ctx.num_classes, index)
+        batch = call_chain(self.pm, "trickbox_transform_batch", batch, ctx=ctx)
+        return call_chain(self.pm, "trickbox_transform_targets", batch, ctx=ctx)
+
+    def forward(self, model: torch.nn.Module, batch: Batch) -> Tensor:
+        """Logits for ``batch``: a trick's forward (manifold mixup) or ``model(batch.x)``."""
+        out = self.pm.hook.trickbox_forward(model=model, batch=batch, ctx=self._context())
+        return model(batch.x) if out is None else out
+
+    def loss(self, logits: Tensor, batch: Batch) -> LossParts:
+        """Every loss term, named; raises :class:`NonFiniteError` before a bad backward."""
+        parts = LossParts()
+        for result in reversed(self.pm.hook.trickbox_loss(logits=logits, batch=batch, ctx=self._context())):
+            for name, value in (result or {}).items():
+                parts.add(name, value)
+        total = parts.total
+        if not torch.isfinite(total.detach()).all():
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
+            raise NonFiniteError(f"loss is not finite at step {self._context().step} ({detail})")
+        return parts
+
+    def step(self, parts: LossParts | None = None, batch: Batch | None = None) -> float:
+        """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log.
+
+        Under gradient accumulation call it only when the optimizer stepped
+        (``accelerator.sync_gradients``); otherwise it does nothing.
+        """
+        ctx = self._context()
+        acc = ctx.accelerator
+        if acc is not None and not getattr(acc, "sync_gradients", True):
+            return self.lr()
+        used_lr = self.lr()
+        ctx.step += 1
+        lr = self._apply_lr()
+        values: dict[str, Any] = {"lr": used_lr}
+        if parts is not None and (ctx.step % self.log_every == 0 or ctx.step == 1):
+            values.update(parts.detached())
+        ctx.log(values, step=ctx.step)
+        if batch is not None:
+            self.pm.hook.trickbox_after_step(batch=batch, parts=parts or LossParts(), ctx=ctx)
+        return lr
+
+    # -- evaluation and end --------------------------------------------------
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        """Extra metrics from tricks for ``split``."""
+        out: dict[str, float] = {}
+        for result in self.pm.hook.trickbox_evaluate(model=model, split=split, ctx=self._context()):
+            out.update(result or {})
+        return out
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        self.pm.hook.trickbox_epoch_end(metrics=metrics, ctx=self._context())
+
+    def teardown(self) -> None:
+        if self.ctx is not None:
+            self.pm.hook.trickbox_teardown(ctx=self.ctx)
+
+
+def load_tricks(
+    tricks: Mapping[str, Mapping[str, Any] | None] | Iterable[str],
+    *,
+    block: Iterable[str] = (),
+    autoload: bool | None = None,
+    extra: Iterable[type[Trick]] = (),
+    catalog: Catalog | None = None,
+) -> TrickSet:
+    """Validated tricks from installed entry points: ``{"mixup": {"alpha": 0.2}}`` or ``["mixup"]``."""
+    cat = catalog or discover(autoload=autoload, block=block)
+    for cls in extra:
+        cat.add(cls)
+    configured = dict(tricks) if isinstance(tricks, Mapping) else {name: {} for name in tricks}
+    return TrickSet(cat.build(configured))
+
+
+def _unwrap(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
+    if accelerator is not None:
+        return accelerator.unwrap_model(model)
+    return getattr(model, "module", model)
+
+
+def _accelerator_log(accelerator: Any) -> Callable[..., None]:
+    def log(values: dict[str, Any], step: int | None = None) -> None:
+        if accelerator.trackers:
+            accelerator.log(values, step=step)
+
+    return log
+
+
+def _accelerator_log_images(accelerator: Any) -> Callable[..., None]:
+    def log_images(values: dict[str, Any], step: int | None = None) -> None:
+        if not accelerator.is_main_process:
+            return
+        for tracker in accelerator.trackers:
+            if hasattr(tracker, "log_images"):
+                try:
+                    tracker.log_images({k: [str(p) for p in v] for k, v in values.items()}, step=step)
+                except Exception:  # images are a nicety; never stop training for them
+                    pass
+
+    return log_images

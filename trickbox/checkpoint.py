@@ -1,0 +1,173 @@
+"""Checkpoints that survive crashes, and weight loading that never runs foreign code.
+
+A training checkpoint is a directory ``checkpoints/step-00001234/`` holding
+``model.safetensors``, ``optimizer.pt`` (loaded with ``weights_only=True``)
+and ``state.json`` (position of the run and a SHA-256 of each file). It is
+written under a temporary name and renamed into place, so a directory with
+a final name is complete. Older checkpoints are deleted only after the new
+one is in place. On resume, a checkpoint whose files do not match their
+hashes (a truncated write, a bad disk) is skipped with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .trick import ConfigError
+
+MODEL_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file, or from a pickle that ``weights_only`` accepts."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"weights file {str(p)!r} does not exist; give a .safetensors file or a trickbox run directory")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"weights file {str(p)!r} is unreadable: {exc}") from None
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for payloads, others for garbage
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"refusing to load {str(p)!r}: not a plain weights file ({reason[:160]}); save weights with safetensors"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"weights file {str(p)!r} does not hold a state dict of tensors")
+    return state
+
+
+def save_model(model: torch.nn.Module, directory: Path, card: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` (timm name, classes, …) atomically."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / MODEL_FILE
+    tmp = directory / f".{MODEL_FILE}.tmp"
+    save_file(_contiguous(model.state_dict()), str(tmp))
+    os.replace(tmp, target)
+    tmp_card = directory / f".{CARD_FILE}.tmp"
+    tmp_card.write_text(json.dumps(card, indent=2))
+    os.replace(tmp_card, directory / CARD_FILE)
+    return target
+
+
+def read_card(directory: Path) -> dict[str, Any]:
+    card = directory / CARD_FILE
+    if not card.is_file():
+        raise ConfigError(f"{str(directory)!r} is not a trickbox run directory (no {CARD_FILE}); pass a model name and a checkpoint file")
+    return json.loads(card.read_text())
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    state: dict[str, Any]
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    step: int,
+    epoch: int,
+    batch_in_epoch: int,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write a complete checkpoint, then delete all but the newest ``keep``."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        files = {name: _sha256(tmp / name) for name in (MODEL_FILE, "optimizer.pt")}
+        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "files": files, **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories with a final name, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify(path: Path) -> Checkpoint | None:
+    """The checkpoint at ``path`` if every file matches its recorded hash, else ``None``."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        for name, digest in state["files"].items():
+            if _sha256(path / name) != digest:
+                return None
+        return Checkpoint(path, int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]), state)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest complete checkpoint under ``root``; damaged ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(root)):
+        ckpt = verify(path)
+        if ckpt is not None:
+            return ckpt
+        warnings.warn(f"checkpoint {path} is incomplete or damaged; trying the previous one", stacklevel=2)
+    return None
+
+
+def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model and optimizer state of a verified checkpoint (no pickled code is run)."""
+    from safetensors.torch import load_file
+
+    model_state = load_file(str(ckpt.path / MODEL_FILE))
+    optim_state = torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True)
+    return model_state, optim_state

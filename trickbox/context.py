@@ -1,0 +1,84 @@
+"""What a hook can see of the run: sizes, position, device, seeded randomness, logging."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+import torch
+
+
+def _seed_of(*parts: object) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _no_log(values: dict[str, Any], step: int | None = None) -> None:
+    return None
+
+
+@dataclass
+class RunContext:
+    """State of the run that tricks may read. Only the loop (or api.TrickSet) writes it.
+
+    ``step`` counts optimizer steps of this process, the same on every rank, so a
+    schedule that reads it does not depend on the number of processes.
+    ``steps_per_epoch`` is optimizer steps per epoch *per process*: with 2
+    processes each sees half the batches, and an epoch is still an epoch.
+    """
+
+    num_classes: int
+    epochs: int
+    steps_per_epoch: int
+    base_lr: float
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    in_chans: int = 3
+    classes: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    run_dir: Path | None = None
+    step: int = 0
+    train_data: Any = None
+    """The training set (``trickbox.data.DatasetArrays``) when the loop has one; ``None`` in a user's loop."""
+    train_loader: Any = None
+    """The training loader; tricks that fetch extra samples (KNN partners) use its ``fetch``."""
+    accelerator: Any = None
+    log: Callable[..., None] = _no_log
+    """``log({"name": value}, step=None)``: scalars to every tracker, main process only."""
+    log_images: Callable[..., None] = _no_log
+    """``log_images({"name": [PIL.Image or path]}, step=None)``."""
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the current step belongs to (0-based)."""
+        return self.step // max(self.steps_per_epoch, 1)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def epoch_float(self) -> float:
+        """Training progress in (fractional) epochs."""
+        return self.step / max(self.steps_per_epoch, 1)
+
+    def generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
+        """A torch generator seeded by (seed, name, step, rank): the same draws after a resume."""
+        gen = torch.Generator(device=device or self.device)
+        gen.manual_seed(_seed_of(self.seed, name, self.step, self.rank))
+        return gen
+
+    def rng(self, name: str) -> np.random.Generator:
+        """A numpy generator seeded by (seed, name, step, rank)."""
+        return np.random.default_rng(_seed_of(self.seed, name, self.step, self.rank))

@@ -1,0 +1,82 @@
+"""Seeded, stratified index splits and label noise (pure functions of labels and seeds)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import DataConfig
+from .errors import DataError
+from .rng import generator
+
+TEST_SUBSET_SEED = 0
+"""The test subset ignores ``split_seed`` so that runs with different split seeds share test images."""
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Indices into the source splits: ``val`` and ``train`` into its train split, ``test`` into its test split."""
+
+    val: Tensor
+    train: Tensor
+    test: Tensor
+
+
+def stratified_take(labels: Tensor, n: int, num_classes: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Split ``arange(len(labels))`` into ``n`` taken positions and the rest, keeping class proportions.
+
+    Per-class quotas use the largest-remainder rule; both outputs are sorted int64 tensors.
+    """
+    total = len(labels)
+    if not 0 <= n <= total:
+        raise DataError(f"cannot take {n} of {total} images; ask for at most {total}")
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    exact = counts * (n / total) if total else counts
+    quota = exact.floor()
+    missing = n - int(quota.sum().item())
+    if missing > 0:
+        order = torch.sort(-(exact - quota), stable=True).indices
+        quota[order[:missing]] += 1
+    by_class = torch.argsort(labels, stable=True)
+    ends = torch.cumsum(counts.to(torch.int64), 0).tolist()
+    taken: list[Tensor] = []
+    for k in range(num_classes):
+        members = by_class[(ends[k - 1] if k else 0) : ends[k]]
+        q = int(quota[k].item())
+        if q:
+            taken.append(members[torch.randperm(len(members), generator=g)[:q]])
+    chosen = torch.sort(torch.cat(taken)).values if taken else torch.zeros(0, dtype=torch.int64)
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[chosen] = False
+    return chosen, keep.nonzero().flatten()
+
+
+def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConfig) -> SplitPlan:
+    """Validation first from the full train split, then ``train_subset`` from the rest, then ``test_subset``."""
+    n_val = round(cfg.val_fraction * len(train_y))
+    val, rest = stratified_take(train_y, n_val, num_classes, generator(cfg.split_seed, "val"))
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(rest):
+            raise DataError(
+                f"data.train_subset={cfg.train_subset} exceeds the {len(rest)} training images left after the "
+                f"validation split; set data.train_subset<={len(rest)} or null"
+            )
+        g = generator(cfg.split_seed, "train_subset")
+        picked, _ = stratified_take(train_y[rest], cfg.train_subset, num_classes, g)
+        rest = rest[picked]
+    test = torch.arange(len(test_y))
+    if cfg.test_subset is not None and cfg.test_subset < len(test_y):
+        g = generator(TEST_SUBSET_SEED, "test_subset")
+        test, _ = stratified_take(test_y, cfg.test_subset, num_classes, g)
+    return SplitPlan(val=val, train=rest, test=test)
+
+
+def add_label_noise(labels: Tensor, fraction: float, num_classes: int, seed: int) -> Tensor:
+    """A copy of ``labels`` with ``round(fraction * N)`` seeded positions set to uniform random classes."""
+    g = generator(seed, "label_noise")
+    n = round(fraction * len(labels))
+    where = torch.randperm(len(labels), generator=g)[:n]
+    out = labels.clone()
+    out[where] = torch.randint(0, num_classes, (n,), generator=g, dtype=labels.dtype)
+    return out

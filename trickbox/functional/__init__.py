@@ -1,0 +1,45 @@
+"""Pure tensor functions behind the tricks: no trickbox state, only torch / numpy / math.
+
+One topic per module: :mod:`.schedule` (SGDR), :mod:`.targets` (one-hot, label
+smoothing, soft cross-entropy), :mod:`.distillation`, :mod:`.mixup` (mixup and
+its ablation variants), :mod:`.noise` and :mod:`.stages` (timm feature stages).
+"""
+from __future__ import annotations
+
+from .distillation import distillation_loss, distillation_objective
+from .mixup import (
+    kway_weights,
+    knn_partners,
+    knn_table,
+    mix,
+    mix_k,
+    random_partners,
+    same_class_partners,
+    sample_lambda,
+)
+from .noise import gaussian_noise
+from .schedule import lr_curve, sgdr_cycle, sgdr_lr, sgdr_restarts
+from .stages import feature_stages
+from .targets import one_hot, smooth_targets, soft_cross_entropy
+
+__all__ = [
+    "sgdr_cycle",
+    "sgdr_lr",
+    "sgdr_restarts",
+    "lr_curve",
+    "one_hot",
+    "smooth_targets",
+    "soft_cross_entropy",
+    "distillation_loss",
+    "distillation_objective",
+    "sample_lambda",
+    "random_partners",
+    "same_class_partners",
+    "mix",
+    "kway_weights",
+    "mix_k",
+    "knn_table",
+    "knn_partners",
+    "gaussian_noise",
+    "feature_stages",
+]

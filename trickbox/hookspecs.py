@@ -1,0 +1,136 @@
+"""Every point of the training loop where a trick can act. Read this file first.
+
+The loop, with the hooks it calls (``trickbox/loop.py`` is this, in code)::
+
+    tricks = load_tricks(config)                       # entry points, validated
+    trickbox_setup(ctx)                                # load teachers, precompute KNN tables, plot LR
+    model = trickbox_configure_model(model, ctx)       # chain: each may return a new model
+    opt   = trickbox_configure_optimizer(opt, model, ctx)   # chain
+    sched = trickbox_lr_schedule(ctx)                  # first result wins; LR = sched(step)
+    for epoch:
+        for x, labels in train:
+            batch = Batch(x, one_hot(labels), labels)
+            batch = trickbox_transform_batch(batch, ctx)     # chain: mixup, cutmix, noise (x and y)
+            batch = trickbox_transform_targets(batch, ctx)   # chain: label smoothing (y only)
+            logits = trickbox_forward(model, batch, ctx)     # first result wins; default model(batch.x)
+            parts  = trickbox_loss(logits, batch, ctx)       # every result kept: {"ce": …} + {"kd": …}
+            backward(sum(parts)); set LR = sched(step); optimizer.step(); step += 1
+            trickbox_after_step(batch, parts, ctx)
+        metrics = evaluate(val) + trickbox_evaluate(model, split, ctx)
+        trickbox_epoch_end(metrics, ctx)
+    trickbox_teardown(ctx)
+
+Order. The stages above are fixed: batch transforms run before target
+transforms, which run before the forward pass and the loss. Within one hook
+the tricks order themselves with pluggy's ``tryfirst=True`` / ``trylast=True``
+on :data:`trickbox.trick.hookimpl`; among equals, the order is the order of
+``tricks:`` in the config. The core never looks at which trick is which.
+
+Chains. ``configure_*`` and ``transform_*`` hooks are chains: each
+implementation receives the previous one's result and returns a new value,
+or ``None`` to pass its input on unchanged.
+
+All hooks take keyword arguments and must not keep references to batches.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+from .trick import PROJECT
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from .batch import Batch, LossParts
+    from .context import RunContext
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def trickbox_setup(ctx: RunContext) -> None:
+    """Once, before the model is built. Load resources (a teacher, a KNN table), log plots."""
+
+
+@hookspec
+def trickbox_configure_model(model: torch.nn.Module, ctx: RunContext) -> torch.nn.Module | None:
+    """Chain, before ``accelerator.prepare``. Return a replacement model or ``None``.
+
+    May register forward hooks (manifold mixup) or change layers.
+    """
+
+
+@hookspec
+def trickbox_configure_optimizer(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, ctx: RunContext
+) -> torch.optim.Optimizer | None:
+    """Chain, before ``accelerator.prepare``. Return a replacement optimizer or ``None``."""
+
+
+@hookspec(firstresult=True)
+def trickbox_lr_schedule(ctx: RunContext) -> Callable[[int], float] | None:
+    """First result wins. Return ``lr(step) -> float``, a pure function of the optimizer step.
+
+    The loop sets this learning rate on every parameter group (scaled by the
+    group's ``lr_scale``) before each optimizer step. Without an
+    implementation the learning rate stays at ``ctx.base_lr``.
+    """
+
+
+@hookspec
+def trickbox_transform_batch(batch: Batch, ctx: RunContext) -> Batch | None:
+    """Chain, per training batch. May change inputs and targets together (mixup, noise).
+
+    Return ``batch.replace(x=…, y=…, meta={…})`` or ``None``.
+    """
+
+
+@hookspec
+def trickbox_transform_targets(batch: Batch, ctx: RunContext) -> Batch | None:
+    """Chain, after every batch transform. May change only ``y`` (label smoothing)."""
+
+
+@hookspec(firstresult=True)
+def trickbox_forward(model: torch.nn.Module, batch: Batch, ctx: RunContext) -> Tensor | None:
+    """First result wins. Return logits; without an implementation the loop calls ``model(batch.x)``."""
+
+
+@hookspec
+def trickbox_loss(logits: Tensor, batch: Batch, ctx: RunContext) -> dict[str, Tensor] | None:
+    """Every result is kept. Return named loss terms; the loss is their sum.
+
+    The built-in ``base_loss`` plugin returns ``{"ce": soft cross-entropy}``.
+    Two terms with the same name are an error.
+    """
+
+
+@hookspec
+def trickbox_after_step(batch: Batch, parts: LossParts, ctx: RunContext) -> None:
+    """After each optimizer step (``ctx.step`` already advanced). Log, never change the model."""
+
+
+@hookspec
+def trickbox_evaluate(model: torch.nn.Module, split: str, ctx: RunContext) -> dict[str, float] | None:
+    """After the loop's own evaluation of ``split`` ("val" or "test"). Return extra metrics."""
+
+
+@hookspec
+def trickbox_epoch_end(metrics: dict[str, Any], ctx: RunContext) -> None:
+    """After each epoch's evaluation, with that epoch's metrics."""
+
+
+@hookspec
+def trickbox_teardown(ctx: RunContext) -> None:
+    """Once, when training ends (also after an error). Remove hooks, free resources."""
+
+
+CHAIN_HOOKS = {
+    "trickbox_configure_model": "model",
+    "trickbox_configure_optimizer": "optimizer",
+    "trickbox_transform_batch": "batch",
+    "trickbox_transform_targets": "batch",
+}
+"""Hooks that pass a value from one implementation to the next, with the argument that carries it."""

@@ -1,0 +1,146 @@
+"""Where a run's numbers go: W&B through Accelerate's tracker, plus files in the run directory.
+
+W&B is offline automatically when no API key is configured, and a W&B
+failure (init timeout, no network, a full disk) never stops training: it is
+reported once and the run goes on with ``metrics.jsonl`` alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+SYNC_HINT = "upload it later with: wandb sync {path}"
+
+
+def wandb_mode() -> str:
+    """``online`` when a W&B API key is configured, else ``offline`` (``WANDB_MODE`` wins)."""
+    explicit = os.environ.get("WANDB_MODE")
+    if explicit:
+        return explicit
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        rc = netrc.netrc(os.environ.get("NETRC") or None)
+        if rc.authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return str(value)
+    return value
+
+
+class Tracking:
+    """One tracked run: W&B (optional) and ``metrics.jsonl`` on the main process."""
+
+    def __init__(self, accelerator: Any, run_dir: Path, *, use_wandb: bool) -> None:
+        self.accelerator = accelerator
+        self.run_dir = run_dir
+        self.use_wandb = use_wandb and accelerator.is_main_process
+        self.wandb_ok = False
+        self.main = accelerator.is_main_process
+        self._jsonl = None
+        self.wandb_dir: str | None = None
+
+    def start(self, config: dict[str, Any], *, project: str, name: str, group: str | None = None,
+              job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float = 60.0) -> None:
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if not self.use_wandb:
+            return
+        mode = wandb_mode()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            import wandb
+
+            settings = wandb.Settings(init_timeout=init_timeout, console="off", x_disable_stats=True, mode=mode)
+            kwargs: dict[str, Any] = {"name": name, "settings": settings, "tags": list(tags)}
+            if group:
+                kwargs["group"] = group
+            if job_type:
+                kwargs["job_type"] = job_type
+            self.accelerator.init_trackers(project, config=config, init_kwargs={"wandb": kwargs})
+            self.wandb_ok = True
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            self.wandb_dir = getattr(run, "dir", None) and str(Path(run.dir).parent)
+            if mode == "offline":
+                print(f"trickbox: W&B has no API key here, logging offline to {self.wandb_dir}; "
+                      + SYNC_HINT.format(path=self.wandb_dir), file=sys.stderr)
+        except Exception as exc:  # W&B must never stop training
+            self._disable(f"W&B init failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "training goes on with metrics.jsonl only")
+
+    def _disable(self, why: str) -> None:
+        warnings.warn(f"trickbox: {why}", stacklevel=3)
+        print(f"trickbox: {why}", file=sys.stderr)
+        self.wandb_ok = False
+        self.accelerator.trackers = []
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        if not self.main:
+            return
+        if self._jsonl is not None:
+            row = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
+            try:
+                self._jsonl.write(json.dumps(row) + "\n")
+            except OSError:
+                pass
+        if self.wandb_ok:
+            try:
+                self.accelerator.log(values, step=step)
+            except Exception as exc:
+                self._disable(f"W&B logging failed ({type(exc).__name__}: {exc})")
+
+    def log_images(self, values: dict[str, list[Any]], step: int | None = None) -> None:
+        if not (self.main and self.wandb_ok):
+            return
+        try:
+            tracker = self.accelerator.get_tracker("wandb")
+            tracker.log_images({k: [str(v) for v in vs] for k, vs in values.items()}, step=step)
+        except Exception as exc:
+            self._disable(f"W&B image logging failed ({type(exc).__name__}: {exc})")
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        (self.run_dir / "summary.json").write_text(json.dumps({k: _jsonable(v) for k, v in values.items()}, indent=2))
+        if self.wandb_ok:
+            try:
+                run = self.accelerator.get_tracker("wandb", unwrap=True)
+                for k, v in values.items():
+                    run.summary[k] = _jsonable(v)
+            except Exception as exc:
+                self._disable(f"W&B summary failed ({type(exc).__name__}: {exc})")
+
+    def finish(self, state: str | None = None) -> None:
+        """End this run's W&B run (tagged with ``state``) without ending the process group."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self.wandb_ok:
+            try:
+                run = self.accelerator.get_tracker("wandb", unwrap=True)
+                if state:
+                    run.tags = tuple(run.tags or ()) + (state,)
+                    run.summary["state"] = state
+                run.finish()
+            except Exception as exc:
+                warnings.warn(f"trickbox: W&B finish failed: {exc}", stacklevel=2)
+            self.wandb_ok = False
+            self.accelerator.trackers = []

@@ -1,0 +1,1 @@
+"""Built-in tricks, one module each. They register through the ``trickbox.tricks`` entry points."""

@@ -1,0 +1,54 @@
+"""SGDR: cosine decay with warm restarts (Loshchilov & Hutter, 2017), as a trick.
+
+The learning rate is :func:`trickbox.functional.sgdr_lr` of the optimizer step:
+no scheduler object and no hidden state, so several processes, gradient
+accumulation and resume all see the same periods.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from ..context import RunContext
+from ..functional import sgdr_lr
+from ..trick import ConfigError, Param, Search, Trick, hookimpl
+
+
+class SGDR(Trick):
+    name = "sgdr"
+    summary = "cosine LR decay with warm restarts; t0 = run length gives plain cosine decay"
+    params = (
+        Param("t0", float, None, "first period in epochs (default: the whole run, i.e. plain cosine)",
+              low=1, optional=True, search=Search(1, 20, step=1)),
+        Param("t_mult", float, 1.0, "period growth factor, T_i = t0 * t_mult^i", low=1, search=Search(choices=(1.0, 2.0))),
+        Param("min_lr", float, 0.0, "eta_min", low=0),
+        Param("warmup_epochs", float, 0.0, "linear warmup before the first cycle", low=0),
+        Param("warmup_start_lr", float, 0.0, "learning rate at the start of warmup", low=0),
+        Param("cycle_decay", float, 1.0, "eta_max is multiplied by this at each restart", low=0, low_open=True, high=1),
+        Param("plot", bool, True, "draw the LR curve before training starts"),
+    )
+
+    def schedule(self, ctx: RunContext) -> Callable[[int], float]:
+        """``lr(step)`` for this run."""
+        t0 = self.t0 if self.t0 is not None else max(ctx.epochs - self.warmup_epochs, 1.0)
+        if self.min_lr > ctx.base_lr:
+            raise ConfigError(f"tricks.sgdr.min_lr={self.min_lr} exceeds optim.lr={ctx.base_lr}; lower min_lr")
+        return functools.partial(
+            sgdr_lr, steps_per_epoch=ctx.steps_per_epoch, base_lr=ctx.base_lr, min_lr=self.min_lr,
+            t0=t0, t_mult=self.t_mult, warmup_epochs=self.warmup_epochs,
+            warmup_start_lr=self.warmup_start_lr, cycle_decay=self.cycle_decay,
+        )
+
+    @hookimpl
+    def trickbox_lr_schedule(self, ctx: RunContext) -> Callable[[int], float]:
+        return self.schedule(ctx)
+
+    @hookimpl
+    def trickbox_setup(self, ctx: RunContext) -> None:
+        if not (self.plot and ctx.is_main and ctx.run_dir is not None):
+            return
+        from ..plots import plot_lr_curve
+
+        lr = self.schedule(ctx)
+        path = plot_lr_curve([lr(s) for s in range(ctx.total_steps)], ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
+        ctx.log_images({"lr_curve": [path]}, step=0)
