@@ -38,7 +38,7 @@ class TrickSet:
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: Callable[[int], float] | None = None
         self.log_every = 10
-        self._last_parts: dict[str, float] = {}
+        self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
 
     @property
     def names(self) -> list[str]:
@@ -87,12 +87,16 @@ class TrickSet:
         hook = self.pm.hook
         hook.trickbox_setup(ctx=ctx)
         inner = _unwrap(model, accelerator)
+        prepared = inner is not model or _is_prepared(optimizer)
         new_model = call_chain(self.pm, "trickbox_configure_model", inner, ctx=ctx)
         if new_model is not inner:
-            if inner is not model:
+            if prepared:
                 raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before prepare")
             model = new_model
-        optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
+        new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
+        if new_optimizer is not optimizer and prepared:
+            raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
+        optimizer = new_optimizer
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group.setdefault("lr_scale", 1.0)
@@ -141,25 +145,30 @@ class TrickSet:
         if not torch.isfinite(total.detach()).all():
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
             raise NonFiniteError(f"loss is not finite at step {self._context().step} ({detail})")
+        self._last = (parts, batch)
         return parts
 
     def step(self, parts: LossParts | None = None, batch: Batch | None = None) -> float:
         """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log.
 
         Under gradient accumulation call it only when the optimizer stepped
-        (``accelerator.sync_gradients``); otherwise it does nothing.
+        (``accelerator.sync_gradients``); otherwise it does nothing. Without
+        arguments it uses the parts and batch of the latest :meth:`loss` call.
         """
         ctx = self._context()
         acc = ctx.accelerator
         if acc is not None and not getattr(acc, "sync_gradients", True):
             return self.lr()
-        used_lr = self.lr()
-        ctx.step += 1
-        lr = self._apply_lr()
-        values: dict[str, Any] = {"lr": used_lr}
-        if parts is not None and (ctx.step % self.log_every == 0 or ctx.step == 1):
+        if parts is None and batch is None and self._last is not None:
+            parts, batch = self._last
+        self._last = None
+        # row `s` holds what optimizer step s used: lr == schedule(s)
+        values: dict[str, Any] = {"lr": self.lr()}
+        if parts is not None and ctx.step % self.log_every == 0:
             values.update(parts.detached())
         ctx.log(values, step=ctx.step)
+        ctx.step += 1
+        lr = self._apply_lr()
         if batch is not None:
             self.pm.hook.trickbox_after_step(batch=batch, parts=parts or LossParts(), ctx=ctx)
         return lr
@@ -194,6 +203,11 @@ def load_tricks(
         cat.add(cls)
     configured = dict(tricks) if isinstance(tricks, Mapping) else {name: {} for name in tricks}
     return TrickSet(cat.build(configured))
+
+
+def _is_prepared(optimizer: Any) -> bool:
+    """Whether ``optimizer`` came out of ``accelerator.prepare`` (a single process leaves the model unwrapped)."""
+    return any(cls.__name__ == "AcceleratedOptimizer" for cls in type(optimizer).__mro__)
 
 
 def _unwrap(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:

@@ -184,7 +184,9 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if key == "tricks":
+        if key == "tricks" and value is None:
+            out["tricks"] = {}  # `tricks=null` switches every trick off
+        elif key == "tricks":
             # tricks merge per trick: a later file adds or changes tricks; null removes one.
             tricks = dict(out.get("tricks") or {})
             for tname, params in (value or {}).items():
@@ -205,6 +207,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping read with ``safe_load`` (no Python tags)."""
     p = Path(path)
+    if not p.is_file() and not p.suffix and Path(__file__).with_name("configs").joinpath(f"{p.name}.yaml").is_file():
+        p = Path(__file__).with_name("configs") / f"{p.name}.yaml"  # an embedded config by name
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file")
     try:

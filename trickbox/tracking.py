@@ -11,11 +11,13 @@ import math
 import netrc
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 SYNC_HINT = "upload it later with: wandb sync {path}"
+INIT_TIMEOUT_ENV = "TRICKBOX_WANDB_INIT_TIMEOUT"
 
 
 def wandb_mode() -> str:
@@ -32,6 +34,40 @@ def wandb_mode() -> str:
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         pass
     return "offline"
+
+
+def wandb_init_timeout(default: float = 60.0) -> float:
+    """Seconds W&B may take to start a run: ``TRICKBOX_WANDB_INIT_TIMEOUT`` or ``default``."""
+    raw = os.environ.get(INIT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        print(f"trickbox: ignoring {INIT_TIMEOUT_ENV}={raw!r} (want seconds > 0); using {default:g}", file=sys.stderr)
+        return default
+    return value
+
+
+def wandb_dir_problem() -> str | None:
+    """Why W&B could not write under ``WANDB_DIR`` (default: the working directory), or ``None``.
+
+    A read-only or full directory would make W&B fail on every write (and flood
+    stderr); a 64 KiB probe file finds that out before W&B starts.
+    """
+    probe = Path(os.environ.get("WANDB_DIR") or os.getcwd()).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".trickbox-probe-") as f:
+            f.write(bytes(1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return f"its directory {str(probe)!r} is not writable ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -58,7 +94,9 @@ class Tracking:
         self.wandb_dir: str | None = None
 
     def start(self, config: dict[str, Any], *, project: str, name: str, group: str | None = None,
-              job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float = 60.0) -> None:
+              job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float | None = None) -> None:
+        if init_timeout is None:
+            init_timeout = wandb_init_timeout()
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
@@ -66,6 +104,10 @@ class Tracking:
             return
         mode = wandb_mode()
         os.environ.setdefault("WANDB_SILENT", "true")
+        problem = wandb_dir_problem() if mode in ("online", "offline") else None
+        if problem:
+            self._disable(f"W&B is off for this run: {problem}; training goes on with metrics.jsonl only")
+            return
         try:
             import wandb
 

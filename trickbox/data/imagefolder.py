@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,8 +125,7 @@ def list_directory(root: Path, shown: str) -> tuple[Listing, tuple[int, int, int
     return _listing(entries, shown), (count, total, newest)
 
 
-def _is_image(parts: Iterable[str]) -> bool:
-    parts = tuple(parts)
+def _is_image(parts: Sequence[str]) -> bool:
     if any(p.startswith(".") for p in parts):
         return False
     return os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
@@ -237,7 +236,7 @@ def _chw(hwc: tuple[int, ...]) -> tuple[int, ...]:
 
 def _size_error(a: str, shape_a: tuple[int, ...], b: str, shape_b: tuple[int, ...]) -> DataError:
     return DataError(
-        f"images differ in size ({a!r} is {shape_a[2]}x{shape_a[3]}, {b!r} is {shape_b[2]}x{shape_b[3]}): "
+        f"images differ in size (HxW: {a!r} is {shape_a[2]}x{shape_a[3]}, {b!r} is {shape_b[2]}x{shape_b[3]}): "
         "set data.image_size=N to resize all images to NxN"
     )
 

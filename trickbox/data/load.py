@@ -36,8 +36,8 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True) -> DatasetArrays:
         source.close()
     n_val = len(plan.val)
     val_x, train_x = train_part[:n_val].contiguous(), train_part[n_val:].contiguous()
-    train_y_clean = source.train_y[plan.train].clone()
-    train_y = train_y_clean
+    train_y_clean = source.train_y[plan.train]
+    train_y = train_y_clean.clone()
     if cfg.label_noise > 0:
         train_y = add_label_noise(train_y_clean, cfg.label_noise, num_classes, cfg.noise_seed)
     mean, std = channel_stats(train_x)
@@ -48,9 +48,9 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True) -> DatasetArrays:
         train_y=train_y,
         train_y_clean=train_y_clean,
         val_x=val_x,
-        val_y=source.train_y[plan.val].clone(),
+        val_y=source.train_y[plan.val],
         test_x=test_x.contiguous(),
-        test_y=source.test_y[plan.test].clone(),
+        test_y=source.test_y[plan.test],
         mean=mean,
         std=std,
     )

@@ -21,7 +21,9 @@ Batch = tuple[Tensor, Tensor, Tensor]
 def _stats(mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``mean * 255`` and ``std * 255`` as float32 ``(C, 1, 1)`` tensors on ``device``, checked."""
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one per channel")
+        raise DataError(
+            f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one per channel"
+        )
     if min(std) <= 0:
         raise DataError(f"std={tuple(std)} must be > 0 in every channel; use the training split's std")
     m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -186,7 +188,7 @@ def make_train_loader(
     world_size: int = 1,
     drop_last: bool = False,
 ) -> InMemoryLoader:
-    """An :class:`InMemoryLoader` over ``ds``'s training split with ``cfg``'s augmentation (dataset defaults resolved)."""
+    """An :class:`InMemoryLoader` over ``ds.train_x`` with ``cfg``'s augmentation, dataset defaults resolved."""
     return InMemoryLoader(
         ds.train_x,
         ds.train_y,
@@ -222,8 +224,11 @@ def make_eval_loader(
 ) -> DataLoader[tuple[Tensor, ...]]:
     """An ordered DataLoader of ``(normalised float32 images, int64 labels)`` for evaluation (Accelerate-ready)."""
     if x.ndim != 4 or x.dtype != torch.uint8 or y.shape != (len(x),):
-        raise DataError(f"x must be uint8 (N, C, H, W) with y of shape (N,), got {x.dtype} {tuple(x.shape)}, y {tuple(y.shape)}")
+        raise DataError(
+            f"x must be uint8 (N, C, H, W) with y of shape (N,), got x {x.dtype} {tuple(x.shape)}, y {tuple(y.shape)}"
+        )
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     _stats(mean, std, x.shape[1], torch.device("cpu"))
-    return DataLoader(TensorDataset(x, y.long()), batch_size=batch_size, shuffle=False, collate_fn=NormalizeCollate(mean, std))
+    dataset = TensorDataset(x, y.long())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=NormalizeCollate(mean, std))

@@ -56,6 +56,11 @@ def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConf
     """Validation first from the full train split, then ``train_subset`` from the rest, then ``test_subset``."""
     n_val = round(cfg.val_fraction * len(train_y))
     val, rest = stratified_take(train_y, n_val, num_classes, generator(cfg.split_seed, "val"))
+    if len(rest) == 0:
+        raise DataError(
+            f"data.val_fraction={cfg.val_fraction} leaves no training images out of {len(train_y)}; "
+            "lower data.val_fraction"
+        )
     if cfg.train_subset is not None:
         if cfg.train_subset > len(rest):
             raise DataError(

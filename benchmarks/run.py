@@ -1,0 +1,259 @@
+"""trickbox's CPU benchmarks: overhead against a plain loop and timm's parts, data loading, KNN, sweeps.
+
+    python benchmarks/run.py                          # full run (~10-15 min on 2 cores), writes docs/performance.md
+    python benchmarks/run.py --quick --out /tmp/p.md  # tiny settings, for the smoke test
+
+Everything compared runs in this one process on the same model, data and batch
+size, with the variants alternating in rounds (see ``common.interleave``); a
+variant's number is its median step time. The Markdown table (targets next to
+measured values) goes to stdout and to ``--out``. If ``--out`` already holds the
+markers ``<!-- results:start -->`` / ``<!-- results:end -->``, only the text
+between them is replaced, so hand-written notes around the table survive.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+try:
+    import trickbox  # noqa: F401
+except ImportError:  # pragma: no cover - run from a checkout without pip install
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from common import DEFAULT_ZIP, Row, human_bytes, machine_lines, markdown_table, ms, rows_table, save_teacher  # noqa: E402
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+KNN_SECONDS = 120.0
+KNN_BYTES = 2 * 2**30
+SWEEP_SECONDS = 2.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="trickbox CPU benchmarks (see docs/performance.md)")
+    p.add_argument("--quick", action="store_true", help="tiny settings: checks that everything runs, numbers mean nothing")
+    p.add_argument("--out", default=str(REPO / "docs" / "performance.md"), help="Markdown file to write (default docs/performance.md)")
+    p.add_argument("--data", default=str(DEFAULT_ZIP), help="CIFAR-10 ImageFolder zip (default: the shared one)")
+    p.add_argument("--model", default="cifar_resnet8", help="student model (default cifar_resnet8)")
+    p.add_argument("--teacher", default="cifar_resnet20", help="teacher model for distillation, random weights (default cifar_resnet20)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of the step benchmark (default 8; quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 6; quick 1)")
+    p.add_argument("--loader-per-class", type=int, default=None, help="images per class for the loader row (default 800; quick 20)")
+    p.add_argument("--loader-rounds", type=int, default=None, help="epochs per loader (default 5; quick 1)")
+    p.add_argument("--knn-n", type=int, default=None, help="images for the KNN row (default 50000; quick 1000)")
+    p.add_argument("--knn-k", type=int, default=None, help="neighbours for the KNN row (default 200; quick 10)")
+    p.add_argument("--skip", action="append", default=[], choices=("steps", "loaders", "knn", "sweep"), help="leave a section out")
+    args = p.parse_args(argv)
+    q = args.quick
+    defaults = {"rounds": (8, 2), "steps": (6, 1), "loader_per_class": (800, 20), "loader_rounds": (5, 1), "knn_n": (50000, 1000), "knn_k": (200, 10)}
+    for key, (full, quick) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if q else full)
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+
+def step_batches(data_zip: Path | None, work: Path, batch_size: int, count: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """``count`` augmented, normalised CIFAR batches (random images when there is no data)."""
+    if data_zip is not None:
+        from make_subset_zip import make_subset_zip
+
+        from trickbox.data import DataConfig, InMemoryLoader, load_dataset
+
+        sub = work / "steps.zip"
+        make_subset_zip(data_zip, sub, per_class=-(-count * batch_size // 10), test_per_class=1)
+        data = load_dataset(DataConfig(name="imagefolder", root=str(sub), val_fraction=0.0, cache_dir=str(work / "cache")), progress=False)
+        loader = InMemoryLoader(data.train_x, data.train_y, batch_size=batch_size, device="cpu", mean=data.mean, std=data.std, drop_last=True)
+        return [(x, y) for x, y, _ in loader][:count], "CIFAR-10 training images"
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (batch_size,), generator=g)) for _ in range(count)], "random tensors (no CIFAR zip)"
+
+
+def bench_steps(args: argparse.Namespace, data_zip: Path | None, work: Path) -> tuple[list[Row], str]:
+    from common import interleave
+    from steps import StepSetup, build_variants
+
+    batches, source = step_batches(data_zip, work, args.batch_size, 4)
+    teacher_dir = save_teacher(args.teacher, work / "teacher")
+    setup = StepSetup(model_name=args.model, teacher_dir=teacher_dir, batches=batches)
+    variants = build_variants(setup)
+    log(f"steps: {len(variants)} variants x {args.rounds} rounds x {args.steps} steps, batch {args.batch_size}, {source}")
+    t = interleave(variants, rounds=args.rounds, calls=args.steps, warmup=2, progress=log)
+    med = {k: v.median for k, v in t.items()}
+    a, b, c, c3, d, d3, tf = (med[k] for k in ("a_plain", "b_trickbox", "c_tricks", "c_nokd", "d_timm", "d_nokd", "teacher"))
+    kd_extra = c - c3
+    three = (c3 - b) / b
+    rows = [
+        Row("(b)/(a) step time: TrickSet without tricks vs plain Accelerate loop", f"{b / a:.3f} ({ms(b)} vs {ms(a)})", "≤ 1.03", b / a <= 1.03),
+        Row("(c)/(d) step time: trickbox's four tricks vs the same from timm parts", f"{c / d:.3f} ({ms(c)} vs {ms(d)})", "≤ 1.00", c / d <= 1.00,
+            f"without distillation: {c3 / d3:.3f} ({ms(c3)} vs {ms(d3)})"),
+        Row("mixup + label smoothing + SGDR over (b), share of step time", f"{three * 100:+.1f} % ({ms(c3)} vs {ms(b)})", "≤ 3 %", three <= 0.03,
+            f"timm's parts over (a): {(d3 - a) / a * 100:+.1f} %"),
+        Row("distillation: extra step time of (c) over (c without distillation)", f"{ms(kd_extra)} = {kd_extra / tf:.2f} teacher forwards",
+            f"≤ 1 teacher forward ({ms(tf)})", kd_extra <= tf, f"teacher {args.teacher}, T=4"),
+    ]
+    detail = markdown_table(
+        ("variant", "median step", "IQR", "images/s", "steps timed"),
+        ((k, ms(v.median), f"{ms(v.iqr[0])} – {ms(v.iqr[1])}", f"{args.batch_size / v.median:.0f}", str(len(v.seconds))) for k, v in t.items()),
+    )
+    return rows, f"Step times ({args.model}, batch {args.batch_size}, {source}; `teacher` is one {args.teacher} forward pass):\n\n{detail}"
+
+
+def bench_loader_section(args: argparse.Namespace, data_zip: Path, work: Path) -> list[Row]:
+    from loading import bench_loaders
+
+    r = bench_loaders(data_zip, work / "loaders", per_class=args.loader_per_class, rounds=args.loader_rounds, batch_size=args.batch_size, log=log)
+    return [
+        Row(f"(e) loader images/s, trickbox InMemoryLoader vs ImageFolder+DataLoader(2 workers), {r.images} images",
+            f"{r.ratio:.1f}x ({r.trickbox_ips:,.0f} vs {r.torchvision_ips:,.0f} img/s)", "≥ 3x", r.ratio >= 3.0,
+            f"crop+flip+normalise, batch {args.batch_size}"),
+        Row("(e) trickbox one-time JPEG decode (not in the number above)", f"{r.decode_s:.1f} s = {r.images / r.decode_s:,.0f} img/s", "", None,
+            f"zip extraction for ImageFolder: {r.extract_s:.1f} s"),
+    ]
+
+
+def bench_knn_section(args: argparse.Namespace, data_zip: Path, work: Path) -> list[Row]:
+    cache: list[str] = []
+    if args.quick:  # a small subset instead of decoding all 60,000 images
+        from make_subset_zip import make_subset_zip
+
+        data_zip = work / "knn.zip"
+        make_subset_zip(args.data, data_zip, per_class=-(-args.knn_n // 10), test_per_class=1)
+        cache = ["--cache-dir", str(work / "cache")]
+    rows = []
+    for same in (False, True):
+        cmd = [sys.executable, str(HERE / "knn.py"), "--data", str(data_zip), "--n", str(args.knn_n), "--k", str(args.knn_k), "--threads", str(args.threads), *cache]
+        if same:
+            cmd.append("--same-class")
+        log("knn: " + " ".join(shlex.quote(c) for c in cmd[1:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            rows.append(Row(f"KNN table ({'same class' if same else 'all classes'})", "failed", "", False, tail))
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        what = f"KNN table, {r['n']:,} images x {r['dim']} dims, k={r['k']}, " + ("same class (SC+KNN)" if same else "all classes")
+        ok = r["seconds"] < KNN_SECONDS and r["extra_rss"] < KNN_BYTES
+        rows.append(Row(what, f"{r['seconds']:.1f} s, +{human_bytes(r['extra_rss'])} peak RSS", "< 2 min, < 2 GiB", ok,
+                        f"RSS after loading {human_bytes(r['baseline_rss'])}, peak {human_bytes(r['peak_rss'])}; loading took {r['load_s']:.0f} s"))
+    return rows
+
+
+def bench_sweep_section(args: argparse.Namespace) -> tuple[list[Row], str]:
+    script = HERE / "sweep_overhead.py"
+    if not script.is_file():
+        return [Row("sweep-trial overhead", "see sweep_overhead.py", "< 2 s", None, "script not present")], ""
+    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+    log("sweep: " + " ".join(cmd[1:]))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return [Row("sweep-trial overhead", "timed out", "< 2 s", False, "see sweep_overhead.py")], ""
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return [Row("sweep-trial overhead", "failed to run", "< 2 s", None, f"see sweep_overhead.py: {tail}")], ""
+    lines = proc.stdout.strip().splitlines()
+    for line in reversed(lines):  # a JSON summary line, if the script prints one
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            sec = r.get("overhead_s", r.get("seconds"))
+            if isinstance(sec, (int, float)):
+                return [Row("sweep-trial overhead per trial", f"{sec:.2f} s", "< 2 s", sec < SWEEP_SECONDS, "from sweep_overhead.py")], ""
+    table = [ln for ln in lines if ln.lstrip().startswith("|")]
+    return [Row("sweep-trial overhead", "see table below", "< 2 s", None, "from sweep_overhead.py")], "\n".join(table)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def render(args: argparse.Namespace, rows: list[Row], extras: list[str], argv: list[str], seconds: float, load_end: str) -> str:
+    command = "python benchmarks/run.py" + "".join(" " + shlex.quote(a) for a in argv)
+    parts = [
+        f"Command: `{command}` ({seconds / 60:.1f} min)",
+        "",
+        *machine_lines([f"load average at end: {load_end}"] + (["QUICK MODE: tiny settings, the numbers are not meaningful"] if args.quick else [])),
+        "",
+        rows_table(rows),
+    ]
+    for e in extras:
+        if e:
+            parts += ["", e]
+    return "\n".join(parts) + "\n"
+
+
+def write_out(path: Path, body: str) -> None:
+    block = f"{START}\n{body}{END}\n"
+    if path.is_file():
+        text = path.read_text()
+        if START in text and END in text:
+            head, rest = text.split(START, 1)
+            tail = rest.split(END, 1)[1]
+            path.write_text(head + block + tail.lstrip("\n"))
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Performance\n\nGenerated by `benchmarks/run.py`.\n\n" + block)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data_zip: Path | None = Path(args.data) if args.data and Path(args.data).is_file() else None
+    if data_zip is None:
+        log(f"no CIFAR zip at {args.data}: steps use random tensors, loader and KNN rows are skipped")
+    t_start = time.perf_counter()
+    rows: list[Row] = []
+    extras: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="trickbox-bench-") as tmp:
+        work = Path(tmp)
+        if "steps" not in args.skip:
+            r, detail = bench_steps(args, data_zip, work)
+            rows += r
+            extras.append(detail)
+        if "loaders" not in args.skip:
+            rows += bench_loader_section(args, data_zip, work) if data_zip else [Row("(e) loaders", "skipped: no CIFAR zip", "≥ 3x")]
+        if "knn" not in args.skip:
+            rows += bench_knn_section(args, data_zip, work) if data_zip else [Row("KNN table", "skipped: no CIFAR zip", "< 2 min, < 2 GiB")]
+        if "sweep" not in args.skip:
+            r, table = bench_sweep_section(args)
+            rows += r
+            extras.append(f"From `benchmarks/sweep_overhead.py`:\n\n{table}" if table else "")
+    from common import load_average
+
+    body = render(args, rows, extras, argv, time.perf_counter() - t_start, load_average())
+    print(body)
+    write_out(Path(args.out), body)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
