@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_ZIP), help="CIFAR-10 ImageFolder zip (default: the shared one)")
     p.add_argument("--model", default="cifar_resnet8", help="student model (default cifar_resnet8)")
     p.add_argument("--teacher", default="cifar_resnet20", help="teacher model for distillation, random weights (default cifar_resnet20)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128; quick 16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of the step benchmark (default 8; quick 2)")
     p.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 6; quick 1)")
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", action="append", default=[], choices=("steps", "loaders", "knn", "sweep"), help="leave a section out")
     args = p.parse_args(argv)
     q = args.quick
-    defaults = {"rounds": (8, 2), "steps": (6, 1), "loader_per_class": (800, 20), "loader_rounds": (5, 1), "knn_n": (50000, 1000), "knn_k": (200, 10)}
+    defaults = {"batch_size": (128, 16), "rounds": (8, 1), "steps": (6, 1), "loader_per_class": (800, 10), "loader_rounds": (5, 1),
+                "knn_n": (50000, 500), "knn_k": (200, 5)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if q else full)
@@ -100,7 +101,7 @@ def bench_steps(args: argparse.Namespace, data_zip: Path | None, work: Path) -> 
     setup = StepSetup(model_name=args.model, teacher_dir=teacher_dir, batches=batches)
     variants = build_variants(setup)
     log(f"steps: {len(variants)} variants x {args.rounds} rounds x {args.steps} steps, batch {args.batch_size}, {source}")
-    t = interleave(variants, rounds=args.rounds, calls=args.steps, warmup=2, progress=log)
+    t = interleave(variants, rounds=args.rounds, calls=args.steps, warmup=1 if args.quick else 2, progress=log)
     med = {k: v.median for k, v in t.items()}
     a, b, c, c3, d, d3, tf = (med[k] for k in ("a_plain", "b_trickbox", "c_tricks", "c_nokd", "d_timm", "d_nokd", "teacher"))
     kd_extra = c - c3

@@ -1,11 +1,13 @@
 """Train a timm model with Accelerate: an ordinary training script, written the usual way.
 
-    python examples/own_loop_plain.py --epochs 14
-    accelerate launch --num_processes 2 examples/own_loop_plain.py --data cifar10-jpeg.zip --limit 5000
+    python examples/own_loop_plain.py --epochs 14                        # the plain script
+    python examples/own_loop.py --epochs 14 --teacher runs/teacher       # the same, with trickbox's tricks
+    accelerate launch --num_processes 2 examples/own_loop.py --data cifar10-jpeg.zip --limit 5000
 
-The data is scikit-learn's digits, or a zip of JPEGs laid out as train/CLASS/*.jpg
-and test/CLASS/*.jpg. examples/own_loop.py is this script plus trickbox's tricks:
-diff the two files to see what trickbox asks of a training loop.
+The data is scikit-learn's digits, or a zip of JPEGs laid out as train/CLASS/*.jpg and
+test/CLASS/*.jpg. own_loop_plain.py and own_loop.py are the same script except for about
+ten lines that add trickbox's mixup, label smoothing, SGDR and distillation: diff the two
+files to see what trickbox asks of a training loop.
 """
 import argparse
 import io

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from trickbox.functional import sgdr_lr
+
 from .conftest import REPO, subprocess_env
+from .wandb_reader import offline_runs, read_run
 
 EXAMPLES = REPO / "examples"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -72,24 +75,36 @@ def _test_accuracy(stdout: str) -> list[float]:
     return [float(a) for a in re.findall(r"^test accuracy ([\d.]+)$", stdout, flags=re.M)]
 
 
+def _check_logged_run(cwd: Path, epochs: int) -> None:
+    """One W&B run (main process only) whose per-step LR is the script's SGDR (t0=2, t_mult=2) and whose loss has named parts."""
+    runs = offline_runs(cwd)
+    assert len(runs) == 1
+    run = read_run(runs[0])
+    lrs = [row["lr"] for row in run.history if "lr" in row]
+    steps_per_epoch = len(lrs) // epochs
+    assert len(lrs) == epochs * steps_per_epoch
+    for step, lr in enumerate(lrs):  # tricks.step() logs the LR each optimizer step used
+        assert lr == pytest.approx(sgdr_lr(step, steps_per_epoch=steps_per_epoch, base_lr=0.05, t0=2, t_mult=2), abs=1e-9)
+    parts = [row for row in run.history if "loss/ce" in row]
+    assert parts and all("loss/kd" in row and row["loss"] == pytest.approx(row["loss/ce"] + row["loss/kd"], rel=1e-5) for row in parts)
+    assert run.summary["test/accuracy"] > 0.5
+    assert len([row for row in run.history if "val/accuracy" in row]) == epochs
+
+
 @pytest.mark.slow
 def test_own_loop_one_process_with_the_four_tricks(teacher, tmp_path):
-    # W&B offline in a scratch directory: the loss parts reach the Accelerator's tracker through tricks.step()
+    # W&B offline in a scratch directory: the loss parts and the LR reach the Accelerator's tracker through tricks.step()
     res = subprocess.run(
-        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "2", "--teacher", str(teacher), "--tracker", "wandb"],
+        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "3", "--teacher", str(teacher), "--tracker", "wandb"],
         cwd=tmp_path, env=subprocess_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     epochs = _epochs(res.stdout)
-    assert len(epochs) == 2
+    assert len(epochs) == 3
     # the total includes the distillation term T²·CE(teacher, student) at T=4, far above a plain CE
     assert all(loss > 10 for loss, _ in epochs)
     assert _test_accuracy(res.stdout)[0] > 0.5
-    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1
-    record = runs[0].read_bytes()
-    for key in (b"loss/ce", b"loss/kd", b"val/accuracy", b"test/accuracy"):
-        assert key in record
+    _check_logged_run(tmp_path, epochs=3)  # 3 epochs: the warm restart at epoch 2 is in the log
 
 
 @pytest.mark.slow
@@ -104,7 +119,7 @@ def test_own_loop_two_cpu_processes_with_the_four_tricks(teacher, tmp_path):
     assert len(_epochs(res.stdout)) == 2  # accelerator.print: the main process only
     assert len(_test_accuracy(res.stdout)) == 1
     assert _test_accuracy(res.stdout)[0] > 0.5
-    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    _check_logged_run(tmp_path, epochs=2)  # each process takes half the batches; the schedule is still in epochs
 
 
 @pytest.mark.slow

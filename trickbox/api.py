@@ -110,14 +110,21 @@ class TrickSet:
         return self.ctx
 
     def lr(self, step: int | None = None) -> float:
-        """The scheduled learning rate at ``step`` (default: the current step)."""
+        """The scheduled learning rate at ``step`` (default: the current step).
+
+        Without a schedule trick, trickbox leaves the learning rate alone (a user's
+        own scheduler keeps working) and this is the optimizer's current rate.
+        """
         ctx = self._context()
-        s = ctx.step if step is None else step
-        return float(self.schedule(s)) if self.schedule is not None else ctx.base_lr
+        if self.schedule is not None:
+            return float(self.schedule(ctx.step if step is None else step))
+        if step is None and self.optimizer is not None:
+            return float(self.optimizer.param_groups[0]["lr"])
+        return ctx.base_lr
 
     def _apply_lr(self) -> float:
         lr = self.lr()
-        if self.optimizer is not None:
+        if self.optimizer is not None and self.schedule is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

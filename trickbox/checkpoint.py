@@ -124,15 +124,38 @@ def save_checkpoint(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # same step written again (resumed at an epoch end): move the old one aside first
+            os.replace(final, Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=root)) / final.name)
         os.replace(tmp, final)
+        _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed first, so a kill during the delete never leaves a half-deleted directory with a final name
+        aside = root / f".tmp-del-{old.name}"
+        try:
+            os.replace(old, aside)
+        except OSError:
+            aside = old
+        shutil.rmtree(aside, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a process killed while writing or deleting, or moved aside above
+        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -169,5 +192,12 @@ def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str
     from safetensors.torch import load_file
 
     model_state = load_file(str(ckpt.path / MODEL_FILE))
-    optim_state = torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True)
+    try:
+        optim_state = torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a payload: never fall back to a full unpickle
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"refusing to load {str(ckpt.path / 'optimizer.pt')!r}: not plain tensors ({reason[:160]}); "
+            "delete that checkpoint directory to resume from the previous one"
+        ) from None
     return model_state, optim_state

@@ -25,7 +25,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, sav
 from .config import RunConfig, dump_config
 from .context import _seed_of
 from .registry import Catalog, discover
-from .trick import ConfigError
+from .trick import ConfigError, NonFiniteError
 
 EpochReporter = Callable[[int, dict[str, Any]], None]
 """Called on every rank after each epoch's validation; may raise to stop the run (sweep pruning)."""
@@ -62,6 +62,21 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+
+    def agreed(self, accelerator: Any) -> int | None:
+        """The signal if any process got one; the same answer on every rank, so all stop at the same step.
+
+        A launcher forwards SIGTERM to its workers one after the other (and a
+        scheduler may signal one rank only): without agreeing, one rank would
+        wait in the checkpoint barrier while another runs the next all-reduce.
+        """
+        if accelerator.num_processes == 1:
+            return self.signum
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0], device=accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
     def restore(self) -> None:
         for sig, old in self._old.items():
@@ -196,11 +211,12 @@ def train(
 
         def checkpoint(epoch: int, batch_in_epoch: int) -> None:
             accelerator.wait_for_everyone()
+            unwrapped = accelerator.unwrap_model(model)
+            # every rank checks (the weights are the same on all), so all stop together instead of waiting for rank 0
+            bad = [n for n, p in unwrapped.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+            if bad:
+                raise NonFiniteError(f"weights are not finite after step {ctx.step} ({bad[0]}, …); refusing to checkpoint them")
             if accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(model)
-                bad = [n for n, p in unwrapped.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-                if bad:
-                    raise FloatingPointError(f"refusing to checkpoint non-finite weights ({bad[0]}, …)")
                 save_checkpoint(
                     ckpt_root, model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
                     step=ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=tc.keep_checkpoints,
@@ -235,9 +251,10 @@ def train(
                     progress.update(1)
                     if ctx.step % tc.log_every == 0:
                         progress.set_postfix(loss=f"{float(parts.total.detach()):.3f}", lr=f"{tricks.lr():.3g}", epoch=epoch, refresh=False)
-                if stop.signum is not None:
+                signum = stop.agreed(accelerator)
+                if signum is not None:
                     checkpoint(epoch, i + 1)
-                    raise Preempted(128 + stop.signum)
+                    raise Preempted(128 + signum)
             start_batch = 0
             metrics: dict[str, Any] = {f"val/{k}": v for k, v in evaluate(model, val_loader, accelerator).items()}
             metrics.update({f"val/{k}": v for k, v in tricks.evaluate(model, "val").items()})

@@ -129,8 +129,7 @@ class Tracking:
                           "training goes on with metrics.jsonl only")
 
     def _disable(self, why: str) -> None:
-        warnings.warn(f"trickbox: {why}", stacklevel=3)
-        print(f"trickbox: {why}", file=sys.stderr)
+        print(f"trickbox: {why}", file=sys.stderr)  # one line, once; a warning too would repeat it with a source line
         self.wandb_ok = False
         self.accelerator.trackers = []
 

@@ -99,9 +99,9 @@ class Mixup(Trick):
         if self.ways > 2:
             return self._mix_k(batch, rng, gen, size)
         lam_np = sample_lambda(self.alpha, size, rng)
-        lam: float | Tensor = float(lam_np) if size is None else torch.as_tensor(lam_np, dtype=batch.x.dtype, device=batch.x.device)
-        if not torch.isfinite(torch.as_tensor(lam)).all():
-            raise NonFiniteError(f"mixup drew a non-finite λ ({lam})")
+        if not torch.isfinite(torch.as_tensor(lam_np)).all():  # checked on the host: no device sync
+            raise NonFiniteError(f"mixup drew a non-finite λ ({lam_np})")
+        lam: float | Tensor = float(lam_np) if size is None else torch.as_tensor(lam_np, dtype=batch.x.dtype).to(batch.x.device, non_blocking=True)
         meta: dict[str, Any] = {"lam": lam, "mixup_layer": self.layer}
         if self.pairing == "knn":
             assert self._table is not None
@@ -113,7 +113,7 @@ class Mixup(Trick):
             meta.update(partner_labels=ctx.train_data.train_y[partner_index.cpu()])
             return batch.replace(x=x, y=y, meta=meta)
         perm = (same_class_partners(batch.labels.cpu(), gen) if self.scope == "same"
-                else random_partners(batch.size, gen)).to(batch.x.device)
+                else random_partners(batch.size, gen)).to(batch.x.device, non_blocking=True)
         meta.update(perm=perm, partner_labels=batch.labels[perm])
         if self.layer > 0:
             _, y = mix(batch.y, batch.y, lam, perm, mix_targets=self.mix_labels)
@@ -125,7 +125,7 @@ class Mixup(Trick):
         w = torch.as_tensor(kway_weights(self.alpha, self.ways, size, rng), dtype=batch.x.dtype, device=batch.x.device)
         pick = (lambda: same_class_partners(batch.labels.cpu(), gen)) if self.scope == "same" else (lambda: random_partners(batch.size, gen))
         perms = [torch.arange(batch.size)] + [pick() for _ in range(self.ways - 1)]
-        perms = [p.to(batch.x.device) for p in perms]
+        perms = [p.to(batch.x.device, non_blocking=True) for p in perms]
         x, y = mix_k(batch.x, batch.y, w, perms)
         if not self.mix_labels:
             y = batch.y

@@ -1,0 +1,105 @@
+"""``trickbox eval``: clean and FGSM / I-FGSM error of a run trained by the CLI; bad input exits 2 in one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trickbox.cli import main
+from trickbox.eval_cli import parse_eps
+from trickbox.trick import ConfigError
+
+from .conftest import subprocess_env
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch digits model trained through the CLI."""
+    out = tmp_path_factory.mktemp("eval_runs")
+    cmd = [sys.executable, "-m", "trickbox", "train", "train.epochs=2", f"train.out_dir={out}", "train.run_name=digits",
+           "train.tracker=none", "train.progress=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = out / "digits"
+    assert (run / "model.json").is_file() and (run / "config.yaml").is_file()
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack, extra", [("fgsm", []), ("ifgsm", ["--iterations", "3"])])
+def test_attack_error_at_least_clean(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], attack: str, extra: list[str]) -> None:
+    out = tmp_path / f"{attack}.json"
+    rc = main(["eval", str(run_dir), "--attack", attack, "--eps", "2,8", "--no-progress", "--out", str(out), *extra])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["attack"] == attack and result["split"] == "test" and result["n"] > 0
+    clean = result["clean"]
+    assert 0.0 <= clean["top1_error"] < 0.5  # two epochs learn the digits well enough
+    assert [r["eps"] for r in result["attacked"]] == [2.0, 8.0]
+    for r in result["attacked"]:
+        assert r["top1_error"] >= clean["top1_error"]
+        assert r["top5_error"] >= clean["top5_error"]
+    assert result["attacked"][1]["top1_error"] >= result["attacked"][0]["top1_error"]  # larger eps, no weaker attack
+    table = capsys.readouterr().out
+    assert "clean" in table and attack in table and "top-1 err" in table
+
+
+@pytest.mark.slow
+def test_clean_only_default_out(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(run_dir), "--no-progress"]) == 0
+    result = json.loads((run_dir / "eval-test-none.json").read_text())
+    assert result["attacked"] == [] and result["clean"]["top1_error"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--attack", "fgsm", "--eps", "0"], "--eps"),
+        (["--attack", "fgsm", "--eps", "-4"], "--eps"),
+        (["--attack", "ifgsm", "--eps", "300"], "--eps"),
+        (["--attack", "fgsm", "--eps", "abc"], "--eps"),
+        (["--attack", "fgsm", "--eps", "1,,2"], "--eps"),
+        (["--attack", "fgsm", "--eps", "nan"], "--eps"),
+        (["--attack", "ifgsm", "--iterations", "0"], "--iterations"),
+        (["--attack", "ifgsm", "--iterations", "x"], "--iterations"),
+        (["--attack", "ifgsm", "--step-size", "0"], "--step-size"),
+        (["--attack", "pgd"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str) -> None:
+    # the run directory does not exist: a bad number must be reported before anything is looked up
+    assert _exit_code(["eval", str(tmp_path / "missing"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+def test_not_a_run_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "config.yaml").write_text("train:\n  epochs: 1\n")
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.json" in err
+
+
+def test_bad_eps_subprocess_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "eval", str(tmp_path), "--attack", "fgsm", "--eps", "1,x"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_parse_eps() -> None:
+    assert parse_eps("1, 2,4.5") == [1.0, 2.0, 4.5]
+    assert parse_eps("255") == [255.0]
+    with pytest.raises(ConfigError, match="255"):
+        parse_eps("256")
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``trickbox.cli.main``'s return code, or the code of the SystemExit argparse raises."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)

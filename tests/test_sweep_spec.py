@@ -1,0 +1,183 @@
+"""Study specs: validation (one-line errors, exit 2), search spaces from the tricks' declarations, budget rules."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, subprocess_env
+from trickbox.sweep.spec import load_spec, spec_from_mapping
+from trickbox.sweep.storage import budget_used, resolve_storage
+from trickbox.sweep.worker import assign_gpus, worker_count
+from trickbox.trick import ConfigError
+
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+
+
+def smoke(**changes):
+    raw = yaml.safe_load(SMOKE.read_text())
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return raw
+
+
+def error_of(raw, **kwargs) -> str:
+    with pytest.raises(ConfigError) as exc:
+        spec_from_mapping(raw, **kwargs)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_smoke_spec_uses_declared_ranges():
+    spec = load_spec(SMOKE)
+    alpha = spec.dimension("mixup.alpha")
+    assert (alpha.kind, alpha.low, alpha.high, alpha.log) == ("float", 0.05, 4.0, True)  # Mixup's Param.search
+    assert spec.dimension("sgdr.t_mult").choices == (1.0, 2.0)
+    assert spec.dimension("label_smoothing.eps").high == 0.2
+    assert spec.n_trials == 4 and spec.direction == "maximize" and spec.sampler.name == "tpe"
+    mapping = spec.trial_mapping({"mixup.alpha": 0.3, "label_smoothing.eps": 0.1, "sgdr.t_mult": 2.0})
+    assert mapping["tricks"]["mixup"] == {"alpha": 0.3} and mapping["tricks"]["sgdr"] == {"t_mult": 2.0}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_validate(path: Path):
+    spec = load_spec(path)
+    assert spec.search and (spec.n_trials or spec.timeout)
+    if spec.is_grid:
+        assert all(d.choices for d in spec.search)
+
+
+def test_bag_of_tricks_searches_the_five_parameters():
+    spec = load_spec(REPO / "sweeps" / "bag_of_tricks.yaml")
+    names = {d.name for d in spec.search}
+    assert {"mixup.alpha", "label_smoothing.eps", "distillation.temperature", "sgdr.t0", "sgdr.t_mult"} <= names
+    assert spec.teacher is not None  # the spec trains its own teacher
+
+
+def test_plain_config_keys_choices_and_shorthands():
+    raw = smoke(search={"optim.lr": {"low": 0.01, "high": 0.2, "log": True}, "mixup.pairing": {"choices": ["random", "knn"]},
+                        "tricks.mixup.per_sample": "default", "train.batch_size": [16, 32]})
+    spec = spec_from_mapping(raw)
+    assert spec.dimension("optim.lr").kind == "float"
+    assert spec.dimension("mixup.pairing").choices == ("random", "knn")
+    assert spec.dimension("mixup.per_sample").choices == (False, True)  # a bool parameter with no declared search
+    assert spec.dimension("train.batch_size").choices == (16, 32)
+    assert spec.trial_mapping({"optim.lr": 0.1})["optim"]["lr"] == 0.1
+
+
+def test_grid_with_seeds_counts_every_point_per_seed():
+    raw = smoke(sampler="grid", seeds=[0, 1], n_trials=None,
+                search={"mixup.alpha": {"choices": [0.2, 1.0]}, "sgdr.t_mult": "default"})
+    spec = spec_from_mapping(raw)
+    assert spec.grid_size == 8 and spec.n_trials == 8
+    assert spec.dimension("train.seed").choices == (0, 1)
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (smoke(serach={}), "unknown key 'serach' in spec; did you mean 'search'?"),
+    (smoke(objective="test/top1"), "uses the test split"),
+    (smoke(objective="top1"), "must be a validation metric"),
+    (smoke(search={"mixup.alpah": {}}), "has no parameter 'alpah'; did you mean 'alpha'?"),
+    (smoke(search={"mixpu.alpha": {}}), "unknown trick 'mixpu'; did you mean 'mixup'?"),
+    (smoke(search={"noise.sigma": {}}), "noise is not enabled"),
+    (smoke(sampler="grid", search={"mixup.alpha": {}}), "sampler grid needs choices for every searched parameter"),
+    (smoke(search={"mixup.alpha": {"low": 0, "high": 2, "log": False}}), "search mixup.alpha must be in (0, inf], got 0"),
+    (smoke(search={"mixup.alpha": {"low": 0, "high": 2}}), "a log range needs low > 0"),
+    (smoke(search={"mixup.alpha": {"low": 1, "high": 0.5}}), "low (1) must be below high (0.5)"),
+    (smoke(search={"mixup.alpha": {"low": 0.1, "high": 1, "lg": True}}), "unknown key 'lg'"),
+    (smoke(search={"optim.lr": {}}), "no declared range"),
+    (smoke(search={"optim.lr": {"low": 0, "high": 0.1}}), "optim.lr must be > 0"),
+    (smoke(search={"train.out_dir": ["a", "b"]}), "cannot be searched"),
+    (smoke(search={"optim.lrr": {"low": 0.1, "high": 0.2}}), "unknown config key 'optim.lrr'; did you mean 'lr'?"),
+    (smoke(sampler="cmaes"), "sampler 'cmaes' is not supported"),
+    (smoke(pruner={"name": "median", "warmup": 1}), "pruner median has no option 'warmup'"),
+    (smoke(n_trials=0), "n_trials must be an integer >= 1"),
+    (smoke(n_trials=None), "give the study a budget"),
+    (smoke(seeds=[0, 1]), "seeds repeats every grid point"),
+    (smoke(pruning={"restart_aware": True}, base={"tricks": {"mixup": {}, "label_smoothing": {}}},
+           search={"mixup.alpha": {}}), "needs sgdr under base.tricks"),
+    (smoke(base={"train": {"epoch": 2}, "tricks": {"mixup": {}}}, search={"mixup.alpha": {}}), "unknown config key 'train.epoch'"),
+    (smoke(teacher={"train": {"epochs": 1}}), "base.tricks has no distillation"),
+])
+def test_spec_errors_are_one_line(raw, needle):
+    assert needle in error_of(raw)
+
+
+def test_script_mode_allows_the_scripts_own_parameters():
+    raw = smoke(search={"lr": {"low": 0.001, "high": 0.1, "log": True}, "width": {"low": 8, "high": 64}, "mixup.alpha": {}})
+    with pytest.raises(ConfigError, match="neither <trick>.<param> nor a config key"):
+        spec_from_mapping(raw)
+    spec = spec_from_mapping(raw, script=True)
+    assert spec.dimension("lr").kind == "float" and spec.dimension("width").kind == "int"
+    assert spec.dimension("lr").target == ()
+
+
+def test_restart_aware_report_epochs():
+    raw = smoke(pruning={"restart_aware": True}, base={"train": {"epochs": 7}, "tricks": {"sgdr": {}, "mixup": {}}},
+                search={"mixup.alpha": {}})
+    spec = spec_from_mapping(raw)
+    assert spec.report_epochs(7, {"t0": 1, "t_mult": 2.0}) == [1, 3, 7]
+    assert spec.report_epochs(7, {}) == [7]  # t0 = the run: one cycle
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--serach"], "unrecognized arguments"),
+    (["objective=1"], "unknown config key 'objective'"),
+    (["--workers", "0"], "--workers must be a positive integer or auto"),
+    (["--launch", "accelerate launch"], "give --script PATH too"),
+])
+def test_cli_errors_exit_2_with_one_line(tmp_path, args, needle):
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(SMOKE), "--out-dir", str(tmp_path), *args],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_cli_rejects_bad_spec_files(tmp_path):
+    for body, needle in [("objective: test/top1\nsearch: {mixup.alpha: {}}\n", "uses the test split"),
+                         ("bogus: 1\n", "unknown key 'bogus'")]:
+        spec = tmp_path / "bad.yaml"
+        spec.write_text(body)
+        proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(spec)], capture_output=True, text=True,
+                              env=subprocess_env(), timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+        assert not (tmp_path / "sweeps_out").exists()  # nothing ran
+
+
+def test_gpu_pinning_and_worker_count():
+    assert worker_count("auto", []) == 1
+    assert worker_count("auto", ["0", "1", "2"]) == 3
+    assert worker_count("2", []) == 2
+    assert assign_gpus(3, ["4", "5"]) == ["4", "5", "4"]
+    assert assign_gpus(2, []) == [None, None]
+    with pytest.raises(ConfigError):
+        worker_count("many", [])
+
+
+def test_budget_counts_failed_trials_only_when_not_retried():
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0))
+    study.add_trial(create_trial(state=TrialState.FAIL))  # 1: crashed, retried by 2
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={"retry_of": 1}))
+    study.add_trial(create_trial(state=TrialState.FAIL))  # 3: failed, not retried: counts
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.5}))
+    assert budget_used(study.get_trials()) == 4
+
+
+def test_storage_urls(tmp_path):
+    assert resolve_storage(None, tmp_path / "s").journal == (tmp_path / "s" / "journal.log").resolve()
+    assert resolve_storage("postgresql://u:pw@h/db", tmp_path).display().endswith("u:***@h/db")
+    assert resolve_storage(f"sqlite:///{tmp_path}/x.db", tmp_path).kind == "sqlite"
+    with pytest.raises(ConfigError, match="not supported"):
+        resolve_storage("mysql://u@h/db", tmp_path)
