@@ -79,6 +79,12 @@ class Timed:
 
     name: str
     seconds: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)
+    """Minor page faults of this process during each call (fresh memory the kernel had to map)."""
+
+    @property
+    def faults_per_call(self) -> float:
+        return statistics.median(self.faults) if self.faults else float("nan")
 
     @property
     def median(self) -> float:
@@ -122,14 +128,25 @@ def interleave(
             fn = variants[n]
             for _ in range(calls):
                 sync()
+                f0 = _minor_faults()
                 t0 = time.perf_counter()
                 fn(counter[n])
                 sync()
                 out[n].seconds.append(time.perf_counter() - t0)
+                out[n].faults.append(_minor_faults() - f0)
                 counter[n] += 1
         if progress is not None:
             progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {out[n].median * 1e3:.1f} ms" for n in names))
     return out
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):  # pragma: no cover - not on Linux/macOS
+        return 0
 
 
 # ---------------------------------------------------------------------------

@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype (default bf16)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s of the device for MFU (H100 SXM bf16: 989)")
     p.add_argument("--diagnose", action="store_true",
-                   help="add variants that isolate the NaN guard: plain+nan-check (plain with the same host-side check) "
-                        "and trickbox-no-check (TrickSet.loss without it)")
+                   help="add variants that isolate costs: plain+nan-check (plain with TrickSet's host-side NaN check), "
+                        "trickbox-no-check (TrickSet.loss without it) and tricks-no-kd (mixup, smoothing, SGDR only)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs (CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
@@ -191,7 +191,8 @@ class Bench:
         four = four_tricks_config(self.teacher_dir)
         out = {"plain": self.plain(False), "trickbox": self.trickbox(False, {}), "tricks": self.trickbox(False, four)}
         if self.args.diagnose:
-            out.update({"plain+nan-check": self.plain(False, nan_check=True), "trickbox-no-check": self.trickbox(False, {}, nan_check=False)})
+            out.update({"plain+nan-check": self.plain(False, nan_check=True), "trickbox-no-check": self.trickbox(False, {}, nan_check=False),
+                        "tricks-no-kd": self.trickbox(False, four_tricks_config(None))})
         if self.compiled is not None:
             out.update({"plain+compile": self.plain(True), "trickbox+compile": self.trickbox(True, {}),
                         "tricks+compile": self.trickbox(True, four)})

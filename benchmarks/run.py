@@ -116,8 +116,9 @@ def bench_steps(args: argparse.Namespace, data_zip: Path | None, work: Path) -> 
             f"≤ 1 teacher forward ({ms(tf)})", kd_extra <= tf, f"teacher {args.teacher}, T=4"),
     ]
     detail = markdown_table(
-        ("variant", "median step", "IQR", "images/s", "steps timed"),
-        ((k, ms(v.median), f"{ms(v.iqr[0])} – {ms(v.iqr[1])}", f"{args.batch_size / v.median:.0f}", str(len(v.seconds))) for k, v in t.items()),
+        ("variant", "median step", "IQR", "images/s", "page faults/step", "steps timed"),
+        ((k, ms(v.median), f"{ms(v.iqr[0])} – {ms(v.iqr[1])}", f"{args.batch_size / v.median:.0f}", f"{v.faults_per_call:,.0f}", str(len(v.seconds)))
+         for k, v in t.items()),
     )
     return rows, f"Step times ({args.model}, batch {args.batch_size}, {source}; `teacher` is one {args.teacher} forward pass):\n\n{detail}"
 

@@ -1,7 +1,7 @@
 """Faults a training run must survive or refuse cleanly: NaN/inf, W&B outages, hostile files, broken plugins.
 
 Resume, checkpoints and signals are in ``tests/test_resume.py``. Every
-injected fault is appended to a JSON-lines log (``record_fault``) so that the
+injected fault is appended to a JSON-lines log (the ``fault`` fixture) so that the
 numbers in ``docs/reliability.md`` come from a test run.
 """
 from __future__ import annotations
@@ -35,16 +35,28 @@ KEY = "secret-test-key-123"
 FULL_KEY = KEY + "-" + "0" * 30  # W&B rejects keys under 40 characters before it even tries the network
 SMALL = ["data.name=digits", "data.train_subset=256", "data.test_subset=100", "train.epochs=1", "train.batch_size=64",
          "train.progress=false", "model.name=cifar_resnet8"]
+LOG_ENV = "TRICKBOX_RELIABILITY_LOG"
 
 
-def record_fault(request: pytest.FixtureRequest, fault: str, *, resumed: bool = False, lost: bool = False, **detail: object) -> None:
-    """Append one injected fault to the JSON-lines log ($TRICKBOX_RELIABILITY_LOG, else pytest's base temp dir)."""
-    path = os.environ.get("TRICKBOX_RELIABILITY_LOG") or str(
-        request.config._tmp_path_factory.getbasetemp() / "reliability.jsonl"  # type: ignore[attr-defined]
-    )
-    row = {"test": request.node.nodeid, "fault": fault, "resumed": resumed, "lost": lost, **detail}
+@pytest.fixture
+def fault(request: pytest.FixtureRequest):
+    """``fault("what", resumed=True)`` declares the fault a test injects. At teardown it is appended to the
+    JSON-lines log (``$TRICKBOX_RELIABILITY_LOG``, else ``reliability.jsonl`` in pytest's base temp dir)
+    with ``"lost": true`` when the test failed; ``docs/reliability.md`` counts its numbers from that log."""
+    rows: list[dict[str, Any]] = []
+    failed_before = request.session.testsfailed
+
+    def declare(what: str, *, resumed: bool = False, **detail: Any) -> dict[str, Any]:
+        row = {"test": request.node.nodeid, "fault": what, "resumed": resumed, **detail}
+        rows.append(row)
+        return row
+
+    yield declare
+    lost = request.session.testsfailed > failed_before
+    path = os.environ.get(LOG_ENV) or str(request.config._tmp_path_factory.getbasetemp() / "reliability.jsonl")  # type: ignore[attr-defined]
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        for row in rows:
+            f.write(json.dumps({**row, "lost": lost}) + "\n")
 
 
 def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None, wrap: list[str] | None = None,
@@ -93,9 +105,10 @@ class Poison(Trick):
                 next(self.model.parameters()).view(-1)[0] = float("inf")
 
 
-def _poisoned_run(tmp_path: Path, *extra: Trick, at: int, what: str = "loss", overrides: tuple[str, ...] = ()):
+def _poisoned_run(tmp_path: Path, *extra: Trick, at: int, what: str = "loss"):
+    """Train 3 epochs of 2 steps (256 images, batches of 128) with ``Poison``; it must raise NonFiniteError."""
     cfg = load_config([], [*SMALL, "train.epochs=3", "train.tracker=none", "train.batch_size=128",
-                           f"train.out_dir={tmp_path}", "train.run_name=nan", *overrides])
+                           f"train.out_dir={tmp_path}", "train.run_name=nan"])
     poison = Poison(at=at, what=what)
     with pytest.raises(NonFiniteError) as err:
         train(cfg, tricks=TrickSet([poison, *extra]))
@@ -106,7 +119,8 @@ def _finite(state: dict[str, torch.Tensor]) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_nan_loss_stops_before_backward_and_optimizer_step(tmp_path, request):
+def test_nan_loss_stops_before_backward_and_optimizer_step(tmp_path, fault):
+    fault("NaN loss term at step 5")
     # 256 images / 128 per batch = 2 steps per epoch: the epoch-1 checkpoint is at step 2, the NaN at step 5
     poison, err, run_dir = _poisoned_run(tmp_path, at=5)
     assert "loss is not finite at step 5" in str(err) and "poison=nan" in str(err)
@@ -120,28 +134,31 @@ def test_nan_loss_stops_before_backward_and_optimizer_step(tmp_path, request):
     assert not (run_dir / "model.safetensors").exists()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] or 0 for r in rows) <= 5
-    record_fault(request, "NaN loss term at step 5")
 
 
-def test_inf_weights_are_never_checkpointed(tmp_path, request):
+def test_inf_weights_are_never_checkpointed(tmp_path, fault):
+    fault("inf weight before a checkpoint")
     # the weight becomes inf right after step 2, the last step of epoch 1: its end-of-epoch checkpoint is refused
     poison, err, run_dir = _poisoned_run(tmp_path, at=2, what="weights")
     assert "weights are not finite after step 2" in str(err)
     assert list_checkpoints(run_dir / "checkpoints") == []
-    record_fault(request, "inf weight before a checkpoint")
 
 
-def test_non_finite_mixup_lambda_is_caught(tmp_path, monkeypatch, request):
+def test_non_finite_mixup_lambda_is_caught(tmp_path, monkeypatch, fault):
+    fault("NaN mixup λ at step 2")
     import trickbox.tricks.mixup as mixup_module
 
     real = mixup_module.sample_lambda
-    monkeypatch.setattr(mixup_module, "sample_lambda", lambda a, size, rng: float("nan") if calls.append(1) or len(calls) == 3 else real(a, size, rng))
-    calls: list[int] = []
+    draws = iter(range(10**6))
+
+    def nan_at_step_2(alpha: float, size: int | None, rng: Any) -> Any:  # one draw per step
+        return float("nan") if next(draws) == 2 else real(alpha, size, rng)
+
+    monkeypatch.setattr(mixup_module, "sample_lambda", nan_at_step_2)
     mixup = discover().build({"mixup": {"alpha": 0.4, "grid": False}})[0]
     poison, err, run_dir = _poisoned_run(tmp_path, mixup, at=10**6)
     assert "mixup drew a non-finite λ" in str(err)
     assert latest_checkpoint(run_dir / "checkpoints").step == 2  # type: ignore[union-attr]
-    record_fault(request, "NaN mixup λ at step 2")
 
 
 def _nan_teacher(path: Path) -> Path:
@@ -155,7 +172,8 @@ def _nan_teacher(path: Path) -> Path:
     return path
 
 
-def test_nan_teacher_logits_stop_the_cli_with_exit_3(tmp_path, monkeypatch, capsys, request):
+def test_nan_teacher_logits_stop_the_cli_with_exit_3(tmp_path, monkeypatch, capsys, fault):
+    fault("NaN teacher logits (CLI)")
     teacher = _nan_teacher(tmp_path / "nan_teacher.safetensors")
     monkeypatch.chdir(tmp_path)
     code = cli_main(["train", *SMALL, "train.tracker=none", "train.run_name=kd", "tricks.distillation.teacher=cifar_resnet8",
@@ -164,7 +182,6 @@ def test_nan_teacher_logits_stop_the_cli_with_exit_3(tmp_path, monkeypatch, caps
     line = _one_line(capsys.readouterr().err)
     assert line == "trickbox: stopped: teacher logits are not finite; no optimizer step or checkpoint was written with it"
     assert list_checkpoints(tmp_path / "runs" / "kd" / "checkpoints") == []
-    record_fault(request, "NaN teacher logits (CLI)")
 
 
 # ============================================================================
@@ -201,7 +218,8 @@ def silent_server():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["online-timeout", "offline"])
-def test_wandb_outage_never_stops_training_and_the_key_is_never_written(tmp_path, silent_server, mode, request):
+def test_wandb_outage_never_stops_training_and_the_key_is_never_written(tmp_path, silent_server, mode, fault):
+    fault(f"W&B {mode}" + (" (server never answers)" if mode == "online-timeout" else ""))
     env = subprocess_env(WANDB_API_KEY=FULL_KEY)
     if mode == "online-timeout":
         env.update(WANDB_MODE="online", WANDB_BASE_URL=silent_server, TRICKBOX_WANDB_INIT_TIMEOUT="3")
@@ -221,7 +239,6 @@ def test_wandb_outage_never_stops_training_and_the_key_is_never_written(tmp_path
     assert (tmp_path / "wandb").is_dir() and (tmp_path / "runs" / "w" / "checkpoints").is_dir()
     assert _files_containing(tmp_path, KEY.encode()) == []
     assert KEY not in res.stdout and KEY not in res.stderr
-    record_fault(request, f"W&B {mode}" + (" (server never answers)" if mode == "online-timeout" else ""))
 
 
 def _private_mount(directory: Path, kind: str) -> list[str]:
@@ -246,7 +263,8 @@ def _private_mount(directory: Path, kind: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["read-only", "full"])
-def test_unwritable_wandb_dir_never_stops_training(tmp_path, kind, request):
+def test_unwritable_wandb_dir_never_stops_training(tmp_path, kind, fault):
+    fault(f"W&B directory {kind}")
     wandb_dir = tmp_path / "wandb-dir"
     wandb_dir.mkdir()
     wrap = _private_mount(wandb_dir, kind)
@@ -259,7 +277,6 @@ def test_unwritable_wandb_dir_never_stops_training(tmp_path, kind, request):
     _assert_trained(tmp_path / "runs" / "w")
     line = _one_line(res.stderr)  # not W&B's hundreds of "--- Logging error ---" tracebacks
     assert line.startswith("trickbox: W&B is off for this run: its directory") and "not writable" in line
-    record_fault(request, f"W&B directory {kind}")
 
 
 def test_init_timeout_comes_from_the_environment(monkeypatch, capsys):
@@ -296,7 +313,8 @@ def _payload_file(path: Path, marker: Path, fmt: str) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["torch-zip", "raw-pickle"])
-def test_payload_is_live_but_load_weights_refuses_it(tmp_path, fmt, request):
+def test_payload_is_live_but_load_weights_refuses_it(tmp_path, fmt, fault):
+    fault(f"pickle payload as weights ({fmt})")
     payload = _payload_file(tmp_path / f"evil.{fmt}", tmp_path / "MARKER", fmt)
     with pytest.raises(ConfigError, match="refusing to load") as err:
         load_weights(payload)
@@ -308,11 +326,11 @@ def test_payload_is_live_but_load_weights_refuses_it(tmp_path, fmt, request):
     else:
         pickle.loads(payload.read_bytes())
     assert (tmp_path / "MARKER").exists()
-    record_fault(request, f"pickle payload as weights ({fmt})")
 
 
 @pytest.mark.slow
-def test_teacher_pickle_payload_is_refused_by_the_cli(tmp_path, request):
+def test_teacher_pickle_payload_is_refused_by_the_cli(tmp_path, fault):
+    fault("pickle payload as distillation teacher (CLI)")
     marker = tmp_path / "MARKER"
     payload = _payload_file(tmp_path / "teacher.pt", marker, "torch-zip")
     res = _cli(tmp_path, *SMALL, "train.tracker=none", "tricks.distillation.teacher=cifar_resnet8",
@@ -321,10 +339,10 @@ def test_teacher_pickle_payload_is_refused_by_the_cli(tmp_path, request):
     line = _one_line(res.stderr)
     assert line.startswith("trickbox: error: refusing to load") and "teacher.pt" in line
     assert not marker.exists()
-    record_fault(request, "pickle payload as distillation teacher (CLI)")
 
 
-def test_checkpoint_with_a_pickle_payload_is_refused_on_resume(tmp_path, request):
+def test_checkpoint_with_a_pickle_payload_is_refused_on_resume(tmp_path, fault):
+    fault("pickle payload in a checkpoint's optimizer.pt")
     cfg = load_config([], [*SMALL, "train.tracker=none", f"train.out_dir={tmp_path}", "train.run_name=r", "train.epochs=2",
                            "train.stop_after_epoch=1"])
     train(cfg)
@@ -342,11 +360,11 @@ def test_checkpoint_with_a_pickle_payload_is_refused_on_resume(tmp_path, request
     with pytest.raises(ConfigError, match="refusing to load .*optimizer.pt"):
         train(cfg, resume=True)
     assert not marker.exists()
-    record_fault(request, "pickle payload in a checkpoint's optimizer.pt")
 
 
 @pytest.mark.slow
-def test_yaml_python_tags_are_refused(tmp_path, request):
+def test_yaml_python_tags_are_refused(tmp_path, fault):
+    fault("YAML with a python/object/apply tag (CLI)")
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.yaml"
     evil.write_text(f'train: !!python/object/apply:os.system ["touch {marker}"]\n')
@@ -354,7 +372,6 @@ def test_yaml_python_tags_are_refused(tmp_path, request):
     assert res.returncode == 2
     assert "is not safe YAML" in _one_line(res.stderr)
     assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["evil.yaml"]
-    record_fault(request, "YAML with a python/object/apply tag (CLI)")
 
 
 @pytest.mark.parametrize(
@@ -367,7 +384,8 @@ def test_yaml_python_tags_are_refused(tmp_path, request):
     ],
     ids=["unknown-trick", "bad-value", "unknown-key", "wrong-type"],
 )
-def test_bad_config_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys, override, fragment, request):
+def test_bad_config_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys, override, fragment, fault, request):
+    fault(f"invalid config ({request.node.callspec.id})")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")  # a run that started would create ./wandb
     code = cli_main(["train", "train.epochs=1", "train.tracker=wandb", override])
@@ -376,7 +394,6 @@ def test_bad_config_exits_2_before_anything_is_written(tmp_path, monkeypatch, ca
     line = _one_line(err)
     assert line.startswith("trickbox: error: ") and fragment in line
     assert list(tmp_path.iterdir()) == [], "something was written before the config was validated"
-    record_fault(request, f"invalid config ({request.node.callspec.id})")
 
 
 # -- plugins --------------------------------------------------------------------
@@ -429,7 +446,8 @@ def plugin_site(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_trickbox_list_reports_broken_plugins_by_name_and_reason(tmp_path, plugin_site, request):
+def test_trickbox_list_reports_broken_plugins_by_name_and_reason(tmp_path, plugin_site, fault):
+    fault("broken third-party plugins (import error, bad hook name, bad hook argument)")
     res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env=subprocess_env(PYTHONPATH=str(plugin_site)))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -441,7 +459,6 @@ def test_trickbox_list_reports_broken_plugins_by_name_and_reason(tmp_path, plugi
     assert "! fakebadarg (tbx-fake-plugins) not loaded: hook trickbox_loss takes optimizer" in out
     for builtin in ("sgdr", "label_smoothing", "distillation", "mixup", "noise"):
         assert f"\n{builtin}  (trickbox " in "\n" + out
-    record_fault(request, "broken third-party plugins (import error, bad hook name, bad hook argument)")
 
 
 def test_broken_plugins_leave_the_others_working(tmp_path, plugin_site, monkeypatch, request):
@@ -456,7 +473,8 @@ def test_broken_plugins_leave_the_others_working(tmp_path, plugin_site, monkeypa
     assert result.steps > 0 and result.test["top1"] > 0
 
 
-def test_autoload_off_keeps_only_builtins(plugin_site, monkeypatch, capsys, request):
+def test_autoload_off_keeps_only_builtins(plugin_site, monkeypatch, capsys, fault):
+    fault("plugin autoload switched off")
     monkeypatch.syspath_prepend(str(plugin_site))
     assert "fakegood" in discover().tricks
     monkeypatch.setenv("TRICKBOX_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -467,10 +485,10 @@ def test_autoload_off_keeps_only_builtins(plugin_site, monkeypatch, capsys, requ
         assert f"\n{builtin}  (trickbox " in "\n" + out
     with pytest.raises(ConfigError, match="unknown trick 'fakegood'"):
         prepare_tricks(load_config([], ["tricks.fakegood.scale=0.5"]))
-    record_fault(request, "plugin autoload switched off")
 
 
-def test_single_plugins_can_be_blocked(plugin_site, monkeypatch, capsys, request):
+def test_single_plugins_can_be_blocked(plugin_site, monkeypatch, capsys, fault):
+    fault("plugins blocked by TRICKBOX_BLOCK and plugins.block")
     monkeypatch.syspath_prepend(str(plugin_site))
     monkeypatch.setenv("TRICKBOX_BLOCK", "fakegood, fakebroken")
     assert cli_main(["list"]) == 0
@@ -483,7 +501,6 @@ def test_single_plugins_can_be_blocked(plugin_site, monkeypatch, capsys, request
     cfg = load_config([], ["plugins.block=[fakegood, mixup]", "tricks.mixup.alpha=0.2"])
     with pytest.raises(ConfigError, match="trick 'mixup' is blocked"):
         prepare_tricks(cfg)
-    record_fault(request, "plugins blocked by TRICKBOX_BLOCK and plugins.block")
 
 
 class NotATrick:

@@ -8,7 +8,7 @@ sampler position, the SGDR position and the mixup draws all have to be
 restored for the weights to match. Kill and signal tests run the real CLI
 (``python train.py``) in a subprocess and send real signals.
 
-Each fault is recorded (see ``record_fault``) so ``docs/reliability.md``'s
+Each fault is recorded (the ``fault`` fixture) so ``docs/reliability.md``'s
 numbers come from a test run.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,14 +51,28 @@ STEPS_PER_EPOCH = 41  # 1293 digits training images / 32, rounded up; checked in
 
 
 # -- fault log: the numbers in docs/reliability.md ---------------------------
-def record_fault(request: pytest.FixtureRequest, fault: str, *, resumed: bool, lost: bool = False, **detail: object) -> None:
-    """Append one injected fault to the JSON-lines log ($TRICKBOX_RELIABILITY_LOG, else pytest's base temp dir)."""
-    path = os.environ.get("TRICKBOX_RELIABILITY_LOG") or str(
-        request.config._tmp_path_factory.getbasetemp() / "reliability.jsonl"  # type: ignore[attr-defined]
-    )
-    row = {"test": request.node.nodeid, "fault": fault, "resumed": resumed, "lost": lost, **detail}
+LOG_ENV = "TRICKBOX_RELIABILITY_LOG"
+
+
+@pytest.fixture
+def fault(request: pytest.FixtureRequest):
+    """``fault("what", resumed=True)`` declares the fault a test injects. At teardown it is appended to the
+    JSON-lines log (``$TRICKBOX_RELIABILITY_LOG``, else ``reliability.jsonl`` in pytest's base temp dir)
+    with ``"lost": true`` when the test failed; ``docs/reliability.md`` counts its numbers from that log."""
+    rows: list[dict[str, Any]] = []
+    failed_before = request.session.testsfailed
+
+    def declare(what: str, *, resumed: bool = False, **detail: Any) -> dict[str, Any]:
+        row = {"test": request.node.nodeid, "fault": what, "resumed": resumed, **detail}
+        rows.append(row)
+        return row
+
+    yield declare
+    lost = request.session.testsfailed > failed_before
+    path = os.environ.get(LOG_ENV) or str(request.config._tmp_path_factory.getbasetemp() / "reliability.jsonl")  # type: ignore[attr-defined]
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        for row in rows:
+            f.write(json.dumps({**row, "lost": lost}) + "\n")
 
 
 # -- helpers -----------------------------------------------------------------
@@ -229,7 +244,8 @@ def test_sgdr_restarts_where_the_tests_stop():
 
 
 @pytest.mark.parametrize("stop", [1, 2], ids=["at-sgdr-restart", "mid-sgdr-cycle"])
-def test_stop_after_epoch_then_resume_matches_an_uninterrupted_run(cfg_file, reference, tmp_path, stop, request):
+def test_stop_after_epoch_then_resume_matches_an_uninterrupted_run(cfg_file, reference, tmp_path, stop, fault):
+    fault(f"stop after epoch {stop} ({'SGDR restart' if stop == 1 else 'mid-cycle'})", resumed=True, exact=True)
     first = _train_here(cfg_file, tmp_path, "r", f"train.stop_after_epoch={stop}")
     assert first.steps == stop * STEPS_PER_EPOCH and first.test == {}
     assert latest_checkpoint(first.run_dir / "checkpoints").epoch == stop  # type: ignore[union-attr]
@@ -237,10 +253,10 @@ def test_stop_after_epoch_then_resume_matches_an_uninterrupted_run(cfg_file, ref
     assert second.steps == EPOCHS * STEPS_PER_EPOCH
     assert [h["epoch"] for h in second.history] == list(range(1, EPOCHS + 1))
     assert_same_weights(reference, second.run_dir)
-    record_fault(request, f"stop after epoch {stop} ({'SGDR restart' if stop == 1 else 'mid-cycle'})", resumed=True, exact=True)
 
 
-def test_truncated_newest_checkpoint_is_skipped_on_resume_through_the_cli(cfg_file, reference, stopped_mid_cycle, tmp_path, request):
+def test_truncated_newest_checkpoint_is_skipped_on_resume_through_the_cli(cfg_file, reference, stopped_mid_cycle, tmp_path, fault):
+    fault("newest checkpoint truncated to half", resumed=True, exact=True)
     run_dir = tmp_path / "t"
     shutil.copytree(stopped_mid_cycle, run_dir)
     ckpts = list_checkpoints(run_dir / "checkpoints")
@@ -252,12 +268,12 @@ def test_truncated_newest_checkpoint_is_skipped_on_resume_through_the_cli(cfg_fi
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"checkpoint {ckpts[-1]} is incomplete or damaged" in res.stderr
     assert_same_weights(reference, run_dir)  # so it resumed from the epoch-1 checkpoint and redid epoch 2
-    record_fault(request, "newest checkpoint truncated to half", resumed=True, exact=True)
 
 
 # -- preemption and kills (real subprocesses, real signals) ---------------------
 @pytest.mark.slow
-def test_sigterm_mid_epoch_checkpoints_exits_143_and_resumes_exactly(cfg_file, reference, tmp_path, spawn, request):
+def test_sigterm_mid_epoch_checkpoints_exits_143_and_resumes_exactly(cfg_file, reference, tmp_path, spawn, fault):
+    f = fault("SIGTERM mid-epoch", resumed=True, exact=True)
     run_dir = tmp_path / "p"
     proc = spawn(_cli(cfg_file, tmp_path, "p"), tmp_path)
     _wait_until(proc, lambda: _steps_logged(run_dir / "metrics.jsonl") >= 3, "3 steps were logged")
@@ -269,16 +285,17 @@ def test_sigterm_mid_epoch_checkpoints_exits_143_and_resumes_exactly(cfg_file, r
     assert found is not None and 0 < found.batch_in_epoch < STEPS_PER_EPOCH, "no mid-epoch checkpoint"
     assert found.step == found.epoch * STEPS_PER_EPOCH + found.batch_in_epoch
     assert not (run_dir / "model.safetensors").exists()
+    f.update(checkpoint_step=found.step)
 
     res = subprocess.run(_cli(cfg_file, tmp_path, "p", "--resume"), cwd=tmp_path, env=subprocess_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert_same_weights(reference, run_dir)
-    record_fault(request, "SIGTERM mid-epoch", resumed=True, exact=True, at_step=found.step)
 
 
 @pytest.mark.slow
-def test_sigusr1_is_a_preemption_too(cfg_file, reference, tmp_path, spawn, request):
+def test_sigusr1_is_a_preemption_too(cfg_file, reference, tmp_path, spawn, fault):
+    f = fault("SIGUSR1 mid-epoch", resumed=True, exact=True)
     run_dir = tmp_path / "u"
     proc = spawn(_cli(cfg_file, tmp_path, "u"), tmp_path)
     _wait_until(proc, lambda: _steps_logged(run_dir / "metrics.jsonl") >= STEPS_PER_EPOCH + 5, "epoch 2 had begun")
@@ -287,15 +304,16 @@ def test_sigusr1_is_a_preemption_too(cfg_file, reference, tmp_path, spawn, reque
     assert proc.returncode == 128 + signal.SIGUSR1, err[-2000:]
     found = latest_checkpoint(run_dir / "checkpoints")
     assert found is not None and found.epoch >= 1 and found.batch_in_epoch > 0
+    f.update(checkpoint_step=found.step)
     torch.set_num_threads(1)
     resumed = _train_here(cfg_file, tmp_path, "u", resume=True)  # in-process resume of a CLI checkpoint
     assert_same_weights(reference, resumed.run_dir)
-    record_fault(request, "SIGUSR1 mid-epoch", resumed=True, exact=True, at_step=found.step)
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_leaves_a_resumable_run(cfg_file, reference, tmp_path, spawn, request):
+def test_sigkill_mid_run_leaves_a_resumable_run(cfg_file, reference, tmp_path, spawn, fault):
     """No handler runs on SIGKILL: what is on disk must still be either complete or ignored."""
+    f = fault("SIGKILL mid-run (no handler runs)", resumed=True, exact=True)
     run_dir = tmp_path / "k"
     proc = spawn(_cli(cfg_file, tmp_path, "k"), tmp_path)
     _wait_until(proc, lambda: bool(list_checkpoints(run_dir / "checkpoints")), "the first checkpoint was written")
@@ -307,11 +325,11 @@ def test_sigkill_mid_run_leaves_a_resumable_run(cfg_file, reference, tmp_path, s
     for path in list_checkpoints(run_dir / "checkpoints"):
         assert verify(path) is not None, f"{path} has a final name but is incomplete"
     killed_at = latest_checkpoint(run_dir / "checkpoints")
+    f.update(checkpoint_step=killed_at and killed_at.step)
     torch.set_num_threads(1)
     resumed = _train_here(cfg_file, tmp_path, "k", resume=True)
     assert_same_weights(reference, resumed.run_dir)
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
-    record_fault(request, "SIGKILL (no handler)", resumed=True, exact=True, from_step=killed_at and killed_at.step)
 
 
 def _worker_ranks(launcher_pid: int) -> dict[int, int]:
@@ -326,8 +344,9 @@ def _worker_ranks(launcher_pid: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the worker processes")
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_path, request):
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_path, fault):
     """A scheduler may signal one worker only: both must checkpoint at the same step instead of deadlocking."""
+    f = fault("SIGTERM to one of 2 ranks (accelerate launch)")
     run_dir = tmp_path / "mp"
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -354,7 +373,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_pat
     assert "exitcode: 143" in err
     found = latest_checkpoint(run_dir / "checkpoints")
     assert found is not None and found.batch_in_epoch > 0
-    record_fault(request, "SIGTERM to one of 2 ranks", resumed=False, at_step=found.step)
+    f.update(checkpoint_step=found.step)
 
 
 WRITER = """
@@ -371,12 +390,13 @@ while True:
 
 
 @pytest.mark.slow
-def test_sigkill_while_checkpoints_are_being_written(tmp_path, spawn, request):
+def test_sigkill_while_checkpoints_are_being_written(tmp_path, spawn, fault):
     """A process that does nothing but write 8 MB checkpoints is killed at three moments; every checkpoint
     with a final name verifies, and the newest complete one is always found."""
     root = tmp_path / "checkpoints"
     newest = 0
     for delay in (0.05, 0.23, 0.41):
+        f = fault(f"SIGKILL while writing checkpoints (+{delay}s)")
         proc = spawn([sys.executable, "-c", WRITER, str(root), str(newest)], tmp_path)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
@@ -388,4 +408,4 @@ def test_sigkill_while_checkpoints_are_being_written(tmp_path, spawn, request):
         found = latest_checkpoint(root)
         assert found is not None and found.path == final[-1] and found.step > newest
         newest = found.step
-        record_fault(request, f"SIGKILL while writing checkpoints (+{delay}s)", resumed=True, newest_step=newest, mid_write=mid_write)
+        f.update(newest_complete_step=newest, killed_mid_write=mid_write)

@@ -142,7 +142,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, args, needle):
 
 
 def test_cli_rejects_bad_spec_files(tmp_path):
-    for body, needle in [("objective: test/top1\nsearch: {mixup.alpha: {}}\n", "uses the test split"),
+    for body, needle in [("base: {tricks: {mixup: {}}}\nobjective: test/top1\nsearch: {mixup.alpha: {}}\nn_trials: 2\n", "uses the test split"),
                          ("bogus: 1\n", "unknown key 'bogus'")]:
         spec = tmp_path / "bad.yaml"
         spec.write_text(body)

@@ -79,12 +79,12 @@ def figures(study: Any) -> dict[str, Any]:
     return out
 
 
-def grid_table(study: Any, objective: str) -> str:
+def grid_table(study: Any, objective: str, order: list[str] | None = None) -> str:
     """One Markdown row per grid point (seeds pooled): parameters, objective mean ± std, trials, states."""
     from optuna.trial import TrialState
 
     rows: dict[str, dict[str, Any]] = {}
-    names: list[str] = []
+    names: list[str] = [n for n in (order or []) if n != SEED_PARAM]
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             continue
@@ -199,7 +199,7 @@ def write_report(name: str, *, storage: str | None = None, out_dir: Path = Path(
     md_path = None
     table = ""
     if info.get("grid"):
-        table = grid_table(study, info.get("objective", "value"))
+        table = grid_table(study, info.get("objective", "value"), info.get("params"))
         md_path = html_path.with_suffix(".md")
         md_path.write_text(f"# Study {name}\n\n{table}")
     lines = [f"study {name}: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})"]

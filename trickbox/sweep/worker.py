@@ -229,6 +229,12 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
     budget = f"{spec.n_trials} trials" if spec.n_trials else f"{spec.timeout:g} s"
     print(f"trickbox sweep: study {spec.study!r} ({budget}) in {target.display()}; {n} worker(s)"
           + (f" on GPUs {', '.join(p for p in pins if p is not None)}" if gpus else " on CPU"), file=sys.stderr, flush=True)
+    if not _work_left(coordinator):
+        print(f"trickbox sweep: study {spec.study!r} has used its budget; nothing to run (raise it with --n-trials)",
+              file=sys.stderr, flush=True)
+        _print_summary(spec, coordinator)
+        coordinator.close()
+        return 0
     procs: list[subprocess.Popen[bytes] | None] = [None] * n
     restarts = [0] * n
     done = [False] * n
