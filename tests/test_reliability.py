@@ -566,3 +566,41 @@ def test_hook_problems_name_the_reason(cls, reason):
     cat.add(Fine, package="pkg-y")
     assert [(b.package, reason in b.reason) for b in cat.broken] == [("pkg-x", True)]
     assert list(cat.tricks) == ["fine"] and hook_problems(Fine) == []
+
+
+NAN_ON_ONE_RANK = '''
+import torch
+from trickbox import Trick, hookimpl
+
+
+class NanOnRankOne(Trick):
+    name = "nan_rank1"
+
+    @hookimpl
+    def trickbox_loss(self, logits, batch, ctx):
+        if ctx.rank == 1 and ctx.step == 1:
+            return {"poison": logits.sum() * float("nan")}
+        return None
+'''
+
+
+@pytest.mark.slow
+def test_nan_on_one_rank_stops_every_rank_without_a_hang(tmp_path, fault):
+    fault("NaN in the loss on one of 2 processes")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tbx_nan_rank.py").write_text(NAN_ON_ONE_RANK)
+    info = site / "tbx_nan_rank-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tbx-nan-rank\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[trickbox.tricks]\nnan_rank1 = tbx_nan_rank:NanOnRankOne\n")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    res = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", TRAIN_PY, *SMALL, "train.tracker=none", "train.run_name=r", "tricks.nan_rank1={}"],
+        cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", PYTHONPATH=str(site)), capture_output=True, text=True,
+        timeout=240,
+    )
+    assert res.returncode != 0
+    assert "not finite" in res.stderr or "non-finite" in res.stderr, res.stderr[-2000:]
+    assert not list((tmp_path / "runs" / "r" / "checkpoints").glob("step-*"))  # stopped in epoch 1, before any checkpoint

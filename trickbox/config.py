@@ -234,6 +234,11 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string; a number is meant
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
     parts = key.split(".")
     if parts[0] == "tricks" and len(parts) == 2 and value is None:
         return {"tricks": {parts[1]: None}}

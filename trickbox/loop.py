@@ -63,20 +63,21 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
 
-    def agreed(self, accelerator: Any) -> int | None:
-        """The signal if any process got one; the same answer on every rank, so all stop at the same step.
+    def agreed(self, accelerator: Any, bad: bool = False) -> tuple[int | None, bool]:
+        """(signal, any process saw a non-finite value): the same answer on every rank.
 
         A launcher forwards SIGTERM to its workers one after the other (and a
-        scheduler may signal one rank only): without agreeing, one rank would
-        wait in the checkpoint barrier while another runs the next all-reduce.
+        scheduler may signal one rank only), and a NaN may show on one rank
+        only: without agreeing, one rank would stop while the others wait in
+        the next all-reduce. One two-integer all-reduce per step settles both.
         """
         if accelerator.num_processes == 1:
-            return self.signum
+            return self.signum, bad
         import torch.distributed as dist
 
-        flag = torch.tensor([self.signum or 0], device=accelerator.device)
+        flag = torch.tensor([self.signum or 0, int(bad)], device=accelerator.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
+        return int(flag[0].item()) or None, bool(flag[1].item())
 
     def restore(self) -> None:
         for sig, old in self._old.items():
@@ -239,8 +240,15 @@ def train(
                 sync = i + 1 == group_end
                 scale = 1.0 / (group_end - (i // tc.grad_accum) * tc.grad_accum)
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    batch = tricks.batch(x, labels, index)
-                    parts = tricks.loss(tricks.forward(model, batch), batch)
+                    failure: NonFiniteError | None = None
+                    try:
+                        batch = tricks.batch(x, labels, index)
+                        parts = tricks.loss(tricks.forward(model, batch), batch)
+                    except NonFiniteError as exc:
+                        failure = exc
+                    signum, any_bad = stop.agreed(accelerator, failure is not None)
+                    if any_bad:  # before backward: no rank applies this step
+                        raise failure or NonFiniteError(f"a non-finite value on another process at step {ctx.step}")
                     accelerator.backward(parts.total * scale)
                 if not sync:
                     continue
@@ -251,8 +259,7 @@ def train(
                     progress.update(1)
                     if ctx.step % tc.log_every == 0:
                         progress.set_postfix(loss=f"{float(parts.total.detach()):.3f}", lr=f"{tricks.lr():.3g}", epoch=epoch, refresh=False)
-                signum = stop.agreed(accelerator)
-                if signum is not None:
+                if signum is not None:  # agreed before this step's backward; the step is finished now
                     checkpoint(epoch, i + 1)
                     raise Preempted(128 + signum)
             start_batch = 0
