@@ -81,6 +81,12 @@ class Timed:
     seconds: list[float] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
     """Minor page faults of this process during each call (fresh memory the kernel had to map)."""
+    cpu: list[float] = field(default_factory=list)
+    """CPU seconds of this process (all threads) during each call: less sensitive to other load than wall time."""
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else float("nan")
 
     @property
     def faults_per_call(self) -> float:
@@ -129,10 +135,12 @@ def interleave(
             for _ in range(calls):
                 sync()
                 f0 = _minor_faults()
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 fn(counter[n])
                 sync()
                 out[n].seconds.append(time.perf_counter() - t0)
+                out[n].cpu.append(time.process_time() - c0)
                 out[n].faults.append(_minor_faults() - f0)
                 counter[n] += 1
         if progress is not None:

@@ -35,7 +35,6 @@ import torch  # noqa: E402
 
 from common import DEFAULT_ZIP, Row, human_bytes, machine_lines, markdown_table, ms, rows_table, save_teacher  # noqa: E402
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 KNN_SECONDS = 120.0
 KNN_BYTES = 2 * 2**30
 SWEEP_SECONDS = 2.0
@@ -50,16 +49,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", default="cifar_resnet20", help="teacher model for distillation, random weights (default cifar_resnet20)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128; quick 16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of the step benchmark (default 8; quick 2)")
-    p.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 6; quick 1)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of the step benchmark (default 10; quick 1)")
+    p.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 5; quick 1)")
     p.add_argument("--loader-per-class", type=int, default=None, help="images per class for the loader row (default 800; quick 20)")
     p.add_argument("--loader-rounds", type=int, default=None, help="epochs per loader (default 5; quick 1)")
     p.add_argument("--knn-n", type=int, default=None, help="images for the KNN row (default 50000; quick 1000)")
     p.add_argument("--knn-k", type=int, default=None, help="neighbours for the KNN row (default 200; quick 10)")
+    p.add_argument("--block", default="results", help="name of the marked block of --out to replace (default results)")
     p.add_argument("--skip", action="append", default=[], choices=("steps", "loaders", "knn", "sweep"), help="leave a section out")
     args = p.parse_args(argv)
     q = args.quick
-    defaults = {"batch_size": (128, 16), "rounds": (8, 1), "steps": (6, 1), "loader_per_class": (800, 10), "loader_rounds": (5, 1),
+    defaults = {"batch_size": (128, 16), "rounds": (10, 1), "steps": (5, 1), "loader_per_class": (800, 10), "loader_rounds": (5, 1),
                 "knn_n": (50000, 500), "knn_k": (200, 5)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
@@ -104,21 +104,24 @@ def bench_steps(args: argparse.Namespace, data_zip: Path | None, work: Path) -> 
     t = interleave(variants, rounds=args.rounds, calls=args.steps, warmup=1 if args.quick else 2, progress=log)
     med = {k: v.median for k, v in t.items()}
     a, b, c, c3, d, d3, tf = (med[k] for k in ("a_plain", "b_trickbox", "c_tricks", "c_nokd", "d_timm", "d_nokd", "teacher"))
+    cpu = {k: v.cpu_median for k, v in t.items()}
     kd_extra = c - c3
     three = (c3 - b) / b
     rows = [
-        Row("(b)/(a) step time: TrickSet without tricks vs plain Accelerate loop", f"{b / a:.3f} ({ms(b)} vs {ms(a)})", "≤ 1.03", b / a <= 1.03),
+        Row("(b)/(a) step time: TrickSet without tricks vs plain Accelerate loop", f"{b / a:.3f} ({ms(b)} vs {ms(a)})", "≤ 1.03", b / a <= 1.03,
+            f"CPU-time ratio {cpu['b_trickbox'] / cpu['a_plain']:.3f}"),
         Row("(c)/(d) step time: trickbox's four tricks vs the same from timm parts", f"{c / d:.3f} ({ms(c)} vs {ms(d)})", "≤ 1.00", c / d <= 1.00,
-            f"without distillation: {c3 / d3:.3f} ({ms(c3)} vs {ms(d3)})"),
+            f"CPU-time ratio {cpu['c_tricks'] / cpu['d_timm']:.3f}; without distillation: {c3 / d3:.3f} ({ms(c3)} vs {ms(d3)})"),
         Row("mixup + label smoothing + SGDR over (b), share of step time", f"{three * 100:+.1f} % ({ms(c3)} vs {ms(b)})", "≤ 3 %", three <= 0.03,
-            f"timm's parts over (a): {(d3 - a) / a * 100:+.1f} %"),
+            f"CPU time {(cpu['c_nokd'] - cpu['b_trickbox']) / cpu['b_trickbox'] * 100:+.1f} %; timm's parts over (a): {(d3 - a) / a * 100:+.1f} %"),
         Row("distillation: extra step time of (c) over (c without distillation)", f"{ms(kd_extra)} = {kd_extra / tf:.2f} teacher forwards",
-            f"≤ 1 teacher forward ({ms(tf)})", kd_extra <= tf, f"teacher {args.teacher}, T=4"),
+            f"≤ 1 teacher forward ({ms(tf)})", kd_extra <= tf,
+            f"CPU time {(cpu['c_tricks'] - cpu['c_nokd']) / cpu['teacher']:.2f} teacher forwards; timm inline: {(d - d3) / tf:.2f}; teacher {args.teacher}"),
     ]
     detail = markdown_table(
-        ("variant", "median step", "IQR", "images/s", "page faults/step", "steps timed"),
-        ((k, ms(v.median), f"{ms(v.iqr[0])} – {ms(v.iqr[1])}", f"{args.batch_size / v.median:.0f}", f"{v.faults_per_call:,.0f}", str(len(v.seconds)))
-         for k, v in t.items()),
+        ("variant", "median step", "IQR", "median CPU time", "images/s", "page faults/step", "steps timed"),
+        ((k, ms(v.median), f"{ms(v.iqr[0])} – {ms(v.iqr[1])}", ms(v.cpu_median), f"{args.batch_size / v.median:.0f}", f"{v.faults_per_call:,.0f}",
+          str(len(v.seconds))) for k, v in t.items()),
     )
     return rows, f"Step times ({args.model}, batch {args.batch_size}, {source}; `teacher` is one {args.teacher} forward pass):\n\n{detail}"
 
@@ -177,17 +180,18 @@ def bench_sweep_section(args: argparse.Namespace) -> tuple[list[Row], str]:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
         return [Row("sweep-trial overhead", "failed to run", "< 2 s", None, f"see sweep_overhead.py: {tail}")], ""
     lines = proc.stdout.strip().splitlines()
-    for line in reversed(lines):  # a JSON summary line, if the script prints one
+    table = "\n".join(ln for ln in lines if ln.lstrip().startswith("|"))
+    for line in reversed(lines):  # the script ends with a JSON summary line
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict):
-            sec = r.get("overhead_s", r.get("seconds"))
-            if isinstance(sec, (int, float)):
-                return [Row("sweep-trial overhead per trial", f"{sec:.2f} s", "< 2 s", sec < SWEEP_SECONDS, "from sweep_overhead.py")], ""
-    table = [ln for ln in lines if ln.lstrip().startswith("|")]
-    return [Row("sweep-trial overhead", "see table below", "< 2 s", None, "from sweep_overhead.py")], "\n".join(table)
+        sec = r.get("overhead_s") if isinstance(r, dict) else None
+        if isinstance(sec, (int, float)):
+            start = r.get("startup_s")
+            note = "from sweep_overhead.py" + (f"; once per sweep: {start:.1f} s start-up" if isinstance(start, (int, float)) else "")
+            return [Row("sweep-trial overhead per trial", f"{sec:.2f} s", "< 2 s", sec < SWEEP_SECONDS, note)], table
+    return [Row("sweep-trial overhead", "see table below", "< 2 s", None, "from sweep_overhead.py")], table
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def render(args: argparse.Namespace, rows: list[Row], extras: list[str], argv: l
     parts = [
         f"Command: `{command}` ({seconds / 60:.1f} min)",
         "",
-        *machine_lines([f"load average at end: {load_end}"] + (["QUICK MODE: tiny settings, the numbers are not meaningful"] if args.quick else [])),
+        *machine_lines([f"load average at end: {load_end}"] + _env_lines() + (["QUICK MODE: tiny settings, the numbers are not meaningful"] if args.quick else [])),
         "",
         rows_table(rows),
     ]
@@ -210,17 +214,23 @@ def render(args: argparse.Namespace, rows: list[Row], extras: list[str], argv: l
     return "\n".join(parts) + "\n"
 
 
-def write_out(path: Path, body: str) -> None:
-    block = f"{START}\n{body}{END}\n"
-    if path.is_file():
-        text = path.read_text()
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            tail = rest.split(END, 1)[1]
-            path.write_text(head + block + tail.lstrip("\n"))
-            return
+def _env_lines() -> list[str]:
+    keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "OMP_NUM_THREADS")
+    found = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    return [f"environment: {' '.join(found)}"] if found else ["environment: default glibc malloc"]
+
+
+def write_out(path: Path, body: str, name: str = "results") -> None:
+    """Replace the block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` of ``path``, or append it."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body}{end}\n"
+    text = path.read_text() if path.is_file() else "# Performance\n\nGenerated by `benchmarks/run.py`.\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        path.write_text(head + block + rest.split(end, 1)[1].lstrip("\n"))
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Performance\n\nGenerated by `benchmarks/run.py`.\n\n" + block)
+    path.write_text(text.rstrip("\n") + "\n\n" + block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     body = render(args, rows, extras, argv, time.perf_counter() - t_start, load_average())
     print(body)
-    write_out(Path(args.out), body)
+    write_out(Path(args.out), body, args.block)
     log(f"wrote {args.out}")
     return 0
 

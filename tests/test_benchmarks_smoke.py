@@ -83,3 +83,19 @@ def test_make_subset_zip(tmp_path: Path) -> None:
     assert len([n for n in names if n.startswith("train/")]) == 6
     assert len([n for n in names if n.startswith("test/")]) == 3
     assert make_subset([str(tmp_path / "nope.zip"), str(dst), "--per-class", "2"]) == 2
+
+
+def test_write_out_replaces_or_appends_named_blocks(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from run import write_out
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "perf.md"
+    write_out(out, "first\n")
+    write_out(out, "tuned\n", "tuned")
+    out.write_text(out.read_text() + "\nnotes\n")
+    write_out(out, "second\n")
+    text = out.read_text()
+    assert "first" not in text and "second" in text and "tuned" in text and text.rstrip().endswith("notes")
+    assert text.index("second") < text.index("tuned")

@@ -117,15 +117,10 @@ def test_failure_inside_a_step_on_one_rank_ends_the_launch_without_hanging(tmp_p
     start = time.time()
     proc = launch(tmp_path, timeout=400, TRICKBOX_SWEEP_FAULT="rank=1,trial=0,where=step,at=3")
     assert proc.returncode != 0
-    assert time.time() - start < 300  # failure_wait (10 s) + shutdown, far below the process-group timeout
+    assert time.time() - start < 300  # start-up + failure_wait (5 s) + shutdown; the process-group timeout is 120 s
     journal = tmp_path / "out" / "dist" / "journal.log"
     trials = load_study("dist", journal).get_trials()
     assert len(trials) == 1 and trials[0].state.name == "FAIL", [t.state for t in trials]
     assert trials[0].user_attrs["failed_rank"] == 1
     assert "rank 1: InjectedFault" in trials[0].user_attrs["error"]
     assert "run the same command again" in proc.stderr
-
-    again = launch(tmp_path)  # same command, no fault: the study continues where it stopped
-    assert again.returncode == 0, again.stderr[-4000:]
-    trials = load_study("dist", journal).get_trials()
-    assert len(trials) == 3 and {t.state.name for t in trials[1:]} <= {"COMPLETE", "PRUNED"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,15 +142,25 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, args, needle):
     assert len(lines) == 1 and needle in lines[0], proc.stderr
 
 
-def test_cli_rejects_bad_spec_files(tmp_path):
-    for body, needle in [("base: {tricks: {mixup: {}}}\nobjective: test/top1\nsearch: {mixup.alpha: {}}\nn_trials: 2\n", "uses the test split"),
-                         ("bogus: 1\n", "unknown key 'bogus'")]:
-        spec = tmp_path / "bad.yaml"
-        spec.write_text(body)
-        proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(spec)], capture_output=True, text=True,
-                              env=subprocess_env(), timeout=120, cwd=tmp_path)
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
-        assert not (tmp_path / "sweeps_out").exists()  # nothing ran
+BAD_SPECS = {
+    "unknown key": ("bogus: 1\n", "unknown key 'bogus'"),
+    "test split": ("objective: test/top1\n", "uses the test split"),
+    "unknown param": ("search: {mixup.alpah: {}}\n", "trick mixup has no parameter 'alpah'; did you mean 'alpha'?"),
+    "grid without choices": ("sampler: grid\nn_trials: null\n", "sampler grid needs choices for every searched parameter"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_cli_rejects_bad_spec_files(tmp_path, case):
+    body, needle = BAD_SPECS[case]
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(yaml.safe_load(body))
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(spec)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "sweeps_out").exists()  # nothing ran
 
 
 def test_gpu_pinning_and_worker_count():
@@ -181,3 +192,39 @@ def test_storage_urls(tmp_path):
     assert resolve_storage(f"sqlite:///{tmp_path}/x.db", tmp_path).kind == "sqlite"
     with pytest.raises(ConfigError, match="not supported"):
         resolve_storage("mysql://u@h/db", tmp_path)
+
+
+def _coordinator(tmp_path, **kwargs):
+    from trickbox.sweep.coordinator import Coordinator
+
+    spec = load_spec(SMOKE, n_trials=2)
+    study_dir = tmp_path / "smoke"
+    return spec, Coordinator(spec, resolve_storage(None, study_dir), study_dir, wait_for_others=False, **kwargs)
+
+
+def test_coordinator_hands_out_exactly_n_trials_and_retries_dead_owners(tmp_path):
+    import optuna
+
+    spec, co = _coordinator(tmp_path)
+    first = co.next_trial()
+    assert first is not None and first.number == 0 and set(first.params) == {d.name for d in spec.search}
+    assert first.mapping["tricks"]["mixup"]["alpha"] == first.params["mixup.alpha"]
+    # trial 0 belongs to a process that is gone (a finished child's pid), as if its worker was SIGKILLed
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    co.study._storage.set_trial_user_attr(first.trial_id, "owner", {"host": co.trials()[0].user_attrs["owner"]["host"],
+                                                                    "pid": int(dead), "start": None, "worker": "gone"})
+    second = co.next_trial()  # reaps trial 0 first: FAILED, retried as trial 1 (same params), which it hands out
+    trials = co.trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL and "died" in trials[0].user_attrs["error"]
+    assert second is not None and second.number == 1 and second.retry_of == 0 and second.params == first.params
+    assert second.resume_from == first.run_dir and second.resume is False  # no checkpoint to continue from
+    third = co.next_trial()
+    assert third is not None and third.number == 2 and third.retry_of is None  # the retry replaced trial 0 in the budget
+    assert co.next_trial() is None  # 2 trials budgeted: 1 (retry of 0) and 2
+    co.close()
+
+
+def test_coordinator_stops_at_the_deadline(tmp_path):
+    _, co = _coordinator(tmp_path, deadline=time.time() - 1)
+    assert co.next_trial() is None
+    co.close()

@@ -109,7 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launch:
         worker_args += ["--launch", args.launch]
     return supervise(spec, target, study_dir, workers=args.workers, worker_args=worker_args, deadline=deadline,
-                     max_restarts=args.max_restarts)
+                     max_restarts=args.max_restarts, script=args.script, launch=args.launch)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -224,7 +224,7 @@ class Coordinator:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         params = {d.name: d.suggest(trial) for d in self.spec.search}
         self._current = trial
-        attrs = trial.user_attrs if hasattr(trial, "user_attrs") else {}
+        attrs = trial.user_attrs
         retry_of = attrs.get("retry_of")
         resume = False
         if retry_of is not None:

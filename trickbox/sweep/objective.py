@@ -141,13 +141,14 @@ def run_trial(plan: TrialPlan, spec: SweepSpec, *, accelerator: Any, channel: Ch
     except (Preempted, KeyboardInterrupt) as exc:
         why = "preempted" if isinstance(exc, Preempted) else "interrupted"
         code = int(exc.code) if isinstance(exc, Preempted) and isinstance(exc.code, int) else 130
-        outcome = Outcome("failed", error=f"{why}; retried from its last checkpoint", retry=True, fatal=True, exit_code=code)
+        outcome = Outcome("failed", error=why, retry=True, fatal=True, exit_code=code)
     except Exception as exc:
         outcome = _after_error(plan, channel, rank, exc)
     finally:
         if accelerator is not None:
-            accelerator.free_memory()
-        gc.collect()
+            accelerator.free_memory()  # drops the prepared model/optimizer and collects garbage (one gc pass)
+        else:
+            gc.collect()
     outcome.seconds = time.perf_counter() - start
     outcome.epochs = len(reporter.epochs) if reporter is not None else 0
     write_rank_file(plan.run_dir, rank, {"state": outcome.state, "error": outcome.error if outcome.state == "failed" else ""})

@@ -5,7 +5,8 @@ then starts each worker as ``python -m trickbox sweep SPEC --as-worker I ...``
 with ``CUDA_VISIBLE_DEVICES`` pinned to one GPU (``--workers auto`` = one per
 visible GPU; 1 without GPUs). It shows the study's progress, restarts a
 worker that crashed (its trial is failed and retried by the next worker that
-looks) and stops all of them on a configuration error.
+looks) and stops all of them on a configuration error. A single worker runs
+inside the supervisor's own process, which saves a second process start-up.
 
 A worker (or every rank of ``accelerate launch train.py --sweep SPEC``) runs
 :func:`run_ranks`: one Accelerator for the process, the teacher once if the
@@ -220,8 +221,13 @@ def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, 
 
 # -- the supervisor ----------------------------------------------------------------------
 def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, workers: str, worker_args: list[str],
-              deadline: float | None, max_restarts: int = MAX_RESTARTS) -> int:
-    """Start the workers, follow the study, restart crashed workers; the sweep's exit code."""
+              deadline: float | None, max_restarts: int = MAX_RESTARTS, script: str | None = None,
+              launch: str | None = None) -> int:
+    """Start the workers, follow the study, restart crashed workers; the sweep's exit code.
+
+    One worker runs in this process: no second start-up. If it is killed, the next
+    ``trickbox sweep`` (or any worker of the study on this host) retries its trial.
+    """
     gpus = visible_gpus()
     n = worker_count(workers, gpus)
     pins = assign_gpus(n, gpus)
@@ -235,6 +241,14 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
         _print_summary(spec, coordinator)
         coordinator.close()
         return 0
+    if n == 1:
+        try:
+            code = run_worker(spec, target, study_dir, index=0, deadline=deadline, progress=True, script=script, launch=launch)
+        except KeyboardInterrupt:
+            code = 130
+        _print_summary(spec, coordinator)
+        coordinator.close()
+        return code
     procs: list[subprocess.Popen[bytes] | None] = [None] * n
     restarts = [0] * n
     done = [False] * n
@@ -247,10 +261,14 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
         elif "OMP_NUM_THREADS" not in env:  # CPU: share the cores instead of oversubscribing them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         cmd = [sys.executable, "-m", "trickbox", "sweep", *worker_args, "--as-worker", str(i)]
-        if n > 1:
-            cmd.append("--quiet-trials")
+        cmd.append("--quiet-trials")
         procs[i] = subprocess.Popen(cmd, env=env)
 
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # stop the workers (they checkpoint; their trials are retried later), then leave
+
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, on_term)
     for i in range(n):
         start(i)
     progress = _Progress(spec, coordinator)
@@ -283,6 +301,8 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
                         code = code or 1
                         print(f"trickbox sweep: worker {i} died ({why}); not restarted", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
+        print("trickbox sweep: stopping the workers; their running trials are checkpointed and retried on the next run",
+              file=sys.stderr, flush=True)
         _terminate(procs)
         code = 130
     finally:
@@ -372,6 +392,10 @@ def _print_summary(spec: SweepSpec, coordinator: Coordinator) -> None:
     except ValueError:
         pass
     print(line, file=sys.stderr, flush=True)
-    print(f"trickbox sweep: report: trickbox report {spec.study}"
-          + (f" --storage {coordinator.target.display()}" if coordinator.target.kind != "journal" else ""),
-          file=sys.stderr, flush=True)
+    target = coordinator.target
+    where = ""
+    if target.kind != "journal" or target.journal != (coordinator.study_dir / "journal.log").resolve():
+        where = f" --storage {target.display()}"
+    elif coordinator.study_dir.parent != (Path.cwd() / "sweeps_out").resolve():
+        where = f" --out-dir {coordinator.study_dir.parent}"
+    print(f"trickbox sweep: report: trickbox report {spec.study}{where}", file=sys.stderr, flush=True)
