@@ -46,7 +46,7 @@ def load_average() -> str:
         return "n/a"
 
 
-def machine_lines(extra: Sequence[str] = ()) -> list[str]:
+def machine_lines(extra: Sequence[str] = (), load_start: str | None = None) -> list[str]:
     """Markdown bullet lines: date, CPU, cores, torch/timm versions, load average, GPU if any."""
     import torch
 
@@ -60,7 +60,7 @@ def machine_lines(extra: Sequence[str] = ()) -> list[str]:
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}",
         f"- torch {torch.__version__}, timm {timm_v}, Python {platform.python_version()}",
-        f"- load average (1, 5, 15 min) at start: {load_average()}",
+        f"- load average (1, 5, 15 min) at start: {load_start or load_average()}",
     ]
     if torch.cuda.is_available():
         lines.append(f"- GPU: {torch.cuda.get_device_name(0)}")

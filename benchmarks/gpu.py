@@ -1,14 +1,14 @@
 """GPU throughput and MFU of trickbox on CIFAR: PreAct ResNet-18, batch 512, bf16 autocast, channels_last.
 
-    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md            # on a GPU, < 4 min
-    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md --compile  # adds torch.compile rows
+    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md            # on a GPU, ~30 s (H100)
+    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md --compile  # adds torch.compile rows (~1 min)
     python benchmarks/gpu.py --quick --out /tmp/gpu.md                                   # tiny, runs on CPU too
 
 The training images live on the device as one uint8 tensor (``InMemoryLoader``
 with ``device=cuda``: shuffling, crops, flips and normalisation on whole batches
 on the GPU). ``--data`` is an ImageFolder zip; a few thousand images are enough
 (make one with ``benchmarks/make_subset_zip.py SRC DST --per-class 300``); without
-it the images are random. Variants, all on the same model instance and batches:
+it the images are random. Variants, all on the same model instance and images:
 
 - ``plain``: hand-written step (autocast forward, cross-entropy, backward, SGD step);
 - ``trickbox``: the same through ``trickbox.TrickSet`` with no tricks;
@@ -20,8 +20,10 @@ They alternate in rounds of ``--steps`` steps, timed with a device synchronise a
 each round's ends (never inside it); a variant's number is its median round.
 FLOPs of one training step come from ``torch.utils.flop_counter.FlopCounterMode``
 (forward, backward and, for ``tricks``, the teacher forward); MFU is FLOPs per
-step / step time / ``--peak-tflops`` (H100 SXM dense bf16: 989). The report also
-counts the host-device synchronisations one step makes (CUDA only).
+step / step time / ``--peak-tflops`` (H100 SXM dense bf16: 989). On CUDA the report
+also counts the warnings ``torch.cuda.set_sync_debug_mode`` raises during one step
+after warm-up (host-device synchronisations; a lower bound). ``--diagnose`` adds
+variants that isolate TrickSet's NaN guard and the three cheap tricks.
 """
 from __future__ import annotations
 
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if peak_mem is not None:
         extra.append(f"peak GPU memory allocated: {peak_mem / 2**30:.1f} GiB")
-    table = markdown_table(("variant", "step", "images/s", "GFLOP/step", "MFU", "step vs plain", "host syncs/step"), rows)
+    table = markdown_table(("variant", "step", "images/s", "GFLOP/step", "MFU", "step vs plain", "sync warnings/step"), rows)
     command = "python benchmarks/gpu.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     text = "\n".join(["# GPU throughput", "", f"Command: `{command}`", "", *machine_lines(extra), "", table, ""])
     print(text)

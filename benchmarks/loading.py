@@ -19,6 +19,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,7 +41,7 @@ class LoaderResult:
 
 
 def bench_loaders(src_zip: Path, work: Path, *, per_class: int, rounds: int, batch_size: int = 128, workers: int = 2,
-                  log=print) -> LoaderResult:  # type: ignore[no-untyped-def]
+                  log: Callable[[str], None] = print) -> LoaderResult:
     """Build a ``per_class`` subset of ``src_zip`` under ``work``, then time both loaders over it."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms

@@ -43,11 +43,9 @@ class StepSetup:
     batches: list[tuple[Tensor, Tensor]]
     num_classes: int = 10
     epochs: int = 10
+    steps_per_epoch: int = 100
+    """Sets the SGDR / cosine period (epochs x steps); the benchmark runs fewer steps than that."""
     seed: int = 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return 100
 
 
 def _model(setup: StepSetup) -> torch.nn.Module:

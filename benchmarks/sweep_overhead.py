@@ -14,8 +14,9 @@ on the same config. The per-trial overhead is timed directly inside B (ask, repo
 the work around ``train()``, finish), since A and B differ by seconds of training
 noise on a busy machine; median(B) − median(A) is shown too. Then, once,
 the whole commands in fresh processes: ``trickbox train`` against ``trickbox sweep
---n-trials 1`` (supervisor + one worker process + journal storage), whose
-difference is paid once per sweep (per worker), not per trial. Tracking is off
+--n-trials 1`` (one worker runs inside the sweep process; journal storage), whose
+difference is paid once per sweep, not per trial (each extra worker process of
+``--workers N`` adds its own start-up, in parallel). Tracking is off
 in both (W&B costs the same in and out of a sweep). Prints a Markdown table and,
 last, a JSON line ``{"overhead_s": ...}``.
 """
@@ -155,8 +156,8 @@ def main() -> int:
         ("**overhead per trial** (the four lines above)", overhead),
         ("create/join the study (once per worker)", create_s),
         (f"`trickbox train` (new process), median of {cli_rounds}", cli_train),
-        (f"`trickbox sweep --n-trials 1` (supervisor + 1 worker process), median of {cli_rounds}", cli_sweep),
-        ("**start-up per sweep** (paid once, not per trial)", startup),
+        (f"`trickbox sweep --n-trials 1` (one worker, inside the sweep process), median of {cli_rounds}", cli_sweep),
+        ("start-up per sweep: the difference (paid once, not per trial; within noise)", startup),
     ]
     print(f"Sweep overhead ({'quick' if args.quick else 'full'}; {spec.base.get('data', {}).get('name')}, "
           f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}):\n")

@@ -228,3 +228,15 @@ def test_coordinator_stops_at_the_deadline(tmp_path):
     _, co = _coordinator(tmp_path, deadline=time.time() - 1)
     assert co.next_trial() is None
     co.close()
+
+
+def test_sweep_stops_when_the_first_trial_fails_on_configuration(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(SMOKE), "--out-dir", str(tmp_path / "out"),
+                           "data.name=imagefolder", f"data.root={tmp_path / 'missing.zip'}"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no trial has trained yet; stopping" in proc.stderr
+    from .test_sweep import load_study
+
+    trials = load_study("smoke", tmp_path / "out" / "smoke" / "journal.log").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"]  # one failed trial, not n_trials of them

@@ -84,6 +84,20 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _seed_step(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator and the training device's, as ``torch.manual_seed`` would.
+
+    ``torch.manual_seed`` also queues seeds for every other backend; on a CUDA
+    build without CUDA initialised that records a stack trace, ~0.2 ms per step.
+    """
+    if device.type not in ("cpu", "cuda"):
+        torch.manual_seed(seed)
+        return
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 def prepare_tricks(cfg: RunConfig, catalog: Catalog | None = None) -> TrickSet:
     """Validate the configured tricks (nothing is built or written yet)."""
     cat = catalog or discover(block=cfg.plugins.block)
@@ -235,7 +249,7 @@ def train(
             n_batches = len(loader)
             first = start_batch if epoch == start_epoch else 0
             for i, (x, labels, index) in enumerate(loader.batches(first), start=first):
-                torch.manual_seed(_seed_of(tc.seed, "torch", epoch, i, accelerator.process_index))
+                _seed_step(_seed_of(tc.seed, "torch", epoch, i, accelerator.process_index), accelerator.device)
                 group_end = min((i // tc.grad_accum + 1) * tc.grad_accum, n_batches)
                 sync = i + 1 == group_end
                 scale = 1.0 / (group_end - (i // tc.grad_accum) * tc.grad_accum)

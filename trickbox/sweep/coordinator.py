@@ -62,6 +62,8 @@ class Outcome:
     """A crash (killed process, preemption): retry with the same parameters."""
     fatal: bool = False
     """This worker must stop after recording the trial (process group broken, interrupted, config error)."""
+    config_error: bool = False
+    """The trial failed on a ConfigError/DataError (a bad value, a missing file), not in training."""
     exit_code: int = 0
     epochs: int = 0
     seconds: float = 0.0
@@ -153,6 +155,12 @@ class Coordinator:
 
     def trials(self) -> list[Any]:
         return self.study.get_trials(deepcopy=False)
+
+    def any_success(self) -> bool:
+        """Whether any trial of the study completed or was pruned (i.e. the base config can train)."""
+        from optuna.trial import TrialState
+
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     # -- crashed trials ------------------------------------------------------------
     def reap(self) -> None:

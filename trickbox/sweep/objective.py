@@ -159,7 +159,8 @@ def _after_error(plan: TrialPlan, channel: Channel, rank: int, exc: Exception) -
     """An error outside the synchronized points: can the ranks go on together?"""
     mine = f"rank {rank}: {_describe(exc)}"
     if channel.all_left(plan.run_dir, mine):
-        return Outcome("failed", error=mine, failed_rank=rank)
+        config_error = isinstance(exc, ConfigError) or type(exc).__name__ == "DataError"
+        return Outcome("failed", error=mine, failed_rank=rank, config_error=config_error)
     peers = channel.peer_errors(plan.run_dir)
     if peers:
         r = min(peers)

@@ -105,6 +105,11 @@ def run_script_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *
             outcome = run_script_trial(plan, spec, target, script, launch, plan.resume_from)
             coordinator.finish(plan, outcome)
             _print_outcome(f"w{index}", plan, outcome, spec.objective)
+            if outcome.state == "failed" and not outcome.retry and not coordinator.any_success():
+                print(f"trickbox sweep: the script failed on trial {plan.number} before any trial succeeded; stopping "
+                      "(its output above says why)", file=sys.stderr, flush=True)
+                code = 1
+                break
             if outcome.fatal:
                 code = outcome.exit_code or 1
                 break

@@ -169,6 +169,11 @@ def run_ranks(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, accele
             if coordinator is not None:
                 coordinator.finish(plan, outcome)
                 _print_outcome(worker, plan, outcome, spec.objective)
+                if outcome.config_error and not coordinator.any_success():
+                    print(f"trickbox sweep: trial {plan.number} failed on a configuration error and no trial has "
+                          f"trained yet; stopping (fix the spec or the data): {outcome.error}", file=sys.stderr, flush=True)
+                    stop.requested = True
+                    code = 2
             if outcome.fatal:
                 code = outcome.exit_code or 1
                 break
