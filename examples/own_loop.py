@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-import trickbox
+import trickbox.sweep
 import trickbox.models  # noqa: F401  registers CIFAR-sized ResNets (cifar_resnet8, ...) in timm; nothing else
 
 
@@ -83,6 +83,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerato
 
 def main() -> None:
     args = parse_args()
+    t = trickbox.sweep.current_trial()  # a no-op stand-in outside `trickbox sweep --script`
     accelerator = Accelerator(log_with=None if args.tracker == "none" else args.tracker)
     set_seed(args.seed)
     x_train, y_train, x_test, y_test = load_digits_tensors() if args.data == "digits" else load_zip_tensors(args.data, args.limit)
@@ -97,8 +98,7 @@ def main() -> None:
     model = timm.create_model(args.model, num_classes=num_classes, in_chans=x_train.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, val_loader, test_loader)
-    tricks = trickbox.load_tricks({"mixup": {"alpha": 0.2}, "label_smoothing": {"eps": 0.1}, "sgdr": {"t0": 2, "t_mult": 2},
-                                   **({"distillation": {"teacher": args.teacher, "temperature": 4.0}} if args.teacher else {})})
+    tricks = trickbox.load_tricks(t.suggest({"mixup": {"alpha": 0.2}, "label_smoothing": {"eps": 0.1}, "sgdr": {"t0": 2, "t_mult": 2}, **({"distillation": {"teacher": args.teacher, "temperature": 4.0}} if args.teacher else {})}))
     tricks.setup(model, optimizer, accelerator=accelerator, num_classes=num_classes, epochs=args.epochs, steps_per_epoch=len(train_loader), seed=args.seed)
     accelerator.init_trackers("own-loop", config=vars(args))
 
@@ -115,9 +115,11 @@ def main() -> None:
             total_loss += loss.item()
         train_loss, val_accuracy = total_loss / len(train_loader), evaluate(model, val_loader, accelerator)
         accelerator.log({"train/loss": train_loss, "val/accuracy": val_accuracy}, step=(epoch + 1) * len(train_loader))
-        # trickbox sweep --script: report `val_accuracy` to the Optuna trial here (docs/own_loop.md, "Sweeping")
+        if t.report(val_accuracy, epoch + 1):  # under `trickbox sweep --script`: True when Optuna prunes this trial
+            break
         accelerator.print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, val accuracy {val_accuracy:.4f}")
 
+    t.finish(val_accuracy)
     test_accuracy = evaluate(model, test_loader, accelerator)
     accelerator.log({"test/accuracy": test_accuracy}, step=args.epochs * len(train_loader))
     accelerator.print(f"test accuracy {test_accuracy:.4f}")

@@ -146,3 +146,23 @@ def test_unknown_trick_in_own_loop_is_one_line(tmp_path):
 
     with pytest.raises(trickbox.ConfigError, match=r"unknown trick 'mixpu'; did you mean 'mixup'\?"):
         trickbox.load_tricks({"mixpu": {"alpha": 0.2}})
+
+
+@pytest.mark.slow
+def test_sweep_drives_own_loop_three_trials_three_wandb_runs(tmp_path):
+    from optuna import load_study
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from .wandb_reader import offline_runs, read_run
+
+    cmd = [sys.executable, "-m", "trickbox", "sweep", str(REPO / "sweeps" / "own_loop.yaml"),
+           "--script", f"{REPO / 'examples' / 'own_loop.py'} --epochs 1", "--out-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "out" / "own_loop" / "journal.log")))
+    trials = load_study(study_name="own_loop", storage=storage).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.params["label_smoothing.eps"] for t in trials}) == 3  # each trial got its own parameters
+    runs = sorted(read_run(r).name for r in offline_runs(tmp_path))
+    assert runs == ["trial-0", "trial-1", "trial-2"]

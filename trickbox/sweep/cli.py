@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, metavar="K", help="override the spec's n_trials")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="override the spec's timeout (from now)")
     p.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR", help=f"where trial runs and the journal go (default {DEFAULT_OUT})")
-    p.add_argument("--script", metavar="PATH", help="run this training script for each trial (it reads trickbox.sweep.current_trial())")
+    p.add_argument("--script", metavar="PATH", help="run this training script for each trial, e.g. \"examples/own_loop.py --epochs 2\" (it reads trickbox.sweep.current_trial())")
     p.add_argument("--launch", metavar="CMD", help='with --script: launcher command, e.g. "accelerate launch --multi_gpu --num_processes 2"')
     p.add_argument("--max-restarts", type=int, default=3, metavar="R", help="restart a crashed worker at most R times (default 3)")
     p.add_argument("--distributed-trial", action="store_true",
@@ -74,8 +75,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.launch and not args.script:
         raise ConfigError("--launch starts --script under a launcher; give --script PATH too")
-    if args.script and not Path(args.script).is_file():
-        raise ConfigError(f"--script {args.script!r} does not exist; pass the path of your training script")
+    if args.script and (not shlex.split(args.script) or not Path(shlex.split(args.script)[0]).is_file()):
+        raise ConfigError(f"--script {args.script!r} does not exist; pass the path of your training script (and its arguments, quoted)")
     if args.distributed_trial and args.script:
         raise ConfigError("--distributed-trial trains trickbox's own loop on every rank; for your script use --script with --launch")
     if args.distributed_trial and args.workers != "1":

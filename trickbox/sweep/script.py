@@ -63,7 +63,7 @@ def run_script_trial(plan: TrialPlan, spec: SweepSpec, target: StorageTarget, sc
         ENV_TRIAL: str(info_path), ENV_STORAGE: target.url, ENV_STUDY: plan.study, ENV_NUMBER: str(plan.number),
         ENV_DIR: str(run_dir), "WANDB_RUN_GROUP": plan.study, "WANDB_JOB_TYPE": "trial", "WANDB_NAME": f"trial-{plan.number}",
     })
-    cmd = [*shlex.split(launch), script] if launch else [sys.executable, script]
+    cmd = [*(shlex.split(launch) if launch else [sys.executable]), *shlex.split(script)]  # script: path and its arguments
     try:
         proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     except OSError as exc:
