@@ -24,7 +24,7 @@ def _run(tmp_path, name, *overrides):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config([], [*BASE, f"train.out_dir={out}", "train.run_name=t", "train.epochs=2"])
+    cfg = load_config([], [*BASE, f"train.out_dir={out}", "train.run_name=t", "train.epochs=3", "optim.lr=0.05", "tricks.sgdr={}"])
     return train(cfg).run_dir
 
 
@@ -54,7 +54,7 @@ def test_trick_trains(tmp_path, overrides):
 
 
 def test_all_four_tricks_together(tmp_path, teacher):
-    res = _run(tmp_path, "all", "train.epochs=2", "tricks.sgdr.t0=1", "tricks.mixup.alpha=0.2", "tricks.label_smoothing.eps=0.1",
+    res = _run(tmp_path, "all", "train.epochs=2", "optim.lr=0.05", "tricks.sgdr.t0=1", "tricks.mixup.alpha=0.2", "tricks.label_smoothing.eps=0.1",
                f"tricks.distillation.teacher={teacher}", "tricks.distillation.temperature=4")
     rows = [json.loads(l) for l in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = set().union(*rows)
