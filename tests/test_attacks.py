@@ -1,7 +1,6 @@
 """FGSM / I-FGSM on tiny models: perturbation size, sign, loss increase, no param grads."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ from torch import nn
 from trickbox.attacks import attack_metrics, fgsm, ifgsm, make_normalize
 
 NORM = make_normalize([0.5], [0.25])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core box are far faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_linear(seed: int = 0) -> nn.Module:

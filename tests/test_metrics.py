@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,15 +19,6 @@ PROBS = torch.tensor(
     [[0.90, 0.05, 0.05], [0.10, 0.80, 0.10], [0.21, 0.21, 0.58], [0.55, 0.40, 0.05]], dtype=torch.float64
 )
 LABELS = torch.tensor([0, 0, 2, 1])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core box are far faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_topk_accuracy_and_clamp() -> None:

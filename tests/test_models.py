@@ -1,7 +1,6 @@
 """CIFAR models: timm registration, shapes, parameter counts, feature_info, kwargs."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -11,15 +10,6 @@ from torch import nn
 import trickbox.models  # noqa: F401  (registers the models)
 
 NAMES = ["preact_resnet18", "cifar_resnet20", "cifar_resnet8"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core box are far faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(model: nn.Module) -> int:

@@ -51,28 +51,8 @@ STEPS_PER_EPOCH = 41  # 1293 digits training images / 32, rounded up; checked in
 
 
 # -- fault log: the numbers in docs/reliability.md ---------------------------
-LOG_ENV = "TRICKBOX_RELIABILITY_LOG"
 
 
-@pytest.fixture
-def fault(request: pytest.FixtureRequest):
-    """``fault("what", resumed=True)`` declares the fault a test injects. At teardown it is appended to the
-    JSON-lines log (``$TRICKBOX_RELIABILITY_LOG``, else ``reliability.jsonl`` in pytest's base temp dir)
-    with ``"lost": true`` when the test failed; ``docs/reliability.md`` counts its numbers from that log."""
-    rows: list[dict[str, Any]] = []
-    failed_before = request.session.testsfailed
-
-    def declare(what: str, *, resumed: bool = False, **detail: Any) -> dict[str, Any]:
-        row = {"test": request.node.nodeid, "fault": what, "resumed": resumed, **detail}
-        rows.append(row)
-        return row
-
-    yield declare
-    lost = request.session.testsfailed > failed_before
-    path = os.environ.get(LOG_ENV) or str(request.config._tmp_path_factory.getbasetemp() / "reliability.jsonl")  # type: ignore[attr-defined]
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps({**row, "lost": lost}) + "\n")
 
 
 # -- helpers -----------------------------------------------------------------
