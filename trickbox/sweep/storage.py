@@ -31,6 +31,7 @@ import hashlib
 import os
 import socket
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +124,22 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
     kwargs: dict[str, Any] = {}
     if heartbeat is not None:
         kwargs = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": on_stale}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return RDBStorage(target.url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open storage {target.display()}: {first}") from None
+    for attempt in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return RDBStorage(target.url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        except Exception as exc:
+            text = str(exc)
+            # Workers that open a new database at the same moment race to create Optuna's tables;
+            # the loser sees them half-made. Once they exist, opening again succeeds.
+            racing = "already exists" in text or "duplicate key" in text or "UniqueViolation" in text
+            if racing and attempt < 7:
+                time.sleep(0.25 * (attempt + 1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise ConfigError(f"cannot open storage {target.display()}: {first}") from None
+    raise AssertionError("unreachable")
 
 
 # -- the study lock -------------------------------------------------------------
