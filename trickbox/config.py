@@ -242,11 +242,16 @@ def parse_override(text: str) -> dict[str, Any]:
     parts = key.split(".")
     if parts[0] == "tricks" and len(parts) == 2 and value is None:
         return {"tricks": {parts[1]: None}}
+    return nested(parts, value)
+
+
+def nested(path: Sequence[str], value: Any) -> dict[str, Any]:
+    """``["a", "b"], 1`` → ``{"a": {"b": 1}}``."""
     out: dict[str, Any] = {}
     cur = out
-    for part in parts[:-1]:
+    for part in path[:-1]:
         cur = cur.setdefault(part, {})
-    cur[parts[-1]] = value
+    cur[path[-1]] = value
     return out
 
 

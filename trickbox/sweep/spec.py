@@ -156,14 +156,14 @@ class SweepSpec:
 
     def trial_mapping(self, params: Mapping[str, Any], teacher_dir: str | None = None) -> dict[str, Any]:
         """The training config mapping of one trial: the base with ``params`` put in place."""
-        from ..config import _merge
+        from ..config import _merge, nested
 
         mapping = copy.deepcopy(self.base)
         if teacher_dir is not None and self.teacher is not None:
             mapping = _merge(mapping, {"tricks": {"distillation": {"teacher": teacher_dir}}})
         for d in self.search:
             if d.name in params and d.target:
-                mapping = _merge(mapping, _nested(d.target, params[d.name]))
+                mapping = _merge(mapping, nested(d.target, params[d.name]))
         return mapping
 
     def teacher_mapping(self) -> dict[str, Any]:
@@ -201,15 +201,6 @@ class SweepSpec:
         ends = sgdr_restarts(float(epochs), t0, float(sg.get("t_mult") or 1.0), warmup)
         out = sorted({min(epochs, max(1, math.ceil(e - 1e-9))) for e in ends})
         return out or [epochs]
-
-
-def _nested(path: Sequence[str], value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    cur = out
-    for part in path[:-1]:
-        cur = cur.setdefault(part, {})
-    cur[path[-1]] = value
-    return out
 
 
 # -- loading -----------------------------------------------------------------
