@@ -59,6 +59,10 @@ class TrainConfig:
     stop_after_epoch: int | None = None
     """Stop (with a checkpoint) after this epoch, as if preempted; for resume tests."""
     progress: bool = True
+    eval_each_epoch: list[str] = field(default_factory=list)
+    """Splits evaluated after every epoch besides ``val``: ``test`` (logged as ``test/*``, for curves; model
+    selection still uses ``val``) and ``train`` (the training images as trained on, labels included, without
+    augmentation: ``train/top1`` is how well the labels, noisy ones too, are fitted)."""
 
 
 @dataclass
@@ -91,6 +95,8 @@ class RunConfig:
         _positive("train.grad_accum", t.grad_accum)
         _positive("train.log_every", t.log_every)
         _positive("train.keep_checkpoints", t.keep_checkpoints)
+        if not isinstance(t.eval_each_epoch, list) or any(s not in ("test", "train") for s in t.eval_each_epoch):
+            raise ConfigError(f"train.eval_each_epoch must be a list of splits from [test, train], got {t.eval_each_epoch!r}; e.g. train.eval_each_epoch=[test]")
         _positive("optim.lr", o.lr)
         if o.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")

@@ -78,6 +78,19 @@ class EpochReporter:
             raise exc
 
 
+def trial_metrics(result: Any) -> dict[str, float]:
+    """What a finished trial keeps for ``report`` columns: the last epoch's metrics, the final test
+    metrics, the metrics of the best-validation epoch (``at_best_val/...``) and the wall time."""
+    from ..loop import at_best_val
+
+    last = result.history[-1] if result.history else {}
+    out = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and k != "epoch"}
+    out.update({f"test/{k}": float(v) for k, v in result.test.items()})
+    out.update(at_best_val(result.history))
+    out["seconds"] = float(result.seconds)
+    return out
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:400]}" if text else type(exc).__name__
@@ -133,7 +146,8 @@ def run_trial(plan: TrialPlan, spec: SweepSpec, *, accelerator: Any, channel: Ch
         if value is None or not math.isfinite(float(value)):
             outcome = Outcome("failed", error=f"objective {spec.objective} is {value!r} at the end of training")
         else:
-            outcome = Outcome("complete", float(value), attrs={"test": {k: float(v) for k, v in result.test.items()}})
+            outcome = Outcome("complete", float(value), attrs={"test": {k: float(v) for k, v in result.test.items()},
+                                                                "metrics": trial_metrics(result)})
     except optuna.TrialPruned as exc:
         outcome = Outcome("pruned", error=str(exc))
     except TrialFailedOnRank as exc:

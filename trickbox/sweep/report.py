@@ -79,40 +79,69 @@ def figures(study: Any) -> dict[str, Any]:
     return out
 
 
-def grid_table(study: Any, objective: str, order: list[str] | None = None) -> str:
-    """One Markdown row per grid point (seeds pooled): parameters, objective mean ± std, trials, states."""
-    from optuna.trial import TrialState
+def grid_table(study: Any, objective: str, order: list[str] | None = None, *,
+               choices: dict[str, list[Any]] | None = None, columns: list[dict[str, Any]] | None = None) -> str:
+    """One Markdown row per grid point (seeds pooled): parameters, objective and ``columns`` as mean ± std, trials, states.
 
-    rows: dict[str, dict[str, Any]] = {}
+    Rows follow the order of the spec's choices (variants in the order written), not the order trials ran.
+    """
+    rows = grid_rows(study, order, choices)
     names: list[str] = [n for n in (order or []) if n != SEED_PARAM]
-    for t in study.get_trials(deepcopy=False):
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            continue
-        if t.state == TrialState.FAIL and any(u.user_attrs.get("retry_of") == t.number for u in study.get_trials(deepcopy=False)):
-            continue  # replaced by its retry
-        point = {k: v for k, v in sorted(t.params.items()) if k != SEED_PARAM}
-        for k in point:
-            if k not in names:
-                names.append(k)
-        key = json.dumps(point, sort_keys=True, default=str)
-        row = rows.setdefault(key, {"params": point, "values": [], "states": []})
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            row["values"].append(float(t.value))
-        row["states"].append(t.state.name.lower())
-    header = [*names, f"{objective} (mean ± std)", "seeds", "trials"]
+    for row in rows:
+        names += [k for k in row["params"] if k not in names]
+    cols = list(columns or [])
+    header = [*names, f"{objective} (mean ± std)", *(c["title"] for c in cols), "seeds", "trials"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows.values():
-        vals = row["values"]
-        if not vals:
-            stat = "—"
-        elif len(vals) == 1:
-            stat = f"{vals[0]:.4f}"
-        else:
-            stat = f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}"
+    for row in rows:
+        stat = _stat(row["values"])
+        extra = [_stat([m[c["metric"]] for m in row["metrics"] if isinstance(m.get(c["metric"]), (int, float))], c["error"])
+                 for c in cols]
         states = ", ".join(f"{n} {s}" for s, n in sorted(_count(row["states"]).items()))
-        cells = [_cell(row["params"].get(n)) for n in names] + [stat, str(len(vals)), states]
+        cells = [_cell(row["params"].get(n)) for n in names] + [stat, *extra, str(len(row["values"])), states]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def grid_rows(study: Any, order: list[str] | None = None, choices: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """The grid points of a study with their trials pooled over seeds: ``params``, ``values`` (objective of
+    complete trials), ``metrics`` (each complete trial's stored metrics), ``states``, ``trials`` (numbers)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {u.user_attrs.get("retry_of") for u in trials}
+    rows: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            continue
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue  # replaced by its retry
+        point = {k: v for k, v in sorted(t.params.items()) if k != SEED_PARAM}
+        key = json.dumps(point, sort_keys=True, default=str)
+        row = rows.setdefault(key, {"params": point, "values": [], "metrics": [], "states": [], "trials": []})
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            row["values"].append(float(t.value))
+            row["metrics"].append(dict(t.user_attrs.get("metrics") or {}))
+        row["states"].append(t.state.name.lower())
+        row["trials"].append(t.number)
+    keys = [n for n in (order or []) if n != SEED_PARAM]
+    ranks = {n: {json.dumps(c, default=str): i for i, c in enumerate((choices or {}).get(n, []))} for n in keys}
+
+    def position(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(ranks[n].get(json.dumps(row["params"].get(n), default=str), len(ranks[n])) for n in keys)
+
+    return sorted(rows.values(), key=position)
+
+
+def _stat(vals: list[float], error: bool = False) -> str:
+    if error:
+        vals = [100.0 * (1.0 - v) for v in vals]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}" if error else f"{vals[0]:.4f}"
+    if error:
+        return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}"
 
 
 def _count(items: list[str]) -> dict[str, int]:
@@ -199,7 +228,8 @@ def write_report(name: str, *, storage: str | None = None, out_dir: Path = Path(
     md_path = None
     table = ""
     if info.get("grid"):
-        table = grid_table(study, info.get("objective", "value"), info.get("params"))
+        table = grid_table(study, info.get("objective", "value"), info.get("params"), choices=info.get("choices"),
+                           columns=info.get("columns"))
         md_path = html_path.with_suffix(".md")
         md_path.write_text(f"# Study {name}\n\n{table}")
     lines = [f"study {name}: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})"]

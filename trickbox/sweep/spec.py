@@ -24,6 +24,16 @@
     heartbeat: {interval: 10, grace: 30}       # RDB storages (PostgreSQL)
     distributed: {timeout: 1800, failure_wait: 60}
     keep_checkpoints: false           # keep finished trials' epoch checkpoints
+    variants:                         # named rows, searched as the parameter "variant" (see below)
+      ERM: {tricks: {mixup: null}}
+      mixup AC+KNN: {tricks: {mixup: {pairing: knn}}}
+    columns:                          # extra report.md columns (trial metrics), mean ± std over seeds
+      - test/top1
+      - {metric: at_best_val/test/top1, title: best test error (%), error: true}
+
+A variant is a config fragment merged over ``base`` like a config file (a trick
+set to ``null`` is switched off); the search dimension ``variant`` chooses among
+them, so a table whose rows differ in more than one key is still one grid.
 
 A search key is ``<trick>.<param>`` (or ``tricks.<trick>.<param>``), checked
 against the installed tricks' parameter declarations, or a dotted config key
@@ -49,7 +59,9 @@ from ..trick import ConfigError, Param, did_you_mean
 SPEC_KEYS = (
     "study", "description", "base", "search", "objective", "direction", "sampler", "pruner", "pruning",
     "n_trials", "timeout", "seeds", "teacher", "retries", "heartbeat", "distributed", "keep_checkpoints",
+    "variants", "columns",
 )
+VARIANT = "variant"
 CONFIG_SECTIONS = ("data", "model", "optim", "train", "plugins")
 NOT_SEARCHABLE = (
     "train.out_dir", "train.run_name", "train.tracker", "train.mixed_precision", "train.project",
@@ -139,6 +151,10 @@ class SweepSpec:
     description: str = ""
     path: Path | None = None
     script: bool = False
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named config fragments; the dimension ``variant`` picks one per trial."""
+    columns: list[dict[str, Any]] = field(default_factory=list)
+    """``report.md`` columns: ``{"metric": key, "title": str, "error": bool}``."""
 
     @property
     def is_grid(self) -> bool:
@@ -159,11 +175,13 @@ class SweepSpec:
         from ..config import _merge, nested
 
         mapping = copy.deepcopy(self.base)
-        if teacher_dir is not None and self.teacher is not None:
-            mapping = _merge(mapping, {"tricks": {"distillation": {"teacher": teacher_dir}}})
+        if VARIANT in params and self.variants:
+            mapping = _merge(mapping, copy.deepcopy(self.variants[params[VARIANT]]))
         for d in self.search:
-            if d.name in params and d.target:
+            if d.name in params and d.target and d.name != VARIANT:
                 mapping = _merge(mapping, nested(d.target, params[d.name]))
+        if teacher_dir is not None and self.teacher is not None and "distillation" in (mapping.get("tricks") or {}):
+            mapping = _merge(mapping, {"tricks": {"distillation": {"teacher": teacher_dir}}})
         return mapping
 
     def teacher_mapping(self) -> dict[str, Any]:
@@ -175,6 +193,8 @@ class SweepSpec:
             "base": self.base, "search": [dataclasses.asdict(d) for d in self.search], "objective": self.objective,
             "direction": self.direction, "sampler": self.sampler.name, "seeds": self.seeds, "teacher": self.teacher,
         }
+        if self.variants:
+            body["variants"] = self.variants
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
@@ -186,6 +206,8 @@ class SweepSpec:
             "search": [d.describe() for d in self.search], "params": [d.name for d in self.search],
             "spec": str(self.path) if self.path else None, "project": train.get("project", "trickbox"),
             "tracker": train.get("tracker", "wandb"), "script": self.script,
+            "choices": {d.name: list(d.choices) for d in self.search if d.kind == "categorical" and d.choices},
+            "columns": self.columns,
         }
 
     def report_epochs(self, epochs: int, sgdr: Mapping[str, Any] | None) -> list[int] | None:
@@ -255,10 +277,17 @@ def spec_from_mapping(
         _check_teacher(base, teacher)
     _check_base(base, cat, teacher is not None)
 
+    variants = _variants(raw.get("variants"), base, cat, teacher is not None)
     search_raw = raw.get("search")
-    if search_raw is None or not isinstance(search_raw, Mapping) or not search_raw:
+    if search_raw is None and variants:
+        search_raw = {}
+    if search_raw is None or not isinstance(search_raw, Mapping) or not (search_raw or variants):
         raise ConfigError("search must be a non-empty mapping of parameter: range, e.g. mixup.alpha: {low: 0.05, high: 4, log: true}")
+    if VARIANT in search_raw:
+        raise ConfigError(f"search: {VARIANT!r} is the dimension that variants: creates; list the rows under variants: instead")
     dims = [_dimension(str(k), v, base, cat, script) for k, v in search_raw.items()]
+    if variants:
+        dims.insert(0, Dimension(VARIANT, "categorical", choices=tuple(variants), target=(VARIANT,)))
     names = [d.name for d in dims]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -299,6 +328,7 @@ def spec_from_mapping(
         study=name, base=base, search=dims, objective=objective, direction=direction, sampler=sampler, pruner=pruner,
         restart_aware=restart_aware, n_trials=n, timeout=float(t) if t is not None else None, seeds=seeds,
         teacher=teacher, path=path, script=script, description=str(raw.get("description") or ""),
+        variants=variants, columns=_columns(raw.get("columns")),
     )
     if spec.is_grid:
         if spec.n_trials is None:
@@ -393,6 +423,54 @@ def _check_teacher(base: dict[str, Any], teacher: dict[str, Any]) -> None:
     load_config(base=copy.deepcopy(teacher))
 
 
+def _variants(value: Any, base: dict[str, Any], cat: Any, has_teacher: bool) -> dict[str, dict[str, Any]]:
+    """``variants:``: names → config fragments; each merged over ``base`` must be a valid config."""
+    from ..config import _merge
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError("variants must be a mapping of row name: config fragment, e.g. {ERM: {tricks: {mixup: null}}, mixup: {}}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, frag in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"variant names must be non-empty strings, got {name!r}")
+        if frag is None:
+            frag = {}
+        if not isinstance(frag, Mapping):
+            raise ConfigError(f"variant {name!r} must be a config fragment (data:, model:, train:, tricks: ...), got {frag!r}")
+        merged = _merge(copy.deepcopy(base), copy.deepcopy(dict(frag)))
+        try:
+            _check_base(merged, cat, has_teacher and "distillation" in (merged.get("tricks") or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"variant {name!r}: {exc}") from None
+        out[name] = copy.deepcopy(dict(frag))
+    return out
+
+
+def _columns(value: Any) -> list[dict[str, Any]]:
+    """``columns:``: metric names, or ``{metric, title, error}`` mappings (error: shown as 100·(1 − value) %)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"columns must be a list of metric names or {{metric: KEY, title: TEXT, error: BOOL}}, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            item = {"metric": item}
+        if not isinstance(item, Mapping) or not isinstance(item.get("metric"), str) or not item["metric"]:
+            raise ConfigError(f"columns entry {item!r} needs metric: KEY, e.g. test/top1 or at_best_val/test/top1")
+        extra = set(item) - {"metric", "title", "error"}
+        if extra:
+            raise ConfigError(f"columns entry {dict(item)!r}: unknown key {sorted(extra)[0]!r}; use metric, title, error")
+        error = item.get("error", False)
+        if not isinstance(error, bool):
+            raise ConfigError(f"columns entry {item['metric']}: error must be true or false, got {error!r}")
+        title = item.get("title") or (f"{item['metric']} error (%)" if error else item["metric"])
+        out.append({"metric": item["metric"], "title": str(title), "error": error})
+    return out
+
+
 def _check_trial_configs(spec: SweepSpec, cat: Any) -> None:
     """Every searched bound and choice must make a valid training config."""
     from ..config import load_config
@@ -400,7 +478,7 @@ def _check_trial_configs(spec: SweepSpec, cat: Any) -> None:
     if spec.script:
         return
     for d in spec.search:
-        if not d.target or d.target[0] == "tricks":
+        if not d.target or d.target[0] == "tricks" or d.name == VARIANT:
             continue
         values = list(d.choices) if d.kind == "categorical" else [d.low, d.high]
         for v in values:

@@ -1,0 +1,357 @@
+"""The mixup paper's experiments as grid studies: run one, render its table and plots into docs/results/.
+
+    python experiments/paper.py alpha                       # classification: test error against α
+    python experiments/paper.py capacity                    # ERM vs mixup at two model sizes
+    python experiments/paper.py adversarial                 # FGSM / I-FGSM on the alpha grid's ERM and α=1 models
+    python experiments/paper.py labels                      # corrupted labels: best / last test error
+    python experiments/paper.py ablation                    # the ablation table
+    python experiments/paper.py alpha --profile full        # PreAct ResNet-18, 200 epochs, all of CIFAR-10 (GPUs)
+
+Each table is the spec ``sweeps/paper/<table>.yaml`` run by ``trickbox sweep`` (finished trials are kept,
+so an interrupted table continues), then rendered from the study's storage (``trickbox report``'s
+``report.md`` table) into ``docs/results/paper_<table>[-full].md`` with the exact command, the
+commit, the machine and the wall time, plus plots next to it. ``--render-only`` re-renders from a
+finished study without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, commit, machine  # noqa: E402
+
+TABLES = ("alpha", "capacity", "adversarial", "labels", "ablation")
+PROFILES: dict[str, dict[str, list[str]]] = {
+    # the CPU profile is the specs themselves (sweeps/paper/cifar_paper.yaml)
+    "cpu": {},
+    # the paper's scale: PreAct ResNet-18, all 45k training images (5k validation), full test set, 200 epochs
+    "full": {
+        "*": ["model.name=preact_resnet18", "train.epochs=200", "data.train_subset=null", "data.test_subset=null",
+              "data.val_fraction=0.1", "optim.weight_decay=0.0001"],
+        "ablation": ["tricks.mixup.k=200"],
+        "capacity": [],  # the searched model.name choices stay; only data and epochs change
+    },
+}
+ATTACK_EPS = "1,2,4,8"
+
+
+def overrides_for(table: str, profile: str) -> list[str]:
+    spec_table = "alpha" if table == "adversarial" else table
+    p = PROFILES[profile]
+    out = list(p.get("*", []))
+    if spec_table == "capacity":
+        out = [o for o in out if not o.startswith("model.name=")]
+    return out + p.get(spec_table, [])
+
+
+def study_name(table: str, profile: str) -> str:
+    base = "alpha" if table == "adversarial" else table
+    return f"paper_{base}" + ("" if profile == "cpu" else f"-{profile}")
+
+
+def run_sweep(table: str, args: argparse.Namespace) -> float:
+    """Run (or continue) the table's grid; return the wall time of this invocation."""
+    spec = REPO / "sweeps" / "paper" / f"{table}.yaml"
+    cmd = ["trickbox", "sweep", str(spec.relative_to(REPO)), "--workers", str(args.workers), "--study", study_name(table, args.profile),
+           "--out-dir", args.out_dir, *overrides_for(table, args.profile), *(["train.tracker=none"] if args.no_wandb else []),
+           *args.overrides]
+    print("$", shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if res.returncode != 0:
+        raise SystemExit(f"trickbox sweep failed with exit code {res.returncode}; rerun the same command to continue")
+    return time.perf_counter() - t0
+
+
+def load_rows(table: str, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    from trickbox.sweep.report import grid_rows, load_study
+
+    study, _ = load_study(study_name(table, args.profile), None, REPO / args.out_dir)
+    info = dict(study.user_attrs.get("trickbox") or {})
+    return study, grid_rows(study, info.get("params"), info.get("choices")), info
+
+
+def row_label(row: dict[str, Any]) -> str:
+    return ", ".join(str(v) if k == "variant" else f"{k.split('.')[-1]}={v}" for k, v in row["params"].items())
+
+
+def mean_std(vals: list[float]) -> tuple[float, float]:
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def err(vals: list[float]) -> list[float]:
+    return [100.0 * (1.0 - v) for v in vals]
+
+
+def bar_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row_label(r) for r in rows]
+    stats = [mean_std(err([m[metric] for m in r["metrics"] if metric in m])) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh(list(y), [s[0] for s in stats], xerr=[s[1] for s in stats], color="#4c72b0", capsize=3)
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()
+    lo = min(s[0] - s[1] for s in stats if s[0] == s[0])
+    ax.set_xlim(left=max(0.0, lo - 5))
+    ax.set_xlabel(f"{title} (mean ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str, str]], group: str, path: Path) -> None:
+    """Per-epoch curves (mean over seeds) from each trial's metrics.jsonl, one panel per value of ``group``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    groups = sorted({r["params"].get(group) for r in rows})
+    fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.2 * len(groups), 3.2 * len(metrics)), squeeze=False)
+    for gi, g in enumerate(groups):
+        for row in (r for r in rows if r["params"].get(group) == g):
+            series: dict[str, list[list[float]]] = {m: [] for m, _ in metrics}
+            for n in row["trials"]:
+                run_dir = by_number[n].user_attrs.get("run_dir")
+                f = Path(run_dir or "") / "metrics.jsonl"
+                if not f.is_file():
+                    continue
+                recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+                for m, _ in metrics:
+                    vals = [r[m] for r in recs if m in r]
+                    if vals:
+                        series[m].append(vals)
+            for mi, (m, label) in enumerate(metrics):
+                runs = series[m]
+                if not runs:
+                    continue
+                n_ep = min(len(v) for v in runs)
+                mean = [statistics.mean(100.0 * (1.0 - v[e]) for v in runs) for e in range(n_ep)]
+                axes[mi][gi].plot(range(1, n_ep + 1), mean, label=str(row["params"].get("variant", "")))
+                axes[mi][gi].set_title(f"{group.split('.')[-1]}={g}")
+                axes[mi][gi].set_xlabel("epoch")
+                axes[mi][gi].set_ylabel(label)
+                axes[mi][gi].grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def alpha_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, test, train = [], [], []
+    for r in rows:
+        v = str(r["params"].get("variant"))
+        a = 0.0 if v.startswith("ERM") else float(v.split("=")[1])
+        xs.append(a)
+        test.append(mean_std(err([m["test/top1"] for m in r["metrics"] if "test/top1" in m])))
+        train.append(mean_std(err([m["train/top1"] for m in r["metrics"] if "train/top1" in m])))
+    pos = list(range(len(xs)))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.errorbar(pos, [t[0] for t in test], yerr=[t[1] for t in test], marker="o", capsize=3, label="test error")
+    if all(t[0] == t[0] for t in train):
+        ax.errorbar(pos, [t[0] for t in train], yerr=[t[1] for t in train], marker="s", capsize=3, label="train error (clean labels, no aug.)")
+    ax.set_xticks(pos, [f"{a:g}" for a in xs])
+    ax.set_xlabel("mixup α (0 = ERM)")
+    ax.set_ylabel("error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- adversarial -------------------------------------------------------------------
+def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any) -> tuple[str, float]:
+    """FGSM and I-FGSM through ``trickbox eval --attack`` on the alpha grid's ERM and α=1 models."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    picked = [r for r in rows if str(r["params"].get("variant")) in ("ERM (α=0)", "α=1")]
+    if len(picked) != 2:
+        raise SystemExit("the alpha grid has no finished ERM (α=0) and α=1 rows yet; run: python experiments/paper.py alpha")
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in picked:
+        name = str(row["params"]["variant"])
+        for n in row["trials"]:
+            run_dir = Path(by_number[n].user_attrs["run_dir"])
+            for attack in ("fgsm", "ifgsm"):
+                out = run_dir / f"eval-test-{attack}.json"
+                if not out.is_file():
+                    cmd = ["trickbox", "eval", str(run_dir), "--attack", attack, "--eps", ATTACK_EPS, "--no-progress"]
+                    print("$", shlex.join(cmd), flush=True)
+                    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                results.setdefault(name, {}).setdefault(attack, []).append(json.loads(out.read_text()))
+    return _adversarial_table(results), time.perf_counter() - t0
+
+
+def _adversarial_rows(data: dict[str, Any]) -> dict[float, dict[str, float]]:
+    """eps → {top1_error, top5_error} from one eval JSON (the clean row has eps 0)."""
+    out = {0.0: {"top1": float(data["clean"]["top1_error"]), "top5": float(data["clean"]["top5_error"])}}
+    for r in data["attacked"]:
+        out[float(r["eps"])] = {"top1": float(r["top1_error"]), "top5": float(r["top5_error"])}
+    return out
+
+
+def _adversarial_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    lines = ["| model | attack | ε (/255) | top-1 error (%) | top-5 error (%) | seeds |", "|---|---|---|---|---|---|"]
+    for name, attacks in results.items():
+        for attack, runs in attacks.items():
+            parsed = [_adversarial_rows(r) for r in runs]
+            for eps in sorted(parsed[0]):
+                t1 = mean_std([100 * p[eps]["top1"] for p in parsed if eps in p])
+                t5 = mean_std([100 * p[eps]["top5"] for p in parsed if eps in p])
+                label = "clean" if eps == 0 else f"{eps:g}"
+                lines.append(f"| {name} | {attack.upper()} | {label} | {t1[0]:.2f} ± {t1[1]:.2f} | {t5[0]:.2f} ± {t5[1]:.2f} | {len(parsed)} |")
+    return "\n".join(lines) + "\n"
+
+
+def adversarial_plot(results_md: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for line in results_md.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        model, attack, eps, t1 = cells[0], cells[1], cells[2], cells[3]
+        if eps == "clean":
+            continue
+        m, s = (float(x) for x in t1.split("±"))
+        series.setdefault((model, attack), []).append((float(eps), m, s))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (model, attack), pts in series.items():
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    linestyle="-" if attack == "FGSM" else "--", label=f"{model}, {attack}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ε (pixel units of 1/255)")
+    ax.set_ylabel("top-1 error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- the document ---------------------------------------------------------------------
+def command_line(args: argparse.Namespace) -> str:
+    parts = [args.table]
+    if args.profile != "cpu":
+        parts += ["--profile", args.profile]
+    if args.workers != "2":
+        parts += ["--workers", str(args.workers)]
+    if not args.no_wandb:
+        parts.append("--wandb")
+    if args.out_dir != "sweeps_out":
+        parts += ["--out-dir", args.out_dir]
+    parts += args.overrides
+    return "python experiments/paper.py " + " ".join(shlex.quote(p) for p in parts)
+
+
+def wall_time(study: Any) -> float:
+    """Sum of the trials' own training times (what one worker would need) from the stored metrics."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False):
+        total += float((t.user_attrs.get("metrics") or {}).get("seconds", 0.0))
+    return total
+
+
+def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: float, train_seconds: float) -> Path:
+    name = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
+    doc = REPO / "docs" / "results" / f"{name}.md"
+    lines = [f"# {TITLES[args.table]} ({args.profile} profile)", "", body.rstrip(), ""]
+    for img in images:
+        lines += [f"![{img}]({img})", ""]
+    lines += [
+        f"- Command: `{command_line(args)}` (spec `sweeps/paper/{'alpha' if args.table == 'adversarial' else args.table}.yaml`"
+        + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu" else "") + ")",
+        f"- Commit: {commit()}; date: {date.today()}",
+        f"- Machine: {machine()}",
+        f"- Wall time: {wall / 60:.1f} min for this invocation ({args.workers} worker(s)); the trials' own training time adds up to "
+        f"{train_seconds / 60:.1f} min.",
+        "- Objective and model selection: validation top-1 (a split of the training images); the test split is only reported.",
+        "",
+    ]
+    doc.write_text("\n".join(lines))
+    return doc
+
+
+TITLES = {
+    "alpha": "Classification: test error against mixup's α",
+    "capacity": "Classification: ERM and mixup at two model sizes",
+    "adversarial": "Adversarial examples: white-box FGSM and I-FGSM",
+    "labels": "Corrupted labels: ERM, dropout and mixup",
+    "ablation": "The mixup ablation",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", choices=TABLES)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides of the spec's base config, e.g. data.root=PATH")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="cpu", help="cpu: the specs as written; full: the paper's scale")
+    p.add_argument("--workers", default="2", help="trickbox sweep workers (default 2; 'auto' = one per GPU)")
+    p.add_argument("--out-dir", default="sweeps_out", help="the studies' output directory (default sweeps_out)")
+    p.add_argument("--wandb", dest="no_wandb", action="store_false", help="log every trial to W&B (default: off for speed)")
+    p.add_argument("--render-only", action="store_true", help="only re-render the doc from the finished study")
+    args = p.parse_intermixed_args(argv)
+    for o in args.overrides:
+        if "=" not in o:
+            p.error(f"override {o!r} must be KEY=VALUE, e.g. data.root=/data/cifar10-jpeg.zip")
+    t0 = time.perf_counter()
+    if not args.render_only and args.table != "adversarial":
+        run_sweep(args.table, args)
+    study, rows, info = load_rows(args.table, args)
+    out = REPO / "docs" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
+    images: list[str] = []
+    if args.table == "adversarial":
+        body, _ = adversarial(args, rows, study)
+        adversarial_plot(body, out / f"{stem}.png")
+        images.append(f"{stem}.png")
+    else:
+        from trickbox.sweep.report import grid_table
+
+        body = grid_table(study, info.get("objective", "value"), info.get("params"), choices=info.get("choices"),
+                          columns=info.get("columns"))
+        if args.table == "alpha":
+            alpha_plot(rows, out / f"{stem}.png")
+        elif args.table == "labels":
+            curves_plot(study, rows, [("test/top1", "test error (%)"), ("train/top1", "error on the noisy train labels (%)")],
+                        "data.label_noise", out / f"{stem}.png")
+        else:
+            metric = "test/top1"
+            bar_plot(rows, metric, "test error (%)", out / f"{stem}.png")
+        images.append(f"{stem}.png")
+    doc = write_doc(args, body, images, time.perf_counter() - t0, wall_time(study))
+    print(doc.read_text())
+    print(f"wrote {doc}")
+
+
+if __name__ == "__main__":
+    main()
