@@ -2,6 +2,7 @@
 
     python experiments/paper.py alpha                       # classification: test error against α
     python experiments/paper.py capacity                    # ERM vs mixup at two model sizes
+    python experiments/paper.py stack                       # He et al.: + cosine, + label smoothing, + distillation, + mixup
     python experiments/paper.py adversarial                 # FGSM / I-FGSM on the alpha grid's ERM and α=1 models
     python experiments/paper.py labels                      # corrupted labels: best / last test error
     python experiments/paper.py ablation                    # the ablation table
@@ -16,6 +17,7 @@ finished study without training.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -30,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, commit, machine  # noqa: E402
 
-TABLES = ("alpha", "capacity", "adversarial", "labels", "ablation")
+TABLES = ("alpha", "capacity", "stack", "adversarial", "labels", "ablation")
 PROFILES: dict[str, dict[str, list[str]]] = {
     # the CPU profile is the specs themselves (sweeps/paper/cifar_paper.yaml)
     "cpu": {},
@@ -257,6 +259,93 @@ def adversarial_plot(results_md: str, path: Path) -> None:
     plt.close(fig)
 
 
+# -- one row again ---------------------------------------------------------------------
+def docs_dir(args: argparse.Namespace) -> Path:
+    d = Path(args.docs_dir)
+    return d if d.is_absolute() else REPO / d
+
+
+def row_key(params: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in sorted(params.items()) if k != "train.seed"}, ensure_ascii=False, default=str)
+
+
+def per_seed(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The committed per-trial numbers behind the table: row → seed → metrics (for --rerun to compare)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out: dict[str, Any] = {}
+    for row in rows:
+        seeds: dict[str, Any] = {}
+        for n in row["trials"]:
+            t = by_number[n]
+            if t.value is None:
+                continue
+            m = dict(t.user_attrs.get("metrics") or {})
+            m["objective"] = float(t.value)
+            seeds[str(t.params.get("train.seed"))] = {k: v for k, v in m.items() if not k.endswith("/n")}
+        out[row_key(row["params"])] = seeds
+    return out
+
+
+def rerun(args: argparse.Namespace) -> int:
+    """Train one (row, seed) of the table's spec with ``trickbox train`` and compare with the committed JSON."""
+    import yaml
+
+    from trickbox.sweep.spec import VARIANT, load_spec
+    from trickbox.trick import ConfigError
+
+    try:
+        spec = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml", [*overrides_for(args.table, args.profile), *args.overrides])
+        params: dict[str, Any] = {VARIANT: args.rerun, "train.seed": args.seed}
+        for item in args.at:
+            key, _, text = item.partition("=")
+            params[key] = yaml.safe_load(text)
+        for d in spec.search:
+            if d.name not in params:
+                raise ConfigError(f"--rerun needs the row's {d.name}: add --at {d.name}=VALUE (one of {list(d.choices or ())})")
+            if d.choices is not None and params[d.name] not in d.choices:
+                raise ConfigError(f"{d.name}={params[d.name]!r} is not a row of {args.table}; choose from {list(d.choices)}")
+        unknown = set(params) - {d.name for d in spec.search}
+        if unknown:
+            raise ConfigError(f"--at {sorted(unknown)[0]}: not a grid dimension of {args.table}; they are {[d.name for d in spec.search]}")
+    except ConfigError as exc:
+        print(f"paper.py: error: {exc}", file=sys.stderr)
+        return 2
+    mapping = spec.trial_mapping(params)
+    work = REPO / args.out_dir / f"{spec.study}-rerun"
+    name = f"{hashlib.sha256(row_key(params).encode()).hexdigest()[:10]}-s{args.seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_file = work / f"{name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False))
+    cmd = ["trickbox", "train", "--config", str(cfg_file), f"train.out_dir={work}", f"train.run_name={name}", "train.tracker=none"]
+    print("$", shlex.join(cmd), flush=True)
+    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if res.returncode != 0:
+        return res.returncode
+    summary = json.loads((work / name / "summary.json").read_text())
+    committed_file = docs_dir(args) / f"paper_{args.table}{'' if args.profile == 'cpu' else '-' + args.profile}.json"
+    committed = json.loads(committed_file.read_text()) if committed_file.is_file() else {}
+    row = committed.get(row_key(params), {})
+    keys = [spec.objective, *(c["metric"] for c in spec.columns)]
+    print(f"\nrow {args.rerun!r} {params}, seed {args.seed}:")
+    print(f"{'metric':<26} {'rerun':>9} {'committed':>10} {'row mean ± std':>18}  within std")
+    ok = True
+    for k in keys:
+        mine = summary.get(k)
+        vals = [v.get("objective" if k == spec.objective else k) for v in row.values()]
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        theirs = row.get(str(args.seed), {}).get("objective" if k == spec.objective else k)
+        if mine is None or len(vals) < 2:
+            print(f"{k:<26} {mine if mine is not None else '—':>9} {'—' if theirs is None else f'{theirs:.4f}':>10}   (no committed row to compare)")
+            ok = False
+            continue
+        m, sd = statistics.mean(vals), statistics.stdev(vals)
+        inside = abs(mine - m) <= sd + 1e-12 or (theirs is not None and abs(mine - theirs) <= sd + 1e-12)
+        ok = ok and inside
+        print(f"{k:<26} {mine:>9.4f} {'—' if theirs is None else f'{theirs:.4f}':>10} {m:>9.4f} ± {sd:.4f}  {'yes' if inside else 'NO'}")
+    print("reproduced within the stated std" if ok else "NOT reproduced within the stated std (or nothing committed to compare)")
+    return 0 if ok else 1
+
+
 # -- the document ---------------------------------------------------------------------
 def command_line(args: argparse.Namespace) -> str:
     parts = [args.table]
@@ -282,7 +371,7 @@ def wall_time(study: Any) -> float:
 
 def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: float, train_seconds: float) -> Path:
     name = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
-    doc = REPO / "docs" / "results" / f"{name}.md"
+    doc = docs_dir(args) / f"{name}.md"
     lines = [f"# {TITLES[args.table]} ({args.profile} profile)", "", body.rstrip(), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
@@ -303,6 +392,7 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
 TITLES = {
     "alpha": "Classification: test error against mixup's α",
     "capacity": "Classification: ERM and mixup at two model sizes",
+    "stack": "Classification: the tricks stacked (He et al.)",
     "adversarial": "Adversarial examples: white-box FGSM and I-FGSM",
     "labels": "Corrupted labels: ERM, dropout and mixup",
     "ablation": "The mixup ablation",
@@ -318,15 +408,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="sweeps_out", help="the studies' output directory (default sweeps_out)")
     p.add_argument("--wandb", dest="no_wandb", action="store_false", help="log every trial to W&B (default: off for speed)")
     p.add_argument("--render-only", action="store_true", help="only re-render the doc from the finished study")
+    p.add_argument("--docs-dir", default="docs/results", help="where the table, its plots and its JSON go (default docs/results)")
+    p.add_argument("--rerun", metavar="VARIANT", help="train one row again (outside the study) and compare with the committed numbers")
+    p.add_argument("--seed", type=int, default=0, help="--rerun: the seed (default 0)")
+    p.add_argument("--at", action="append", default=[], metavar="KEY=VALUE",
+                   help="--rerun: the row's other grid values, e.g. --at data.label_noise=0.8")
     args = p.parse_intermixed_args(argv)
     for o in args.overrides:
         if "=" not in o:
             p.error(f"override {o!r} must be KEY=VALUE, e.g. data.root=/data/cifar10-jpeg.zip")
+    if args.rerun is not None:
+        if args.table == "adversarial":
+            p.error("--rerun trains a row of a grid; rerun the alpha grid's row, then render adversarial")
+        raise SystemExit(rerun(args))
     t0 = time.perf_counter()
     if not args.render_only and args.table != "adversarial":
         run_sweep(args.table, args)
     study, rows, info = load_rows(args.table, args)
-    out = REPO / "docs" / "results"
+    out = docs_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
     images: list[str] = []
@@ -348,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
             metric = "test/top1"
             bar_plot(rows, metric, "test error (%)", out / f"{stem}.png")
         images.append(f"{stem}.png")
+    if args.table != "adversarial":
+        (out / f"{stem}.json").write_text(json.dumps(per_seed(study, rows), indent=1, ensure_ascii=False) + "\n")
     doc = write_doc(args, body, images, time.perf_counter() - t0, wall_time(study))
     print(doc.read_text())
     print(f"wrote {doc}")

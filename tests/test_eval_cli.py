@@ -103,3 +103,32 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+@pytest.mark.slow
+def test_epoch_checkpoints_and_unfinished_runs_evaluate_too(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    steps = sorted((run_dir / "checkpoints").iterdir())
+    assert len(steps) == 2
+    final, last, first = tmp_path / "final.json", tmp_path / "last.json", tmp_path / "first.json"
+    assert main(["eval", str(run_dir), "--no-progress", "--out", str(final)]) == 0
+    assert main(["eval", str(steps[-1]), "--no-progress", "--out", str(last)]) == 0
+    assert main(["eval", str(steps[0]), "--attack", "fgsm", "--eps", "4", "--no-progress", "--out", str(first)]) == 0
+    # the last epoch's checkpoint holds the final weights; the first epoch's is another model
+    assert json.loads(last.read_text())["clean"] == json.loads(final.read_text())["clean"]
+    assert json.loads(first.read_text())["clean"] != json.loads(final.read_text())["clean"]
+    # a run without a final model (preempted, stopped) falls back to its latest complete checkpoint
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished)
+    (unfinished / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["eval", str(unfinished), "--no-progress", "--out", str(tmp_path / "u.json")]) == 0
+    assert "epoch checkpoint" in capsys.readouterr().err
+    assert json.loads((tmp_path / "u.json").read_text())["clean"] == json.loads(final.read_text())["clean"]
+    # a damaged checkpoint is refused in one line
+    damaged = unfinished / "checkpoints" / steps[0].name / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    assert main(["eval", str(damaged.parent)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupt" in err

@@ -3,8 +3,10 @@
     trickbox eval runs/digits-… --attack fgsm --eps 1,2,4,8
     trickbox eval runs/cifar-… --split val --attack ifgsm --eps 2,8 --iterations 10 --out robust.json
 
-The model comes from the run directory that ``trickbox train`` wrote
-(``model.json`` + ``model.safetensors``), the data split from the run's own
+The model comes from the run directory that ``trickbox train`` (or a sweep
+trial) wrote: its final ``model.safetensors``, or, given
+``RUN_DIR/checkpoints/step-N`` or a run that has no final model yet, that epoch
+checkpoint (SHA-256 checked). The data split comes from the run's own
 ``config.yaml``. ε and the step size are in pixel units of 1/255. The command
 prints a small table and writes the numbers as JSON (default
 ``RUN_DIR/eval-<split>-<attack>.json``).
@@ -28,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trickbox eval``."""
     p = subparsers.add_parser("eval", help="clean and FGSM / I-FGSM error of a trained run",
                               description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by trickbox train (model.json, model.safetensors, config.yaml)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by trickbox train (its final model; without one, its latest "
+                   "checkpoint), or one of its checkpoints/step-N")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split of the run's data (default test)")
     p.add_argument("--attack", choices=ATTACK_CHOICES, default="none", help="white-box attack (default none: clean error only)")
     p.add_argument("--eps", default=DEFAULT_EPS, metavar="E1,E2,…",
@@ -95,23 +98,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     iterations = _parse_int("--iterations", args.iterations, 1)
     step_size = _parse_step(args.step_size)
     batch_override = None if args.batch_size is None else _parse_int("--batch-size", args.batch_size, 1)
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a directory; give a folder written by trickbox train")
-    for needed in ("model.json", "model.safetensors", "config.yaml"):
-        if not (run_dir / needed).is_file():
-            raise ConfigError(f"{str(run_dir)!r} has no {needed}; give a finished run's directory (trickbox train writes it at the end)")
+    run_dir, checkpoint = resolve_target(Path(args.run_dir))
+    if checkpoint is not None:
+        print(f"trickbox: evaluating the epoch checkpoint {checkpoint}", file=sys.stderr)
 
     result = evaluate_run(
         run_dir, split=args.split, attack=args.attack, eps=eps if args.attack != "none" else [], iterations=iterations, step_size=step_size,
-        batch_size=batch_override, progress=not args.no_progress,
+        batch_size=batch_override, progress=not args.no_progress, checkpoint=checkpoint,
     )
     print(format_table(result))
-    out = Path(args.out) if args.out else run_dir / f"eval-{args.split}-{args.attack}.json"
+    default_name = f"eval-{args.split}-{args.attack}" + (f"-{checkpoint.name}" if checkpoint is not None else "") + ".json"
+    out = Path(args.out) if args.out else run_dir / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"trickbox: wrote {out}")
     return 0
+
+
+def resolve_target(path: Path) -> tuple[Path, Path | None]:
+    """RUN_DIR (its final model), RUN_DIR/checkpoints/step-N (that checkpoint), or a run that has no final
+    model yet (preempted, stopped): its latest complete checkpoint. Returns (run_dir, checkpoint or None)."""
+    from .checkpoint import latest_checkpoint, verify
+
+    if not path.is_dir():
+        raise ConfigError(f"RUN_DIR {str(path)!r} is not a directory; give a folder written by trickbox train (or one of its checkpoints/step-N)")
+    if (path / "state.json").is_file() and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+        if verify(path) is None:
+            raise ConfigError(f"checkpoint {str(path)!r} is incomplete or corrupt (its SHA-256 does not match); pick another step under {path.parent}")
+        checkpoint: Path | None = path
+    elif (path / "model.json").is_file() and (path / "model.safetensors").is_file():
+        run_dir, checkpoint = path, None
+    else:
+        run_dir = path
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise ConfigError(f"{str(path)!r} has no final model (model.json, model.safetensors) and no complete checkpoint; "
+                              "give a run directory written by trickbox train")
+        checkpoint = latest.path
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} has no config.yaml; give a directory written by trickbox train")
+    return run_dir, checkpoint
 
 
 def evaluate_run(
@@ -124,6 +151,7 @@ def evaluate_run(
     step_size: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Clean top-1/top-5 error of the run's model on ``split`` and, per ε, the error under ``attack``."""
     import torch
@@ -135,8 +163,9 @@ def evaluate_run(
     from .data import load_dataset
 
     cfg = load_config([run_dir / "config.yaml"])
-    card = read_card(run_dir)
     data = load_dataset(cfg.data, progress=progress)
+    card = read_card(run_dir) if checkpoint is None else {"name": cfg.model.name, "num_classes": data.num_classes,
+                                                          "in_chans": data.in_chans}
     if data.num_classes != card["num_classes"]:
         raise ConfigError(f"the model in {str(run_dir)!r} has {card['num_classes']} classes but its data now has {data.num_classes}; was data.root changed?")
     x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
@@ -146,7 +175,11 @@ def evaluate_run(
     std = card.get("std") or list(data.std)
     normalize = make_normalize(mean, std)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_trained(str(run_dir), num_classes=card["num_classes"], in_chans=card["in_chans"]).to(device).eval()
+    if checkpoint is None:
+        model = load_trained(str(run_dir), num_classes=card["num_classes"], in_chans=card["in_chans"])
+    else:
+        model = _from_checkpoint(cfg, checkpoint, num_classes=data.num_classes, in_chans=data.in_chans)
+    model = model.to(device).eval()
     bs = batch_size or cfg.train.eval_batch_size
 
     def batches(desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -175,6 +208,23 @@ def evaluate_run(
         "clean": _errors(clean),
         "attacked": rows,
     }
+
+
+def _from_checkpoint(cfg: Any, path: Path, *, num_classes: int, in_chans: int) -> Any:
+    from .build import model_from_config
+    from .checkpoint import load_checkpoint, verify
+
+    ckpt = verify(path)
+    if ckpt is None:
+        raise ConfigError(f"checkpoint {str(path)!r} is incomplete or corrupt; pick another step")
+    model = model_from_config(cfg.model, num_classes=num_classes, in_chans=in_chans)
+    state, _ = load_checkpoint(ckpt)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved from a torch.compile'd model
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg.model.name}: {str(exc).splitlines()[0]}") from None
+    return model
 
 
 def _clean_metrics(model: Any, batches: Iterator[Any], normalize: Any) -> dict[str, float]:
