@@ -195,6 +195,7 @@ def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any
     if len(picked) != 2:
         raise SystemExit("the alpha grid has no finished ERM (α=0) and α=1 rows yet; run: python experiments/paper.py alpha")
     t0 = time.perf_counter()
+    ran = 0.0
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in picked:
         name = str(row["params"]["variant"])
@@ -205,9 +206,19 @@ def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any
                 if not out.is_file():
                     cmd = ["trickbox", "eval", str(run_dir), "--attack", attack, "--eps", ATTACK_EPS, "--no-progress"]
                     print("$", shlex.join(cmd), flush=True)
+                    t1 = time.perf_counter()
                     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    ran += time.perf_counter() - t1
                 results.setdefault(name, {}).setdefault(attack, []).append(json.loads(out.read_text()))
-    return _adversarial_table(results), time.perf_counter() - t0
+    prov = json.loads(provenance_file(args).read_text()) if provenance_file(args).is_file() else {}
+    if ran > 0 or "eval_seconds" not in prov:
+        record_provenance(args, eval_seconds=ran if ran > 0 else time.perf_counter() - t0)
+        prov = json.loads(provenance_file(args).read_text())
+    summary = {name: {attack: [_adversarial_rows(r) for r in runs] for attack, runs in attacks.items()} for name, attacks in results.items()}
+    (docs_dir(args) / f"paper_adversarial{'' if args.profile == 'cpu' else '-' + args.profile}.json").write_text(
+        json.dumps({n: {a: [{str(e): v for e, v in r.items()} for r in rs] for a, rs in at.items()} for n, at in summary.items()}, indent=1,
+                   ensure_ascii=False) + "\n")
+    return _adversarial_table(results), float(prov["eval_seconds"])
 
 
 def _adversarial_rows(data: dict[str, Any]) -> dict[float, dict[str, float]]:
@@ -361,27 +372,50 @@ def command_line(args: argparse.Namespace) -> str:
     return "python experiments/paper.py " + " ".join(shlex.quote(p) for p in parts)
 
 
-def wall_time(study: Any) -> float:
+def train_time(study: Any) -> float:
     """Sum of the trials' own training times (what one worker would need) from the stored metrics."""
-    total = 0.0
-    for t in study.get_trials(deepcopy=False):
-        total += float((t.user_attrs.get("metrics") or {}).get("seconds", 0.0))
-    return total
+    return sum(float((t.user_attrs.get("metrics") or {}).get("seconds", 0.0)) for t in study.get_trials(deepcopy=False))
+
+
+def study_wall(study: Any) -> float:
+    """From the first trial's start to the last trial's end: the table's wall time, however often it was resumed."""
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
+def provenance_file(args: argparse.Namespace) -> Path:
+    return REPO / args.out_dir / study_name(args.table, args.profile) / f"paper_{args.table}_run.json"
+
+
+def record_provenance(args: argparse.Namespace, **extra: Any) -> None:
+    """What trained the table: the commit and machine when the sweep (or the attack evaluation) ran."""
+    f = provenance_file(args)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(f.read_text()) if f.is_file() else {}
+    f.write_text(json.dumps({**old, "commit": commit(), "machine": machine(), "date": str(date.today()), **extra}, indent=1) + "\n")
 
 
 def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: float, train_seconds: float) -> Path:
     name = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
     doc = docs_dir(args) / f"{name}.md"
+    prov = json.loads(provenance_file(args).read_text()) if provenance_file(args).is_file() else {}
     lines = [f"# {TITLES[args.table]} ({args.profile} profile)", "", body.rstrip(), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
+    rendered = commit()
+    trained = prov.get("commit", "not recorded")
+    spec = "alpha" if args.table == "adversarial" else args.table
+    what = "attack evaluation" if args.table == "adversarial" else "trials"
     lines += [
-        f"- Command: `{command_line(args)}` (spec `sweeps/paper/{'alpha' if args.table == 'adversarial' else args.table}.yaml`"
+        f"- Command: `{command_line(args)}` (spec `sweeps/paper/{spec}.yaml`"
         + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu" else "") + ")",
-        f"- Commit: {commit()}; date: {date.today()}",
-        f"- Machine: {machine()}",
-        f"- Wall time: {wall / 60:.1f} min for this invocation ({args.workers} worker(s)); the trials' own training time adds up to "
-        f"{train_seconds / 60:.1f} min.",
+        f"- Commit: {what} ran at {trained} ({prov.get('date', date.today())}); table rendered at {rendered}",
+        f"- Machine: {prov.get('machine', machine())}",
+        (f"- Wall time: {wall / 60:.1f} min for the attack evaluations (8 `trickbox eval` runs, one process at a time)."
+         if args.table == "adversarial" else
+         f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} workers, one thread each); "
+         f"the trials' own training times add up to {train_seconds / 60:.1f} min."),
         "- Objective and model selection: validation top-1 (a split of the training images); the test split is only reported.",
         "",
     ]
@@ -421,8 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.table == "adversarial":
             p.error("--rerun trains a row of a grid; rerun the alpha grid's row, then render adversarial")
         raise SystemExit(rerun(args))
-    t0 = time.perf_counter()
     if not args.render_only and args.table != "adversarial":
+        record_provenance(args)
         run_sweep(args.table, args)
     study, rows, info = load_rows(args.table, args)
     out = docs_dir(args)
@@ -430,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
     images: list[str] = []
     if args.table == "adversarial":
-        body, _ = adversarial(args, rows, study)
+        body, seconds = adversarial(args, rows, study)
         adversarial_plot(body, out / f"{stem}.png")
         images.append(f"{stem}.png")
     else:
@@ -449,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         images.append(f"{stem}.png")
     if args.table != "adversarial":
         (out / f"{stem}.json").write_text(json.dumps(per_seed(study, rows), indent=1, ensure_ascii=False) + "\n")
-    doc = write_doc(args, body, images, time.perf_counter() - t0, wall_time(study))
+    wall = float(seconds) if args.table == "adversarial" else study_wall(study)
+    doc = write_doc(args, body, images, wall, train_time(study))
     print(doc.read_text())
     print(f"wrote {doc}")
 

@@ -172,3 +172,21 @@ def test_paper_runner_end_to_end_on_digits(tmp_path):
 
     bad = paper("alpha", "--rerun", "α=3")
     assert bad.returncode == 2 and "is not a row of alpha" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_verdict_rule_can_say_each_of_its_words():
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import verdicts
+    finally:
+        sys.path.pop(0)
+    low, high = {"0": 10.0, "1": 11.0}, {"0": 20.0, "1": 21.0}
+    near = {"0": 10.5, "1": 12.5}
+    assert verdicts.better(low, high) == "reproduced" and verdicts.better(high, low) == "not reproduced"
+    assert verdicts.better(low, near) == "inconclusive" and verdicts.better(low, {"0": 1.0}) == "not run"
+    assert verdicts.better(high, low, lower=False) == "reproduced"
+    assert verdicts.no_gain(near, low) == "reproduced" and verdicts.no_gain(low, high) == "not reproduced"
+    block = verdicts.render()  # whatever is committed: every claim gets one of the words
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "experiment" not in line]
+    assert len(rows) >= 25
+    assert all(any(w in line for w in ("reproduced", "inconclusive", "not run")) for line in rows)
