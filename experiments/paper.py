@@ -5,6 +5,7 @@
     python experiments/paper.py stack                       # He et al.: + cosine, + label smoothing, + distillation, + mixup
     python experiments/paper.py adversarial                 # FGSM / I-FGSM on the alpha grid's ERM and α=1 models
     python experiments/paper.py labels                      # corrupted labels: best / last test error
+    python experiments/paper.py labels_long                 # the same, 500 images for 60 epochs: ERM memorises
     python experiments/paper.py ablation                    # the ablation table
     python experiments/paper.py alpha --profile full        # PreAct ResNet-18, 200 epochs, all of CIFAR-10 (GPUs)
 
@@ -32,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, commit, machine  # noqa: E402
 
-TABLES = ("alpha", "capacity", "stack", "adversarial", "labels", "ablation")
+TABLES = ("alpha", "capacity", "stack", "adversarial", "labels", "labels_long", "ablation")
 PROFILES: dict[str, dict[str, list[str]]] = {
     # the CPU profile is the specs themselves (sweeps/paper/cifar_paper.yaml)
     "cpu": {},
@@ -115,7 +116,7 @@ def bar_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) ->
     ax.set_xlabel(f"{title} (mean ± std over seeds)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -138,6 +139,7 @@ def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str,
                 if not f.is_file():
                     continue
                 recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+                recs = [r for r in recs if "val/top1" in r]  # epoch records (the final test record repeats the last)
                 for m, _ in metrics:
                     vals = [r[m] for r in recs if m in r]
                     if vals:
@@ -155,7 +157,7 @@ def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str,
                 axes[mi][gi].grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -183,7 +185,7 @@ def alpha_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -266,7 +268,7 @@ def adversarial_plot(results_md: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -329,7 +331,10 @@ def rerun(args: argparse.Namespace) -> int:
     cfg_file.write_text(yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False))
     cmd = ["trickbox", "train", "--config", str(cfg_file), f"train.out_dir={work}", f"train.run_name={name}", "train.tracker=none"]
     print("$", shlex.join(cmd), flush=True)
-    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the sweep's CPU workers train with cores/workers threads each; the same count makes the float sums, and so the run, identical
+    threads = max(1, (os.cpu_count() or 1) // int(args.workers)) if str(args.workers).isdigit() else None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads and "OMP_NUM_THREADS" not in os.environ else {})}
+    res = subprocess.run(cmd, cwd=REPO, env=env)
     if res.returncode != 0:
         return res.returncode
     summary = json.loads((work / name / "summary.json").read_text())
@@ -429,6 +434,7 @@ TITLES = {
     "stack": "Classification: the tricks stacked (He et al.)",
     "adversarial": "Adversarial examples: white-box FGSM and I-FGSM",
     "labels": "Corrupted labels: ERM, dropout and mixup",
+    "labels_long": "Corrupted labels, trained until ERM memorises: ERM, dropout and mixup",
     "ablation": "The mixup ablation",
 }
 
@@ -474,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
                           columns=info.get("columns"))
         if args.table == "alpha":
             alpha_plot(rows, out / f"{stem}.png")
-        elif args.table == "labels":
+        elif args.table in ("labels", "labels_long"):
             curves_plot(study, rows, [("test/top1", "test error (%)"), ("train/top1", "error on the noisy train labels (%)")],
                         "data.label_noise", out / f"{stem}.png")
         else:

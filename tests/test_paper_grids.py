@@ -121,7 +121,8 @@ def test_grid_table_orders_rows_as_written_and_adds_columns(tmp_path):
                              user_attrs={"metrics": {"test/top1": acc - 0.05 + seed / 100, "at_best_val/test/top1": acc - 0.1}})
             study.add_trial(t)
     info = spec.summary()
-    table = grid_table(study, "val/top1", info["params"], choices=info["choices"], columns=info["columns"])
+    absent = {"metric": "train/top1", "title": "train error (%)", "error": True}  # no trial has it: left out
+    table = grid_table(study, "val/top1", info["params"], choices=info["choices"], columns=[*info["columns"], absent])
     lines = table.splitlines()
     assert lines[0] == "| variant | val/top1 (mean ± std) | test/top1 | best test error (%) | seeds | trials |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| ERM", "| mixup", "| 3-way", "| dropout"]

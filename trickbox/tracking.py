@@ -118,6 +118,10 @@ class Tracking:
             if job_type:
                 kwargs["job_type"] = job_type
             self.accelerator.init_trackers(project, config=config, init_kwargs={"wandb": kwargs})
+            if self.main and not any(getattr(t, "name", "") == "wandb" for t in self.accelerator.trackers):
+                self._disable("W&B is off for this run: its Accelerator was made without the wandb tracker; "
+                              "training goes on with metrics.jsonl only")
+                return
             self.wandb_ok = True
             run = self.accelerator.get_tracker("wandb", unwrap=True)
             self.wandb_dir = getattr(run, "dir", None) and str(Path(run.dir).parent)

@@ -89,7 +89,8 @@ def grid_table(study: Any, objective: str, order: list[str] | None = None, *,
     names: list[str] = [n for n in (order or []) if n != SEED_PARAM]
     for row in rows:
         names += [k for k in row["params"] if k not in names]
-    cols = list(columns or [])
+    # a column that no finished trial has (e.g. train/* without train.eval_each_epoch) is left out
+    cols = [c for c in (columns or []) if any(c["metric"] in m for row in rows for m in row["metrics"])]
     header = [*names, f"{objective} (mean ± std)", *(c["title"] for c in cols), "seeds", "trials"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
