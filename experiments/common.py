@@ -29,10 +29,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def commit() -> str:
+def commit(exclude: str | None = None) -> str:
+    """HEAD's short hash, ``+dirty`` when tracked files differ (outside ``exclude``, e.g. the docs being written)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
+        paths = ["--", ".", f":(exclude){exclude}"] if exclude else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *paths], cwd=REPO, capture_output=True, text=True).stdout
         return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -408,7 +408,7 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
     lines = [f"# {TITLES[args.table]} ({args.profile} profile)", "", body.rstrip(), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
-    rendered = commit()
+    rendered = commit(exclude="docs/results")
     trained = prov.get("commit", "not recorded")
     spec = "alpha" if args.table == "adversarial" else args.table
     what = "attack evaluation" if args.table == "adversarial" else "trials"
