@@ -7,6 +7,7 @@
     python experiments/paper.py labels                      # corrupted labels: best / last test error
     python experiments/paper.py labels_long                 # the same, 500 images for 60 epochs: ERM memorises
     python experiments/paper.py ablation                    # the ablation table
+    python experiments/paper.py erm_mixup                   # ERM against mixup (α=1): the two headline rows, with test curves
     python experiments/paper.py alpha --profile full        # PreAct ResNet-18, 200 epochs, all of CIFAR-10 (GPUs)
 
 Each table is the spec ``sweeps/paper/<table>.yaml`` run by ``trickbox sweep`` (finished trials are kept,
@@ -33,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, commit, machine  # noqa: E402
 
-TABLES = ("alpha", "capacity", "stack", "adversarial", "labels", "labels_long", "ablation")
+TABLES = ("erm_mixup", "alpha", "capacity", "stack", "adversarial", "labels", "labels_long", "ablation")
 PROFILES: dict[str, dict[str, list[str]]] = {
     # the CPU profile is the specs themselves (sweeps/paper/cifar_paper.yaml)
     "cpu": {},
@@ -120,18 +121,18 @@ def bar_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) ->
     plt.close(fig)
 
 
-def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str, str]], group: str, path: Path) -> None:
-    """Per-epoch curves (mean over seeds) from each trial's metrics.jsonl, one panel per value of ``group``."""
+def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str, str]], group: str | None, path: Path) -> None:
+    """Per-epoch curves (mean over seeds) from each trial's metrics.jsonl, one panel per value of ``group`` (one panel: None)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    groups = sorted({r["params"].get(group) for r in rows})
+    groups = sorted({r["params"].get(group) for r in rows}) if group else [None]
     fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.2 * len(groups), 3.2 * len(metrics)), squeeze=False)
     for gi, g in enumerate(groups):
-        for row in (r for r in rows if r["params"].get(group) == g):
+        for row in (r for r in rows if group is None or r["params"].get(group) == g):
             series: dict[str, list[list[float]]] = {m: [] for m, _ in metrics}
             for n in row["trials"]:
                 run_dir = by_number[n].user_attrs.get("run_dir")
@@ -151,7 +152,7 @@ def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str,
                 n_ep = min(len(v) for v in runs)
                 mean = [statistics.mean(100.0 * (1.0 - v[e]) for v in runs) for e in range(n_ep)]
                 axes[mi][gi].plot(range(1, n_ep + 1), mean, label=str(row["params"].get("variant", "")))
-                axes[mi][gi].set_title(f"{group.split('.')[-1]}={g}")
+                axes[mi][gi].set_title(f"{group.split('.')[-1]}={g}" if group else "")
                 axes[mi][gi].set_xlabel("epoch")
                 axes[mi][gi].set_ylabel(label)
                 axes[mi][gi].grid(alpha=0.3)
@@ -419,7 +420,8 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
         f"- Machine: {prov.get('machine', machine())}",
         (f"- Wall time: {wall / 60:.1f} min for the attack evaluations (8 `trickbox eval` runs, one process at a time)."
          if args.table == "adversarial" else
-         f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} workers, one thread each); "
+         f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} workers, "
+         f"{'one thread each' if 'no GPU' in prov.get('machine', machine()) else 'sharing the GPU'}); "
          f"the trials' own training times add up to {train_seconds / 60:.1f} min."),
         "- Objective and model selection: validation top-1 (a split of the training images); the test split is only reported.",
         "",
@@ -429,6 +431,7 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
 
 
 TITLES = {
+    "erm_mixup": "Classification: ERM against mixup (α = 1)",
     "alpha": "Classification: test error against mixup's α",
     "capacity": "Classification: ERM and mixup at two model sizes",
     "stack": "Classification: the tricks stacked (He et al.)",
@@ -483,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.table in ("labels", "labels_long"):
             curves_plot(study, rows, [("test/top1", "test error (%)"), ("train/top1", "error on the noisy train labels (%)")],
                         "data.label_noise", out / f"{stem}.png")
+        elif args.table == "erm_mixup":
+            curves_plot(study, rows, [("test/top1", "test error (%)")], None, out / f"{stem}.png")
         else:
             metric = "test/top1"
             bar_plot(rows, metric, "test error (%)", out / f"{stem}.png")
