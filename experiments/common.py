@@ -32,9 +32,10 @@ def machine() -> str:
 def commit(exclude: str | None = None) -> str:
     """HEAD's short hash, ``+dirty`` when tracked files differ (outside ``exclude``, e.g. the docs being written).
 
-    ``TRICKBOX_COMMIT`` names it where the checkout has no ``.git`` (a copy of the tree sent to a GPU machine)."""
-    if not (REPO / ".git").exists() and os.environ.get("TRICKBOX_COMMIT"):
-        return os.environ["TRICKBOX_COMMIT"] + " (copy of the tree, no .git)"
+    ``TRICKBOX_COMMIT`` overrides it for a copy of the tree sent elsewhere (a GPU machine), whose ``.git``,
+    if it has one, may be older than the files."""
+    if os.environ.get("TRICKBOX_COMMIT"):
+        return os.environ["TRICKBOX_COMMIT"] + " (as sent)"
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         paths = ["--", ".", f":(exclude){exclude}"] if exclude else []

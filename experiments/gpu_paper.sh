@@ -9,7 +9,7 @@
 #   python benchmarks/make_subset_zip.py ../shared/datasets/cifar10-jpeg.zip .devdata/cifar10-3k.zip --per-class 3000 --test-per-class 1000
 # and .whl (optuna and its needs, which the GPU image lacks; see docs/results/README.md).
 # Environment: BUDGET_S (seconds for the whole script, default 540), WORKERS (default 4), DATA,
-# MAX_EPOCHS (default 200, the paper's), PERF (speed-only overrides), EXTRA (more overrides, for a CPU dry run),
+# MAX_EPOCHS (default 200, the paper's), EPOCHS (skip the calibration), PERF (speed-only overrides), EXTRA (more overrides, for a CPU dry run),
 # TRICKBOX_COMMIT (the commit the tree was sent at; the copy has no .git).
 # Writes to $OUT: run.log, calibrate.log, paper_erm_mixup-full.{md,png,json} and study.tgz (the study, no weights).
 set -u
@@ -33,7 +33,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || ec
 # shellcheck disable=SC2086  # PERF and EXTRA are lists of KEY=VALUE words
 common=(erm_mixup --profile full --workers "$WORKERS" "data.root=$DATA" $PERF $EXTRA)
 
-# 1. calibrate: the same sweep for 2 epochs (also the smoke test of the whole path)
+# 1. calibrate: the same sweep for 2 epochs (also the smoke test of the whole path); EPOCHS=N skips it
+if [ -n "${EPOCHS:-}" ]; then epochs=$EPOCHS; else
 python3 experiments/paper.py "${common[@]}" train.epochs=2 --out-dir /tmp/cal --docs-dir /tmp/cal/docs >> "$OUT/calibrate.log" 2>&1 \
   || { echo "calibration sweep failed after $(elapsed) s"; tail -30 "$OUT/calibrate.log"; exit 1; }
 cal_wall=$(elapsed)
@@ -49,6 +50,7 @@ print(f"calibration: {len(secs)} trials, {per_epoch:.2f} s per epoch per trial (
       f"{left:.0f} s left for training -> epochs", file=sys.stderr)
 EOF
 )
+fi
 echo "after $(elapsed) s: training ${epochs} epochs"
 if [ "${epochs:-0}" -lt 3 ]; then echo "too little time left for a useful run"; tail -20 "$OUT/calibrate.log"; exit 1; fi
 
