@@ -191,3 +191,22 @@ def test_verdict_rule_can_say_each_of_its_words():
     rows = [line for line in block.splitlines() if line.startswith("| ") and "experiment" not in line]
     assert len(rows) >= 25
     assert all(any(w in line for w in ("reproduced", "inconclusive", "not run")) for line in rows)
+
+
+@pytest.mark.slow
+def test_gpu_script_calibrates_then_runs_erm_against_mixup(tmp_path):
+    """experiments/gpu_paper.sh on digits: a 2-epoch calibration sizes the run, the table renders with test curves,
+    the study comes back as one tarball, and TRICKBOX_COMMIT names the commit of a copied tree."""
+    out = tmp_path / "out"
+    env = {**subprocess_env(), "OUT": str(out), "WORKERS": "2", "PERF": "", "DATA": "null", "MAX_EPOCHS": "3",
+           "BUDGET_S": "600", "STUDIES": str(tmp_path / "studies"), "CAL": str(tmp_path / "cal"), "TRICKBOX_COMMIT": "abc1234",
+           "EXTRA": "data.name=digits data.test_subset=null model.name=cifar_resnet8 train.eval_batch_size=256"}
+    proc = subprocess.run(["bash", "experiments/gpu_paper.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "training 3 epochs" in proc.stdout  # the calibration left room for more; MAX_EPOCHS caps it
+    doc = (out / "paper_erm_mixup-full.md").read_text()
+    assert "| ERM |" in doc and "| mixup (α=1) |" in doc and "train.epochs=3" in doc
+    assert "trials ran at abc1234 (as sent)" in doc and "sharing the GPU" not in doc  # a CPU run says so
+    assert (out / "paper_erm_mixup-full.png").stat().st_size > 5000 and (out / "study.tgz").stat().st_size > 1000
+    per_seed = json.loads((out / "paper_erm_mixup-full.json").read_text())
+    assert len(per_seed) == 2 and all(set(v) == {"0", "1"} for v in per_seed.values())
