@@ -405,7 +405,9 @@ def record_provenance(args: argparse.Namespace, **extra: Any) -> None:
 def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: float, train_seconds: float) -> Path:
     name = f"paper_{args.table}" + ("" if args.profile == "cpu" else f"-{args.profile}")
     doc = docs_dir(args) / f"{name}.md"
-    prov = json.loads(provenance_file(args).read_text()) if provenance_file(args).is_file() else {}
+    prov_file = provenance_file(args)
+    prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+    host = prov.get("machine") or machine()  # where the trials ran; this machine only when that was not recorded
     lines = [f"# {TITLES[args.table]} ({args.profile} profile)", "", body.rstrip(), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
@@ -417,11 +419,11 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
         f"- Command: `{command_line(args)}` (spec `sweeps/paper/{spec}.yaml`"
         + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu" else "") + ")",
         f"- Commit: {what} ran at {trained} ({prov.get('date', date.today())}); table rendered at {rendered}",
-        f"- Machine: {prov.get('machine', machine())}",
+        f"- Machine: {host}",
         (f"- Wall time: {wall / 60:.1f} min for the attack evaluations (8 `trickbox eval` runs, one process at a time)."
          if args.table == "adversarial" else
          f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} workers, "
-         f"{'one thread each' if 'no GPU' in prov.get('machine', machine()) else 'sharing the GPU'}); "
+         f"{'one thread each' if 'no GPU' in host else 'sharing the GPU'}); "
          f"the trials' own training times add up to {train_seconds / 60:.1f} min."),
         "- Objective and model selection: validation top-1 (a split of the training images); the test split is only reported.",
         "",

@@ -136,9 +136,11 @@ def labels(name: str = "labels") -> list[Claim]:
     for noise in (0.2, 0.5, 0.8):
         d = {"data.label_noise": noise}
         last, best = t.values("ERM", "test/top1", **d), t.values("ERM", "at_best_val/test/top1", **d)
-        fit = {s: 100 * v for s, v in t.values("ERM", "train/top1", error=False, **d).items()}
+        # accuracy on the (noisy) training labels, in %: how much of the noise each method fits
+        erm_fit = {s: 100 * v for s, v in t.values("ERM", "train/top1", error=False, **d).items()}
+        mix_fit = {s: 100 * v for s, v in t.values("mixup (α=8)", "train/top1", error=False, **d).items()}
         out.append((exp, f"{int(noise * 100)} %: ERM memorises the noise, so its last test error exceeds its best",
-                    better(last, best, lower=False), f"last {fmt(last)} % vs best {fmt(best)} %; train acc. on noisy labels {fmt(fit)} %", src))
+                    better(last, best, lower=False), f"last {fmt(last)} % vs best {fmt(best)} %; train acc. on noisy labels {fmt(erm_fit)} %", src))
         for metric, word in (("at_best_val/test/top1", "best"), ("test/top1", "last")):
             mix, drop = t.values("mixup (α=8)", metric, **d), t.values("ERM + dropout", metric, **d)
             out.append((exp, f"{int(noise * 100)} %: mixup beats dropout ({word} test error)", better(mix, drop),
@@ -149,11 +151,8 @@ def labels(name: str = "labels") -> list[Claim]:
         verdict = v1 if v1 == v2 else ("inconclusive" if "not reproduced" not in (v1, v2) else "not reproduced")
         out.append((exp, f"{int(noise * 100)} %: mixup and dropout combine (last test error below each alone)", verdict,
                     f"{fmt(both)} % vs mixup {fmt(mix)} %, dropout {fmt(drop)} %", src))
-        erm_fit = t.values("ERM", "train/top1", error=False, **d)
-        mix_fit = t.values("mixup (α=8)", "train/top1", error=False, **d)
         out.append((exp, f"{int(noise * 100)} %: ERM fits the noisy labels more than mixup (train accuracy on them)",
-                    better({s: 100 * v for s, v in erm_fit.items()}, {s: 100 * v for s, v in mix_fit.items()}, lower=False),
-                    f"{fmt({s: 100 * v for s, v in erm_fit.items()})} % vs {fmt({s: 100 * v for s, v in mix_fit.items()})} %", src))
+                    better(erm_fit, mix_fit, lower=False), f"{fmt(erm_fit)} % vs {fmt(mix_fit)} %", src))
     return out
 
 

@@ -184,8 +184,20 @@ class SweepSpec:
             mapping = _merge(mapping, {"tricks": {"distillation": {"teacher": teacher_dir}}})
         return mapping
 
+    def base_train(self) -> Mapping[str, Any]:
+        """The base config's ``train`` section as written (empty when it has none)."""
+        train = self.base.get("train")
+        return train if isinstance(train, Mapping) else {}
+
     def teacher_mapping(self) -> dict[str, Any]:
-        return copy.deepcopy(self.teacher or {})
+        """The teacher's config mapping. It trains on the sweep's Accelerator, so it tracks as the trials do:
+        the base's ``train.tracker``, when the base sets one, wins over the teacher's."""
+        from ..config import _merge
+
+        mapping = copy.deepcopy(self.teacher or {})
+        if "tracker" in self.base_train():
+            mapping = _merge(mapping, {"train": {"tracker": self.base_train()["tracker"]}})
+        return mapping
 
     def fingerprint(self) -> str:
         """What makes two specs the same study: base, search space, objective, sampler, seeds."""
@@ -199,7 +211,7 @@ class SweepSpec:
 
     def summary(self) -> dict[str, Any]:
         """What the study records about itself (for ``trickbox report``)."""
-        train = self.base.get("train", {}) if isinstance(self.base.get("train"), Mapping) else {}
+        train = self.base_train()
         return {
             "fingerprint": self.fingerprint(), "objective": self.objective, "direction": self.direction,
             "sampler": self.sampler.name, "pruner": self.pruner.name, "grid": self.is_grid, "seeds": self.seeds,

@@ -115,8 +115,6 @@ def ensure_teacher(spec: SweepSpec, study_dir: Path, accelerator: Any, channel: 
         cfg = load_config(base=spec.teacher_mapping())
         cfg.train.out_dir = str(study_dir)
         cfg.train.run_name = "teacher"
-        base_train = spec.base.get("train") if isinstance(spec.base.get("train"), dict) else {}
-        cfg.train.tracker = base_train.get("tracker", cfg.train.tracker)  # the sweep's accelerator tracks as the trials do
         resume = (teacher_dir / "checkpoints").is_dir()
         train(cfg, resume=resume, accelerator=accelerator,
               tracking_kwargs={"name": f"{spec.study}-teacher", "group": spec.study, "job_type": "teacher"})
