@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trickbox.attacks import attack_metrics, fgsm, ifgsm, make_normalize
+from trickbox.evaluation.attacks import attack_metrics, fgsm, ifgsm, make_normalize
 
 NORM = make_normalize([0.5], [0.25])
 

@@ -26,7 +26,7 @@ from trickbox.data import (
     open_source,
 )
 from trickbox.data.splits import plan_splits, stratified_take
-from trickbox.data.rng import generator
+from trickbox.seeding import generator
 
 REPO = Path(__file__).resolve().parents[1]
 

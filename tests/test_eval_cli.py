@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trickbox.cli import main
-from trickbox.eval_cli import parse_eps
+from trickbox.cli.eval import parse_eps
 from trickbox.trick import ConfigError
 
 from .conftest import subprocess_env

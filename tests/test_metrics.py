@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trickbox.metrics import (
+from trickbox.evaluation.metrics import (
     MetricAccumulator,
     classification_metrics,
     expected_calibration_error,

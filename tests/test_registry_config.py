@@ -72,12 +72,12 @@ def test_unknown_trick_and_param_say_did_you_mean():
 @pytest.mark.parametrize(
     "trick, values, fragment",
     [
-        ("mixup", {"alpha": 0}, "tricks.mixup.alpha must be in (0, inf]"),
-        ("mixup", {"alpha": -1}, "tricks.mixup.alpha must be in (0, inf]"),
+        ("mixup", {"alpha": 0}, "tricks.mixup.alpha must be > 0"),
+        ("mixup", {"alpha": -1}, "tricks.mixup.alpha must be > 0"),
         ("label_smoothing", {"eps": 1.0}, "tricks.label_smoothing.eps must be in [0, 1)"),
-        ("label_smoothing", {"eps": "big"}, "must be float"),
-        ("sgdr", {"t0": 0.5}, "tricks.sgdr.t0 must be in [1, inf]"),
-        ("sgdr", {"t_mult": 0.9}, "tricks.sgdr.t_mult must be in [1, inf]"),
+        ("label_smoothing", {"eps": "big"}, "must be a number"),
+        ("sgdr", {"t0": 0.5}, "tricks.sgdr.t0 must be >= 1"),
+        ("sgdr", {"t_mult": 0.9}, "tricks.sgdr.t_mult must be >= 1"),
         ("distillation", {"teacher": "nowhere/run", "temperature": 2}, "not a trickbox run directory"),
         ("distillation", {"teacher": "cifar_resnet8", "checkpoint": "missing.safetensors"}, "missing or unreadable"),
         ("mixup", {"pairing": "nearest"}, "one of 'random', 'knn'"),
@@ -96,7 +96,7 @@ def test_distillation_temperature_must_be_positive(tmp_path):
     from trickbox.build import create_model
 
     save_model(create_model("cifar_resnet8", num_classes=10, in_chans=1), tmp_path, {"name": "cifar_resnet8", "num_classes": 10, "in_chans": 1})
-    with pytest.raises(ConfigError, match="temperature must be in"):
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
         discover().build({"distillation": {"teacher": str(tmp_path), "temperature": 0}})
 
 
@@ -143,8 +143,8 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
     [
         (["tricks.mixpu.alpha=0.2"], "did you mean 'mixup'"),
         (["train.epohcs=2"], "unknown config key 'train.epohcs'"),
-        (["tricks.mixup.alpha=-1"], "tricks.mixup.alpha must be in (0, inf]"),
-        (["train.batch_size=0"], "train.batch_size must be > 0"),
+        (["tricks.mixup.alpha=-1"], "tricks.mixup.alpha must be > 0"),
+        (["train.batch_size=0"], "train.batch_size must be an integer >= 1"),
         (["data.name=cifar11"], "data.name"),
         (["--config", "missing.yaml"], "does not exist"),
     ],

@@ -24,7 +24,8 @@ from trickbox.api import TrickSet
 from trickbox.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_weights
 from trickbox.cli import main as cli_main
 from trickbox.config import load_config
-from trickbox.loop import prepare_tricks, train
+from trickbox.api import load_tricks
+from trickbox.loop import train
 from trickbox.registry import Catalog, discover, hook_problems
 from trickbox.trick import ConfigError, NonFiniteError, Param, Trick, hookimpl
 
@@ -449,7 +450,7 @@ def test_broken_plugins_leave_the_others_working(tmp_path, plugin_site, monkeypa
         cat.get("fakebadarg")
     cfg = load_config([], [*SMALL, "train.tracker=none", f"train.out_dir={tmp_path}", "train.run_name=ok",
                            "tricks.fakegood.scale=0.5", "tricks.label_smoothing.eps=0.1"])
-    result = train(cfg, tricks=prepare_tricks(cfg))
+    result = train(cfg, tricks=load_tricks(cfg.tricks, block=cfg.plugins.block))
     assert result.steps > 0 and result.test["top1"] > 0
 
 
@@ -464,7 +465,7 @@ def test_autoload_off_keeps_only_builtins(plugin_site, monkeypatch, capsys, faul
     for builtin in ("sgdr", "label_smoothing", "distillation", "mixup", "noise"):
         assert f"\n{builtin}  (trickbox " in "\n" + out
     with pytest.raises(ConfigError, match="unknown trick 'fakegood'"):
-        prepare_tricks(load_config([], ["tricks.fakegood.scale=0.5"]))
+        load_tricks(load_config([], ["tricks.fakegood.scale=0.5"]).tricks)
 
 
 def test_single_plugins_can_be_blocked(plugin_site, monkeypatch, capsys, fault):
@@ -476,11 +477,11 @@ def test_single_plugins_can_be_blocked(plugin_site, monkeypatch, capsys, fault):
     assert "- fakegood blocked" in out and "- fakebroken blocked" in out
     assert "fakegood  (" not in out and "! fakebroken" not in out and "mixup  (trickbox" in out
     with pytest.raises(ConfigError, match="trick 'fakegood' is blocked"):
-        prepare_tricks(load_config([], ["tricks.fakegood.scale=0.5"]))
+        load_tricks(load_config([], ["tricks.fakegood.scale=0.5"]).tricks)
     monkeypatch.delenv("TRICKBOX_BLOCK")
     cfg = load_config([], ["plugins.block=[fakegood, mixup]", "tricks.mixup.alpha=0.2"])
     with pytest.raises(ConfigError, match="trick 'mixup' is blocked"):
-        prepare_tricks(cfg)
+        load_tricks(cfg.tricks, block=cfg.plugins.block)
 
 
 class NotATrick:

@@ -89,7 +89,7 @@ def test_grid_with_seeds_counts_every_point_per_seed():
     (smoke(search={"mixpu.alpha": {}}), "unknown trick 'mixpu'; did you mean 'mixup'?"),
     (smoke(search={"noise.sigma": {}}), "noise is not enabled"),
     (smoke(sampler="grid", search={"mixup.alpha": {}}), "sampler grid needs choices for every searched parameter"),
-    (smoke(search={"mixup.alpha": {"low": 0, "high": 2, "log": False}}), "search mixup.alpha must be in (0, inf], got 0"),
+    (smoke(search={"mixup.alpha": {"low": 0, "high": 2, "log": False}}), "search mixup.alpha must be > 0, got 0"),
     (smoke(search={"mixup.alpha": {"low": 0, "high": 2}}), "a log range needs low > 0"),
     (smoke(search={"mixup.alpha": {"low": 1, "high": 0.5}}), "low (1) must be below high (0.5)"),
     (smoke(search={"mixup.alpha": {"low": 0.1, "high": 1, "lg": True}}), "unknown key 'lg'"),

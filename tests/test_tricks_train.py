@@ -10,15 +10,16 @@ from trickbox.api import TrickSet
 from trickbox.batch import hard_batch
 from trickbox.config import load_config
 from trickbox.context import RunContext
-from trickbox.loop import prepare_tricks, train
+from trickbox.api import load_tricks
+from trickbox.loop import train
 from trickbox.registry import discover
 
-BASE = ["train.tracker=none", "train.progress=false", "train.epochs=1", "train.batch_size=64", "data.name=digits"]
+BASE = ["train.tracker=none", "train.progress=false", "train.epochs=1", "train.batch_size=64", "optim.lr=0.05", "data.name=digits"]
 
 
 def _run(tmp_path, name, *overrides):
     cfg = load_config([], [*BASE, f"train.out_dir={tmp_path}", f"train.run_name={name}", *overrides])
-    return train(cfg, tricks=prepare_tricks(cfg))
+    return train(cfg, tricks=load_tricks(cfg.tricks, block=cfg.plugins.block))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_all_four_tricks_together(tmp_path, teacher):
 
 def test_mixup_can_switch_off_for_the_last_epochs(tmp_path):
     cfg = load_config([], [*BASE, "train.epochs=2", "tricks.mixup.off_last_epochs=1"])
-    tricks = prepare_tricks(cfg)
+    tricks = load_tricks(cfg.tricks, block=cfg.plugins.block)
     x = torch.randn(8, 1, 8, 8)
     labels = torch.arange(8) % 10
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))

@@ -2,16 +2,16 @@
 
 The user keeps the loop; trickbox supplies the pieces::
 
-    tricks = trickbox.load_tricks({"mixup": {"alpha": 0.2}, "label_smoothing": {}, "sgdr": {"t0": 10}})
+    tricks = trickbox.load_tricks(config["tricks"])           # e.g. {"<trick>": {"<param>": value}}
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     tricks.setup(model, optimizer, accelerator=accelerator, num_classes=10, epochs=E, steps_per_epoch=len(loader))
     for epoch in range(E):
         for x, y in loader:
-            batch = tricks.batch(x, y)                       # mixup, smoothing …
+            batch = tricks.batch(x, y)                       # batch and target transforms
             loss = tricks.loss(tricks.forward(model, batch), batch).total
             accelerator.backward(loss)
             optimizer.step(); optimizer.zero_grad()
-            tricks.step()                                    # next LR (SGDR), after-step hooks, logging
+            tricks.step()                                    # next LR, after-step hooks, logging
 
 trickbox's own loop (:mod:`trickbox.loop`) is a client of this module like any other.
 """
@@ -24,21 +24,36 @@ from torch import Tensor
 
 from .batch import Batch, LossParts, hard_batch
 from .context import RunContext
+from .errors import ConfigError, NonFiniteError
+from .guard import FiniteGuard
 from .registry import Catalog, call_chain, discover, plugin_manager
-from .trick import ConfigError, NonFiniteError, Trick
+from .trick import Trick
 
 
 class TrickSet:
-    """The configured tricks of one run and the hook calls a training loop needs."""
+    """The configured tricks of one run and the hook calls a training loop needs.
 
-    def __init__(self, tricks: Sequence[Trick]) -> None:
+    ``plugins`` are extra pluggy plugins that join the tricks' hooks without being tricks (a sweep's
+    epoch reporter, a test's fault injector): they are registered after the tricks.
+    """
+
+    def __init__(self, tricks: Sequence[Trick], plugins: Sequence[Any] = ()) -> None:
         self.tricks = list(tricks)
-        self.pm = plugin_manager(self.tricks)
+        self.plugins = list(plugins)
+        self.pm = plugin_manager(self.tricks, self.plugins)
         self.ctx: RunContext | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: Callable[[int], float] | None = None
         self.log_every = 10
+        self.guard = FiniteGuard()
+        self.stop_signal: int | None = None
+        """A stop signal every process agreed on at the latest :meth:`check` (``None``: keep going)."""
         self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
+        self._rows: list[tuple[int, dict[str, Any]]] = []  # deferred log rows (tensors), written at check()
+
+    def with_plugins(self, *plugins: Any) -> TrickSet:
+        """The same tricks with ``plugins`` added (before :meth:`setup`)."""
+        return TrickSet(self.tricks, [*self.plugins, *plugins])
 
     @property
     def names(self) -> list[str]:
@@ -57,6 +72,7 @@ class TrickSet:
         base_lr: float | None = None,
         seed: int = 0,
         log_every: int = 10,
+        finite_check_every: int | None = None,
         **context: Any,
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """Create the run context, run the setup and configure hooks, and set the first LR.
@@ -64,7 +80,13 @@ class TrickSet:
         Call it before or after ``accelerator.prepare``: after prepare, the
         configure hooks see the unwrapped model and may change it only in place.
         ``steps_per_epoch`` counts optimizer steps of one process.
+        ``finite_check_every=N`` keeps the non-finite check on the device and reads it every N optimizer
+        steps (see :mod:`trickbox.guard`; call :meth:`before_optimizer_step` between backward and the optimizer
+        step); unset, each loss is checked on the host and a non-finite one raises before backward.
         """
+        if finite_check_every is not None and finite_check_every < 1:
+            raise ConfigError(f"finite_check_every must be >= 1, got {finite_check_every}")
+        self.guard = FiniteGuard(finite_check_every)
         if steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if epochs < 1:
@@ -96,13 +118,21 @@ class TrickSet:
         new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
         if new_optimizer is not optimizer and prepared:
             raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
-        optimizer = new_optimizer
+        self.schedule = hook.trickbox_lr_schedule(ctx=ctx)
+        self.attach(new_optimizer)
+        return model, new_optimizer
+
+    def attach(self, optimizer: torch.optim.Optimizer, *, step: int | None = None) -> float:
+        """Point the tricks at ``optimizer`` (e.g. the one ``accelerator.prepare`` returned), optionally at
+        optimizer step ``step`` (a resumed run), and set that step's learning rate. Returns it."""
+        ctx = self._context()
+        if step is not None:
+            ctx.step = step
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group.setdefault("lr_scale", 1.0)
-        self.schedule = hook.trickbox_lr_schedule(ctx=ctx)
-        self._apply_lr()
-        return model, optimizer
+        self.guard.attach(optimizer)
+        return self._apply_lr()
 
     def _context(self) -> RunContext:
         if self.ctx is None:
@@ -143,24 +173,37 @@ class TrickSet:
         return model(batch.x) if out is None else out
 
     def loss(self, logits: Tensor, batch: Batch) -> LossParts:
-        """Every loss term, named; raises :class:`NonFiniteError` before a bad backward."""
+        """Every loss term, named. A non-finite total raises :class:`NonFiniteError` before backward, or, with
+        deferred checks, makes the optimizer skip this step and :meth:`check` raise (see :mod:`trickbox.guard`)."""
+        ctx = self._context()
         parts = LossParts()
-        for result in reversed(self.pm.hook.trickbox_loss(logits=logits, batch=batch, ctx=self._context())):
+        for result in reversed(self.pm.hook.trickbox_loss(logits=logits, batch=batch, ctx=ctx)):
             for name, value in (result or {}).items():
                 parts.add(name, value)
         total = parts.total
-        if not torch.isfinite(total.detach()).all():
+        if self.guard.deferred:
+            self.guard.observe(total, ctx.step, "the loss")
+        elif not torch.isfinite(total.detach()).all():
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
-            raise NonFiniteError(f"loss is not finite at step {self._context().step} ({detail})")
+            raise NonFiniteError(f"loss is not finite at step {ctx.step} ({detail})")
         self._last = (parts, batch)
         return parts
 
-    def step(self, parts: LossParts | None = None, batch: Batch | None = None) -> float:
+    def before_optimizer_step(self, model: torch.nn.Module, *, signal: int | None = None) -> None:
+        """After backward, before ``optimizer.step()`` (deferred checks): a non-finite gradient skips the step too.
+        An optimizer that cannot skip a step itself is checked here, so the step is refused on every process."""
+        self.guard.observe_gradients(model.parameters(), self._context().step)
+        if self.guard.deferred and not self.guard.skips_on_device:
+            self.check(signal)
+
+    def step(self, parts: LossParts | None = None, batch: Batch | None = None, *, signal: int | None = None) -> float:
         """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log.
 
         Under gradient accumulation call it only when the optimizer stepped
         (``accelerator.sync_gradients``); otherwise it does nothing. Without
         arguments it uses the parts and batch of the latest :meth:`loss` call.
+        With deferred checks it runs :meth:`check` every ``finite_check_every`` steps, passing ``signal``
+        (a stop signal this process received) to the agreement between processes.
         """
         ctx = self._context()
         acc = ctx.accelerator
@@ -172,13 +215,36 @@ class TrickSet:
         # row `s` holds what optimizer step s used: lr == schedule(s)
         values: dict[str, Any] = {"lr": self.lr()}
         if parts is not None and ctx.step % self.log_every == 0:
-            values.update(parts.detached())
-        ctx.log(values, step=ctx.step)
+            values.update(parts.detached(as_tensors=self.guard.deferred))
+        if self.guard.deferred:
+            self._rows.append((ctx.step, values))
+        else:
+            ctx.log(values, step=ctx.step)
         ctx.step += 1
         lr = self._apply_lr()
         if batch is not None:
             self.pm.hook.trickbox_after_step(batch=batch, parts=parts or LossParts(), ctx=ctx)
+        single = acc is None or acc.num_processes == 1
+        if self.guard.due(ctx.step) or (signal is not None and single):
+            self.check(signal)
         return lr
+
+    def check(self, signal: int | None = None) -> int | None:
+        """Read the non-finite flag and agree with the other processes on it and on ``signal``; write deferred log
+        rows. Raises :class:`NonFiniteError`; returns (and keeps in :attr:`stop_signal`) the agreed stop signal."""
+        try:
+            agreed = self.guard.check(self._context().accelerator, signal) if self.guard.deferred else signal
+        finally:
+            self._flush_rows()
+        self.stop_signal = agreed
+        return agreed
+
+    def _flush_rows(self) -> None:
+        rows, self._rows = self._rows, []
+        tensors = [v for _, row in rows for v in row.values() if isinstance(v, Tensor)]
+        floats = iter(torch.stack(tensors).tolist()) if tensors else iter(())  # one host read for them all
+        for step, row in rows:
+            self._context().log({k: next(floats) if isinstance(v, Tensor) else v for k, v in row.items()}, step=step)
 
     # -- evaluation and end --------------------------------------------------
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:

@@ -60,11 +60,11 @@ class LossParts:
             raise ValueError(f"two loss hooks returned a term named {name!r}; rename one of them")
         self.parts[name] = value
 
-    def detached(self) -> dict[str, float]:
-        """Plain floats for logging, with ``loss`` as the total."""
-        out = {f"loss/{k}": float(v.detach()) for k, v in self.parts.items()}
-        out["loss"] = float(self.total.detach())
-        return out
+    def detached(self, as_tensors: bool = False) -> dict[str, Any]:
+        """Values for logging, with ``loss`` as the total: plain floats, or 0-d detached tensors (no host read)."""
+        out: dict[str, Any] = {f"loss/{k}": v.detach().float().reshape(()) for k, v in self.parts.items()}
+        out["loss"] = self.total.detach().float().reshape(())
+        return out if as_tensors else {k: float(v) for k, v in out.items()}
 
 
 def hard_batch(x: Tensor, labels: Tensor, num_classes: int, index: Tensor | None = None) -> Batch:

@@ -57,8 +57,8 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
     return model
 
 
-def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and norm parameters."""
+def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and norm parameters; fused kernels where torch has them."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -67,6 +67,9 @@ def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Op
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    kind = device.type if device is not None else "cpu"
+    fused = cfg.fused if cfg.fused is not None else kind in ("cpu", "cuda")
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)

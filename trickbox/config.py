@@ -17,14 +17,18 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .data.config import DataConfig
-from .trick import ConfigError, did_you_mean
+from .errors import ConfigError
+from .scalars import bounded, check_fields, check_scalar, did_you_mean
+
+SEED_LIMITS = dict(low=0, high=2**32, high_open=True)
+PRECISIONS = ("no", "bf16", "fp16")
 
 
 @dataclass
 class ModelConfig:
     name: str = "cifar_resnet8"
     """Any timm model name, or one of trickbox's CIFAR models (``trickbox list --models``)."""
-    drop_rate: float = 0.0
+    drop_rate: float = bounded(0.0, low=0, high=1, high_open=True)
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``timm.create_model`` (``pretrained`` is not allowed)."""
     channels_last: bool = False
@@ -33,29 +37,37 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    name: str = bounded("sgd", choices=("sgd", "adamw"))
+    lr: float = bounded(0.1, low=0, low_open=True)
+    momentum: float = bounded(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = bounded(5e-4, low=0)
     nesterov: bool = True
+    fused: bool | None = None
+    """Fused optimizer kernels (they skip a non-finite step on the device); None: on where torch has them (CPU, CUDA)."""
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = bounded(30, low=1)
+    batch_size: int = bounded(64, low=1)
     """Per-process batch size."""
-    eval_batch_size: int = 512
-    grad_accum: int = 1
-    seed: int = 0
-    mixed_precision: str = "no"
+    eval_batch_size: int = bounded(512, low=1)
+    grad_accum: int = bounded(1, low=1)
+    seed: int = bounded(0, **SEED_LIMITS)
+    mixed_precision: str | None = bounded(None, choices=PRECISIONS)
+    """``no``, ``bf16`` or ``fp16``; unset (the default), Accelerate's own setting applies: ``accelerate config``,
+    ``accelerate launch --mixed_precision bf16`` or ``ACCELERATE_MIXED_PRECISION``."""
     deterministic: bool = False
     out_dir: str = "runs"
     run_name: str | None = None
-    tracker: str = "wandb"
+    tracker: str = bounded("wandb", choices=("wandb", "none"))
     project: str = "trickbox"
-    log_every: int = 10
-    keep_checkpoints: int = 2
+    log_every: int = bounded(10, low=1)
+    keep_checkpoints: int = bounded(2, low=1)
+    finite_check_every: int = bounded(32, low=1)
+    """Optimizer steps between host reads of the non-finite flag (and, with several processes, of a stop signal):
+    a NaN or inf stops the run within this many steps, and no update from its step on is applied
+    (:mod:`trickbox.guard`). 1 reads it after every step."""
     stop_after_epoch: int | None = None
     """Stop (with a checkpoint) after this epoch, as if preempted; for resume tests."""
     progress: bool = True
@@ -79,49 +91,29 @@ class RunConfig:
     tricks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """Enabled tricks, in order, with their parameters: ``{"mixup": {"alpha": 0.2}}``."""
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    """Where the run trained (processes, device, precision, data path): written into ``config.yaml`` and the W&B
+    config by trickbox, ignored when a config is read."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Cross-field checks of the core keys (tricks are checked by the registry)."""
-        t, o = self.train, self.optim
-        _choice("train.mixed_precision", t.mixed_precision, ("no", "bf16", "fp16"))
-        _choice("train.tracker", t.tracker, ("wandb", "none"))
-        _choice("optim.name", o.name, ("sgd", "adamw"))
-        _positive("train.epochs", t.epochs)
-        _positive("train.batch_size", t.batch_size)
-        _positive("train.eval_batch_size", t.eval_batch_size)
-        _positive("train.grad_accum", t.grad_accum)
-        _positive("train.log_every", t.log_every)
-        _positive("train.keep_checkpoints", t.keep_checkpoints)
+        """Every bounded key, then the rules that span keys (tricks are checked by the registry)."""
+        for section in ("model", "optim", "train"):
+            check_fields(getattr(self, section), section)
+        t = self.train
         if not isinstance(t.eval_each_epoch, list) or any(s not in ("test", "train") for s in t.eval_each_epoch):
             raise ConfigError(f"train.eval_each_epoch must be a list of splits from [test, train], got {t.eval_each_epoch!r}; e.g. train.eval_each_epoch=[test]")
-        _positive("optim.lr", o.lr)
-        if o.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-        if not 0 <= o.momentum < 1:
-            raise ConfigError(f"optim.momentum must be in [0, 1), got {o.momentum}")
-        if not 0 <= self.model.drop_rate < 1:
-            raise ConfigError(f"model.drop_rate must be in [0, 1), got {self.model.drop_rate}")
+        if t.run_name is not None and (t.run_name in ("", ".", "..") or "/" in t.run_name or "\\" in t.run_name
+                                       or t.run_name != t.run_name.strip() or "\0" in t.run_name):
+            raise ConfigError(f"train.run_name must be one folder name under train.out_dir (no '/', not '..'), got {t.run_name!r}; "
+                              "e.g. train.run_name=mixup-a02")
         if "pretrained" in self.model.kwargs:
             raise ConfigError("model.kwargs.pretrained is not allowed: trickbox trains from scratch offline; remove it")
         if t.stop_after_epoch is not None and not 1 <= t.stop_after_epoch <= t.epochs:
             raise ConfigError(f"train.stop_after_epoch must be in [1, train.epochs={t.epochs}], got {t.stop_after_epoch}")
-        try:
-            self.data.validate()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-
-def _choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(value, choices)}")
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value}")
+        self.data.validate()
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -155,22 +147,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
+    if hint in (bool, int, float, str):
+        return check_scalar(key, value, hint)
     return value
 
 
@@ -210,6 +188,11 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def default_config_path() -> Path:
+    """The embedded default config (digits, offline): what ``trickbox train`` uses without ``--config``."""
+    return Path(__file__).with_name("configs") / "default.yaml"
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping read with ``safe_load`` (no Python tags)."""
     p = Path(path)
@@ -218,12 +201,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({exc.strerror or exc}); check its permissions") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"config file {str(p)!r} is not safe YAML: {first}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"config file {str(p)!r} is empty; put at least one key in it (e.g. train: {{epochs: 5}}) or drop it")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
     return data

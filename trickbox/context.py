@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -10,10 +9,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 import torch
 
-
-def _seed_of(*parts: object) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from .seeding import generator, numpy_rng
 
 
 def _no_log(values: dict[str, Any], step: int | None = None) -> None:
@@ -75,10 +71,8 @@ class RunContext:
 
     def generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
         """A torch generator seeded by (seed, name, step, rank): the same draws after a resume."""
-        gen = torch.Generator(device=device or self.device)
-        gen.manual_seed(_seed_of(self.seed, name, self.step, self.rank))
-        return gen
+        return generator(self.seed, name, self.step, self.rank, device=device or self.device)
 
     def rng(self, name: str) -> np.random.Generator:
         """A numpy generator seeded by (seed, name, step, rank)."""
-        return np.random.default_rng(_seed_of(self.seed, name, self.step, self.rank))
+        return numpy_rng(self.seed, name, self.step, self.rank)

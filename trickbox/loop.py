@@ -1,34 +1,33 @@
-"""trickbox's own training loop, on Accelerate. The whole loop is in :func:`train`.
+"""trickbox's own training loop, on Accelerate: the loop of :mod:`trickbox.hookspecs`, in code.
 
-It is a client of :mod:`trickbox.api` like any user script: the tricks enter
-only through ``TrickSet`` (batch → forward → loss → step). What this file
-adds is the rest of a real run: data, model, checkpoints every epoch and on
-preemption, exact resume, evaluation with ``gather_for_metrics``, tracking.
+:func:`train` is the whole run, one named step per line; each step is a
+function below. The tricks enter only through :class:`~trickbox.api.TrickSet`
+(batch → forward → loss → step), so this loop is a client of the public API
+like any user script. What it adds is the rest of a real run: data on the
+memory or stream path, the model, checkpoints every epoch and on preemption,
+exact resume, evaluation over every process, tracking.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from .api import TrickSet
+from .api import TrickSet, load_tricks
 from .batch import LossParts
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from .config import RunConfig, dump_config
-from .context import _seed_of
-from .registry import Catalog, discover
-from .trick import ConfigError, NonFiniteError
-
-EpochReporter = Callable[[int, dict[str, Any]], None]
-"""Called on every rank after each epoch's validation; may raise to stop the run (sweep pruning)."""
+from .errors import ConfigError, NonFiniteError
+from .seeding import seed_global
 
 
 class Preempted(SystemExit):
@@ -39,116 +38,13 @@ class Preempted(SystemExit):
 class TrainResult:
     run_dir: Path
     val: dict[str, float] = field(default_factory=dict)
+    """The last epoch's validation metrics (``top1``, ``nll`` …, without the ``val/`` prefix)."""
     test: dict[str, float] = field(default_factory=dict)
+    """Final test metrics; empty when the run stopped early (``train.stop_after_epoch``)."""
     best_val_top1: float = float("nan")
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
-
-
-class _StopFlag:
-    """Signal handlers only set this flag; the loop checkpoints after the current step."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def agreed(self, accelerator: Any, bad: bool = False) -> tuple[int | None, bool]:
-        """(signal, any process saw a non-finite value): the same answer on every rank.
-
-        A launcher forwards SIGTERM to its workers one after the other (and a
-        scheduler may signal one rank only), and a NaN may show on one rank
-        only: without agreeing, one rank would stop while the others wait in
-        the next all-reduce. One two-integer all-reduce per step settles both.
-        """
-        if accelerator.num_processes == 1:
-            return self.signum, bad
-        import torch.distributed as dist
-
-        flag = torch.tensor([self.signum or 0, int(bad)], device=accelerator.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag[0].item()) or None, bool(flag[1].item())
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _seed_step(seed: int, device: torch.device) -> None:
-    """Seed the CPU generator and the training device's, as ``torch.manual_seed`` would.
-
-    ``torch.manual_seed`` also queues seeds for every other backend; on a CUDA
-    build without CUDA initialised that records a stack trace, ~0.2 ms per step.
-    """
-    if device.type not in ("cpu", "cuda"):
-        torch.manual_seed(seed)
-        return
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-
-
-def prepare_tricks(cfg: RunConfig, catalog: Catalog | None = None) -> TrickSet:
-    """Validate the configured tricks (nothing is built or written yet)."""
-    cat = catalog or discover(block=cfg.plugins.block)
-    return TrickSet(cat.build(cfg.tricks))
-
-
-def make_accelerator(cfg: RunConfig) -> Any:
-    from accelerate import Accelerator
-
-    log_with = ["wandb"] if cfg.train.tracker == "wandb" else None
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with)
-
-
-def _run_dir(cfg: RunConfig, accelerator: Any) -> Path:
-    from accelerate.utils import broadcast_object_list
-
-    name = cfg.train.run_name or f"{cfg.data.name}-{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    holder = [name]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(holder, from_process=0)
-    return Path(cfg.train.out_dir) / holder[0]
-
-
-def at_best_val(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Every metric of the epoch with the best ``val/top1`` (the first such epoch), keyed ``at_best_val/<key>``.
-
-    With ``train.eval_each_epoch=[test]`` this is the test error of the model that validation would pick,
-    the honest form of "best test error": the test split is never used to choose.
-    """
-    scored = [h for h in history if isinstance(h.get("val/top1"), (int, float)) and math.isfinite(h["val/top1"])]
-    if not scored:
-        return {}
-    pick = max(scored, key=lambda h: h["val/top1"])  # max keeps the first of equal values
-    return {f"at_best_val/{k}": float(v) for k, v in pick.items() if isinstance(v, (int, float))}
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
-    """Top-1/top-5 accuracy, NLL and ECE over a prepared loader, gathered from every process."""
-    from .metrics import MetricAccumulator
-
-    was_training = model.training
-    model.eval()
-    acc = MetricAccumulator()
-    for x, y in loader:
-        with accelerator.autocast():
-            logits = model(x)
-        logits, y = accelerator.gather_for_metrics((logits.float(), y))
-        acc.update(logits, y)
-    model.train(was_training)
-    return acc.compute()
 
 
 def train(
@@ -157,183 +53,386 @@ def train(
     resume: bool = False,
     tricks: TrickSet | None = None,
     accelerator: Any = None,
-    reporter: EpochReporter | None = None,
+    plugins: Sequence[Any] = (),
     tracking_kwargs: dict[str, Any] | None = None,
     extra_config: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train one model as ``cfg`` says; see the module docstring."""
-    from accelerate.utils import set_seed
+    """Train one model as ``cfg`` says. ``plugins`` join the tricks' hooks (a sweep's epoch reporter)."""
+    run = start_run(cfg, resume=resume, tricks=tricks, accelerator=accelerator, plugins=plugins)
+    with run.closing():
+        data = load_data(run)
+        start_outputs(run, data, tracking_kwargs or {}, extra_config or {})
+        model, optimizer = build_model(run, data)
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            train_epoch(run, model, optimizer, data.train, epoch)
+            metrics = evaluate_epoch(run, model, data, epoch)
+            end_epoch(run, model, optimizer, metrics)
+            if run.stops_after(epoch):
+                return run.result(status="stopped")
+        return finish(run, model, data)
 
-    from .build import create_optimizer, model_card, model_from_config
-    from .data import InMemoryLoader, load_dataset, make_eval_loader
+
+# -- the run's state -------------------------------------------------------------------
+@dataclass
+class Run:
+    """What the steps of one run share: the config, the tricks, the accelerator and where the run stands."""
+
+    cfg: RunConfig
+    tricks: TrickSet
+    accelerator: Any
+    own_accelerator: bool
+    resume: bool
+    t_start: float = field(default_factory=time.perf_counter)
+    run_dir: Path = Path()
+    checkpoint: Checkpoint | None = None
+    start_epoch: int = 0
+    start_batch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "failed"
+    tracking: Any = None
+    data: Any = None
+    progress: Any = None
+    stop: _StopFlag = field(default_factory=lambda: _StopFlag())
+
+    @property
+    def ctx(self) -> Any:
+        return self.tricks.ctx
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def best(self) -> float:
+        return max((h["val/top1"] for h in self.history if _finite(h.get("val/top1"))), default=float("nan"))
+
+    def stops_after(self, epoch: int) -> bool:
+        last = self.cfg.train.stop_after_epoch
+        return last is not None and epoch + 1 >= last and epoch + 1 < self.cfg.train.epochs
+
+    def result(self, test: dict[str, float] | None = None, *, status: str) -> TrainResult:
+        self.status = status
+        last = self.history[-1] if self.history else {}
+        val = {k.removeprefix("val/"): v for k, v in last.items() if k.startswith("val/")}
+        steps = self.ctx.step if self.ctx is not None else 0
+        return TrainResult(self.run_dir, val, test or {}, self.best, self.history, steps, time.perf_counter() - self.t_start)
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        """Signals caught, then, whatever happens: tricks torn down, tracking ended with the run's state."""
+        self.stop.install()
+        try:
+            yield
+        except BaseException as exc:
+            self.status = getattr(exc, "trickbox_state", "preempted" if isinstance(exc, Preempted) else "failed")
+            raise
+        finally:
+            self.stop.restore()
+            if self.progress is not None:
+                self.progress.close()
+            self.tricks.teardown()
+            if self.tracking is not None:
+                self.tracking.finish(self.status)
+            if self.data is not None:
+                self.data.close()
+            if self.own_accelerator:
+                self.accelerator.end_training()
+
+
+class _StopFlag:
+    """Signal handlers only set this flag; the loop checkpoints once the processes agree (see trickbox.guard)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# -- the steps of train() -----------------------------------------------------------------
+def start_run(cfg: RunConfig, *, resume: bool, tricks: TrickSet | None, accelerator: Any, plugins: Sequence[Any]) -> Run:
+    """Validate the tricks and make the Accelerator; nothing is written yet."""
+    tricks = tricks if tricks is not None else load_tricks(cfg.tricks, block=cfg.plugins.block)
+    if plugins:
+        tricks = tricks.with_plugins(*plugins)
+    own = accelerator is None
+    accelerator = accelerator or make_accelerator(cfg)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return Run(cfg, tricks, accelerator, own, resume)
+
+
+def make_accelerator(cfg: RunConfig, **kwargs: Any) -> Any:
+    """An Accelerator; ``train.mixed_precision`` unset leaves the precision to Accelerate's own settings."""
+    from accelerate import Accelerator
+
+    log_with = ["wandb"] if cfg.train.tracker == "wandb" else None
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with, **kwargs)
+
+
+def load_data(run: Run) -> Any:
+    """The run's loaders for this process, on the memory or the stream path (``data.loader``)."""
+    from .data import open_run_data
+
+    tc, acc = run.cfg.train, run.accelerator
+    with acc.main_process_first():
+        run.data = open_run_data(run.cfg.data, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
+                                 device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
+                                 progress=tc.progress and run.main, want_fit="train" in tc.eval_each_epoch)
+    if run.main and tc.progress:
+        print(f"trickbox: {run.data.describe()}", file=sys.stderr)
+    return run.data
+
+
+def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_config: dict[str, Any]) -> None:
+    """Claim the run directory, find the checkpoint to resume from, write the resolved config, start tracking."""
     from .tracking import Tracking
 
-    t_start = time.perf_counter()
-    tricks = tricks or prepare_tricks(cfg)
-    own_accelerator = accelerator is None
-    accelerator = accelerator or make_accelerator(cfg)
-    tc = cfg.train
-    if tc.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    run_dir = _run_dir(cfg, accelerator)
-    ckpt_root = run_dir / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
-    if resume and ckpt is None and accelerator.is_main_process:
+    cfg, acc = run.cfg, run.accelerator
+    run.run_dir = claim_run_dir(cfg, acc, run.resume)
+    ckpt_root = run.run_dir / "checkpoints"
+    run.checkpoint = latest_checkpoint(ckpt_root) if run.resume else None
+    if run.resume and run.checkpoint is None and run.main:
         print(f"trickbox: no complete checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
+    if run.checkpoint is not None:
+        run.start_epoch, run.start_batch = run.checkpoint.epoch, run.checkpoint.batch_in_epoch
+        run.history = list(run.checkpoint.state.get("history", []))
+    resolved = resolved_config(cfg, acc, data)
+    if run.main:
+        (run.run_dir / "config.yaml").write_text(dump_config(resolved))
+    run.tracking = Tracking(acc, run.run_dir, use_wandb=cfg.train.tracker == "wandb")
+    run.tracking.start({**resolved.to_dict(), **extra_config},
+                       **{"project": cfg.train.project, "name": run.run_dir.name, **tracking_kwargs})
 
-    # -- data --------------------------------------------------------------
-    with accelerator.main_process_first():
-        data = load_dataset(cfg.data, progress=tc.progress and accelerator.is_main_process)
-    loader = InMemoryLoader(
-        data.train_x, data.train_y, batch_size=tc.batch_size, device=accelerator.device, mean=data.mean, std=data.std,
-        augment=cfg.data.augment, crop_padding=cfg.data.effective_crop_padding(data.image_size),
-        flip=cfg.data.effective_flip(), seed=tc.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-    )
-    val_loader = make_eval_loader(data.val_x, data.val_y, batch_size=tc.eval_batch_size, mean=data.mean, std=data.std)
-    test_loader = make_eval_loader(data.test_x, data.test_y, batch_size=tc.eval_batch_size, mean=data.mean, std=data.std)
-    fit_loader = (make_eval_loader(data.train_x, data.train_y, batch_size=tc.eval_batch_size, mean=data.mean, std=data.std)
-                  if "train" in tc.eval_each_epoch else None)
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
 
-    # -- model, optimizer, tricks -----------------------------------------
-    set_seed(tc.seed)
+def resolved_config(cfg: RunConfig, accelerator: Any, data: Any) -> RunConfig:
+    """The config as the run really trains: the effective precision and data path, and where it ran."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.train.mixed_precision = str(accelerator.mixed_precision)
+    out.data.loader = data.path
+    out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
+                   "precision": str(accelerator.mixed_precision), "data_path": data.path}
+    return out
+
+
+def claim_run_dir(cfg: RunConfig, accelerator: Any, resume: bool) -> Path:
+    """The run directory, created by rank 0 and shared with the other ranks.
+
+    A generated name gets a random suffix and is created atomically, so runs started in the same second
+    never share a directory; an explicit ``train.run_name`` that already holds a run needs ``--resume``.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    tc = cfg.train
+    holder: list[Any] = [None]
+    if accelerator.is_main_process:
+        holder = [_claim(Path(tc.out_dir), tc.run_name, f"{cfg.data.name}-{cfg.model.name}", resume)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(holder, from_process=0)
+    if isinstance(holder[0], str) and holder[0].startswith("error:"):
+        raise ConfigError(holder[0].removeprefix("error:"))
+    return Path(holder[0])
+
+
+def _claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> str:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if name is not None:
+            path = out_dir / name
+            held = path.is_dir() and any((path / f).exists() for f in ("config.yaml", "checkpoints", "model.safetensors"))
+            if held and not resume:
+                return (f"error:{str(path)!r} holds a run already; add --resume to continue it, or choose another "
+                        "train.run_name")
+            path.mkdir(exist_ok=True)
+            return str(path)
+        for _ in range(100):
+            path = out_dir / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+                return str(path)
+    except OSError as exc:
+        return f"error:cannot create the run directory under train.out_dir={str(out_dir)!r} ({exc.strerror or exc}); " \
+               "choose a writable train.out_dir"
+    return f"error:could not find a free run directory name under {str(out_dir)!r}"
+
+
+def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
+    """Model and optimizer, the tricks' setup and configure hooks, the resumed state, then ``accelerator.prepare``."""
+    from .build import create_optimizer, model_from_config
+
+    cfg, acc, tc = run.cfg, run.accelerator, run.cfg.train
+    seed_global(acc.device, tc.seed, "init")
     model = model_from_config(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg.optim)
-    tracking = Tracking(accelerator, run_dir, use_wandb=tc.tracker == "wandb")
-    config_dict = {**cfg.to_dict(), **(extra_config or {})}
-    tracking.start(config_dict, **{"project": tc.project, "name": run_dir.name, **(tracking_kwargs or {})})
-    stop = _StopFlag()
-    stop.install()
-    status = "failed"
-    progress = None
-    ctx = None
-    try:
-        ctx_fields = dict(
-            in_chans=data.in_chans, classes=data.classes, mean=data.mean, std=data.std, run_dir=run_dir if accelerator.is_main_process else None,
-            train_data=data, train_loader=loader, log=tracking.log, log_images=tracking.log_images,
-        )
-        model.to(accelerator.device)
-        model, optimizer = tricks.setup(
-            model, optimizer, num_classes=data.num_classes, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
-            accelerator=accelerator, base_lr=cfg.optim.lr, seed=tc.seed, log_every=tc.log_every, **ctx_fields,
-        )
-        ctx = tricks.ctx
-        assert ctx is not None
-        if ckpt is not None:
-            model_state, optim_state = load_checkpoint(ckpt)
-            model.load_state_dict(model_state)
-            optimizer.load_state_dict(optim_state)
-            ctx.step = ckpt.step
-        if cfg.model.compile:
-            model = torch.compile(model)
-        model, optimizer, val_loader, test_loader = accelerator.prepare(model, optimizer, val_loader, test_loader)
-        if fit_loader is not None:
-            fit_loader = accelerator.prepare(fit_loader)
-        tricks.optimizer = optimizer
-        tricks._apply_lr()
+    model.to(acc.device)
+    optimizer = create_optimizer(model, cfg.optim, device=acc.device)
+    model, optimizer = run.tricks.setup(
+        model, optimizer, num_classes=data.num_classes, epochs=tc.epochs,
+        steps_per_epoch=math.ceil(len(data.train) / tc.grad_accum), accelerator=acc, base_lr=cfg.optim.lr, seed=tc.seed,
+        log_every=tc.log_every, finite_check_every=tc.finite_check_every, in_chans=data.in_chans, classes=data.classes,
+        mean=data.mean, std=data.std, run_dir=run.run_dir if run.main else None, train_data=data.arrays,
+        train_loader=data.train, log=run.tracking.log, log_images=run.tracking.log_images,
+    )
+    step = None
+    if run.checkpoint is not None:
+        model_state, optim_state = load_checkpoint(run.checkpoint)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        step = run.checkpoint.step
+    if cfg.model.compile:
+        model = torch.compile(model)
+    model, optimizer = acc.prepare(model, optimizer)
+    run.tricks.attach(optimizer, step=step)
+    if run.main and tc.progress:
+        from tqdm.auto import tqdm
 
-        start_epoch = ckpt.epoch if ckpt else 0
-        start_batch = ckpt.batch_in_epoch if ckpt else 0
-        history: list[dict[str, Any]] = list(ckpt.state.get("history", [])) if ckpt else []
-        best = max((h.get("val/top1", float("nan")) for h in history), default=float("nan"))
-        if accelerator.is_main_process:
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
+        run.progress = tqdm(total=tc.epochs * run.ctx.steps_per_epoch, initial=run.ctx.step, desc="train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+    return model, optimizer
 
-        def checkpoint(epoch: int, batch_in_epoch: int) -> None:
-            accelerator.wait_for_everyone()
-            unwrapped = accelerator.unwrap_model(model)
-            # every rank checks (the weights are the same on all), so all stop together instead of waiting for rank 0
-            bad = [n for n, p in unwrapped.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-            if bad:
-                raise NonFiniteError(f"weights are not finite after step {ctx.step} ({bad[0]}, …); refusing to checkpoint them")
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    ckpt_root, model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
-                    step=ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=tc.keep_checkpoints,
-                    extra={"history": history},
-                )
-            accelerator.wait_for_everyone()
 
-        if accelerator.is_main_process and tc.progress:
-            from tqdm.auto import tqdm
+def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, epoch: int) -> None:
+    """One epoch: batch → forward → loss → backward → optimizer step → tricks' step, checkpoint on preemption."""
+    tc, acc, tricks = run.cfg.train, run.accelerator, run.tricks
+    loader.set_epoch(epoch)
+    n_batches = len(loader)
+    first = run.start_batch if epoch == run.start_epoch else 0
+    model.train()
+    for i, (x, labels, index) in enumerate(loader.batches(first), start=first):
+        seed_global(acc.device, tc.seed, "torch", epoch, i, acc.process_index)
+        group_start = i // tc.grad_accum * tc.grad_accum
+        group_end = min(group_start + tc.grad_accum, n_batches)
+        sync = i + 1 == group_end
+        with contextlib.nullcontext() if sync else acc.no_sync(model):
+            batch = tricks.batch(x, labels, index)
+            parts = tricks.loss(tricks.forward(model, batch), batch)
+            acc.backward(parts.total / (group_end - group_start))
+        if not sync:
+            continue
+        tricks.before_optimizer_step(model, signal=run.stop.signum)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tricks.step(parts, batch, signal=run.stop.signum)
+        _show_progress(run, parts, epoch)
+        signum = tricks.stop_signal
+        if signum is not None:  # every process agreed on it; this step is finished
+            save(run, model, optimizer, epoch, i + 1)
+            raise Preempted(128 + signum)
 
-            progress = tqdm(total=tc.epochs * steps_per_epoch, initial=ctx.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 5.0)
-        model.train()
-        for epoch in range(start_epoch, tc.epochs):
-            loader.set_epoch(epoch)
-            n_batches = len(loader)
-            first = start_batch if epoch == start_epoch else 0
-            for i, (x, labels, index) in enumerate(loader.batches(first), start=first):
-                _seed_step(_seed_of(tc.seed, "torch", epoch, i, accelerator.process_index), accelerator.device)
-                group_end = min((i // tc.grad_accum + 1) * tc.grad_accum, n_batches)
-                sync = i + 1 == group_end
-                scale = 1.0 / (group_end - (i // tc.grad_accum) * tc.grad_accum)
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    failure: NonFiniteError | None = None
-                    try:
-                        batch = tricks.batch(x, labels, index)
-                        parts = tricks.loss(tricks.forward(model, batch), batch)
-                    except NonFiniteError as exc:
-                        failure = exc
-                    signum, any_bad = stop.agreed(accelerator, failure is not None)
-                    if any_bad:  # before backward: no rank applies this step
-                        raise failure or NonFiniteError(f"a non-finite value on another process at step {ctx.step}")
-                    accelerator.backward(parts.total * scale)
-                if not sync:
-                    continue
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                tricks.step(parts, batch)
-                if progress is not None:
-                    progress.update(1)
-                    if ctx.step % tc.log_every == 0:
-                        progress.set_postfix(loss=f"{float(parts.total.detach()):.3f}", lr=f"{tricks.lr():.3g}", epoch=epoch, refresh=False)
-                if signum is not None:  # agreed before this step's backward; the step is finished now
-                    checkpoint(epoch, i + 1)
-                    raise Preempted(128 + signum)
-            start_batch = 0
-            metrics: dict[str, Any] = {f"val/{k}": v for k, v in evaluate(model, val_loader, accelerator).items()}
-            metrics.update({f"val/{k}": v for k, v in tricks.evaluate(model, "val").items()})
-            if "test" in tc.eval_each_epoch:
-                metrics.update({f"test/{k}": v for k, v in evaluate(model, test_loader, accelerator).items()})
-            if fit_loader is not None:
-                metrics.update({f"train/{k}": v for k, v in evaluate(model, fit_loader, accelerator).items()})
-            metrics["epoch"] = epoch + 1
-            history.append(metrics)
-            best = metrics["val/top1"] if not best >= metrics["val/top1"] else best
-            tracking.log(metrics, step=ctx.step)
-            tricks.epoch_end(metrics)
-            checkpoint(epoch + 1, 0)
-            if reporter is not None:
-                reporter(epoch, metrics)
-            if tc.stop_after_epoch is not None and epoch + 1 >= tc.stop_after_epoch and epoch + 1 < tc.epochs:
-                status = "stopped"
-                return TrainResult(run_dir, history[-1], {}, best, history, ctx.step, time.perf_counter() - t_start)
-        test = evaluate(model, test_loader, accelerator)
-        test.update(tricks.evaluate(model, "test"))
-        final = {f"test/{k}": v for k, v in test.items()}
-        tracking.log(final, step=ctx.step)
-        summary = {**history[-1], **final, **at_best_val(history), "val/best_top1": best, "steps": ctx.step,
-                   "seconds": time.perf_counter() - t_start}
-        tracking.summary(summary)
-        if accelerator.is_main_process:
-            card = model_card(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
-                              mean=list(data.mean), std=list(data.std), data=cfg.data.name)
-            save_model(accelerator.unwrap_model(model), run_dir, card)
-        accelerator.wait_for_everyone()
-        status = "complete"
-        val = {k.removeprefix("val/"): v for k, v in history[-1].items() if k.startswith("val/")}
-        return TrainResult(run_dir, val, test, best, history, ctx.step, time.perf_counter() - t_start)
-    except BaseException as exc:
-        status = getattr(exc, "trickbox_state", "preempted" if isinstance(exc, Preempted) else "failed")
-        raise
-    finally:
-        stop.restore()
-        if progress is not None:
-            progress.close()
-        tricks.teardown()
-        tracking.finish(status)
-        if own_accelerator:
-            accelerator.end_training()
+
+def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:
+    if run.progress is None:
+        return
+    run.progress.update(1)
+    if run.ctx.step % run.cfg.train.log_every == 0 and not run.tricks.guard.deferred:
+        run.progress.set_postfix(loss=f"{float(parts.total.detach()):.3f}", lr=f"{run.tricks.lr():.3g}", epoch=epoch,
+                                 refresh=False)
+    elif run.ctx.step % run.cfg.train.log_every == 0:
+        run.progress.set_postfix(lr=f"{run.tricks.lr():.3g}", epoch=epoch, refresh=False)
+
+
+def evaluate_epoch(run: Run, model: torch.nn.Module, data: Any, epoch: int) -> dict[str, Any]:
+    """Validation (and, as configured, test and training-set) metrics after ``epoch``, plus the tricks' own."""
+    acc, each = run.accelerator, run.cfg.train.eval_each_epoch
+    run.tricks.check()  # nothing non-finite is evaluated or checkpointed
+    metrics: dict[str, Any] = {f"val/{k}": v for k, v in evaluate(model, data.val, acc).items()}
+    metrics.update({f"val/{k}": v for k, v in run.tricks.evaluate(model, "val").items()})
+    if "test" in each:
+        metrics.update({f"test/{k}": v for k, v in evaluate(model, data.test, acc).items()})
+    if data.fit is not None:
+        metrics.update({f"train/{k}": v for k, v in evaluate(model, data.fit, acc).items()})
+    metrics["epoch"] = epoch + 1
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
+    """Top-1/top-5 accuracy, NLL and ECE of ``model`` over this process's part of a split, summed over processes."""
+    from .evaluation.metrics import MetricAccumulator
+
+    inner = accelerator.unwrap_model(model)  # no DDP collectives: processes may hold unequal numbers of batches
+    was_training = inner.training
+    inner.eval()
+    acc = MetricAccumulator()
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = inner(x.to(accelerator.device, non_blocking=True))
+        acc.update(logits.float(), y)
+    acc.all_reduce(accelerator)
+    inner.train(was_training)
+    return acc.compute()
+
+
+def end_epoch(run: Run, model: torch.nn.Module, optimizer: Any, metrics: dict[str, Any]) -> None:
+    """Record and log the epoch, checkpoint it, then the epoch-end hooks (a sweep's reporter may prune there)."""
+    run.history.append(metrics)
+    run.tracking.log(metrics, step=run.ctx.step)
+    save(run, model, optimizer, metrics["epoch"], 0)
+    run.start_batch = 0
+    run.tricks.epoch_end(metrics)
+
+
+def save(run: Run, model: torch.nn.Module, optimizer: Any, epoch: int, batch_in_epoch: int) -> None:
+    """A checkpoint of every rank's agreed state, written by rank 0; never one with a non-finite weight."""
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    run.tricks.check()
+    unwrapped = acc.unwrap_model(model)
+    # every rank checks (the weights are the same on all), so all stop together instead of waiting for rank 0
+    bad = [n for n, p in unwrapped.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(f"weights are not finite after step {run.ctx.step} ({bad[0]}, …); refusing to checkpoint them")
+    if run.main:
+        save_checkpoint(run.run_dir / "checkpoints", model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
+                        step=run.ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=run.cfg.train.keep_checkpoints,
+                        extra={"history": run.history})
+    acc.wait_for_everyone()
+
+
+def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
+    """Test metrics, the summary, and the final ``model.safetensors`` with its card."""
+    from .build import model_card
+
+    acc = run.accelerator
+    test = evaluate(model, data.test, acc)
+    test.update(run.tricks.evaluate(model, "test"))
+    final = {f"test/{k}": v for k, v in test.items()}
+    run.tracking.log(final, step=run.ctx.step)
+    run.tracking.summary({**run.history[-1], **final, **at_best_val(run.history), "val/best_top1": run.best,
+                          "steps": run.ctx.step, "seconds": time.perf_counter() - run.t_start})
+    if run.main:
+        card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
+                          mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
+        save_model(acc.unwrap_model(model), run.run_dir, card)
+    acc.wait_for_everyone()
+    return run.result(test, status="complete")
+
+
+def at_best_val(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Every metric of the epoch with the best ``val/top1`` (the first such epoch), keyed ``at_best_val/<key>``.
+
+    With ``train.eval_each_epoch=[test]`` this is the test error of the model that validation would pick,
+    the honest form of "best test error": the test split is never used to choose.
+    """
+    scored = [h for h in history if _finite(h.get("val/top1"))]
+    if not scored:
+        return {}
+    pick = max(scored, key=lambda h: h["val/top1"])  # max keeps the first of equal values
+    return {f"at_best_val/{k}": float(v) for k, v in pick.items() if isinstance(v, (int, float))}

@@ -7,9 +7,12 @@ have, is recorded with the reason and left out; the others keep working.
 
 ``TRICKBOX_DISABLE_PLUGIN_AUTOLOAD=1`` loads only trickbox's own tricks.
 ``TRICKBOX_BLOCK=name,name`` (or ``plugins.block`` in a config) blocks tricks by name.
+``TRICKBOX_PLUGINS=module,module:Class`` adds tricks from importable modules that are not installed
+packages (a script's own trick, a test's fault injector), as pytest's ``PYTEST_PLUGINS`` does.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -19,11 +22,14 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from . import hookspecs
-from .trick import PROJECT, ConfigError, Param, Trick, did_you_mean
+from .errors import ConfigError
+from .scalars import did_you_mean
+from .trick import PROJECT, Param, Trick
 
 GROUP = "trickbox.tricks"
 AUTOLOAD_ENV = "TRICKBOX_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "TRICKBOX_BLOCK"
+PLUGINS_ENV = "TRICKBOX_PLUGINS"
 CORE_DIST = "trickbox"
 
 
@@ -55,6 +61,8 @@ def hook_problems(cls: type) -> list[str]:
     for p in cls.params:
         if not isinstance(p, Param):
             problems.append(f"params holds {p!r}, which is not a trickbox.Param")
+        elif p.search_problem():
+            problems.append(f"{p.search_problem()}; its Search range must lie inside its valid range")
     marker = f"{PROJECT}_impl"
     for attr, fn in inspect.getmembers(cls, predicate=inspect.isfunction):
         if not hasattr(fn, marker):
@@ -66,6 +74,10 @@ def hook_problems(cls: type) -> list[str]:
             valid = [n for n in dir(hookspecs) if n.startswith("trickbox_")]
             problems.append(f"hook {attr} does not exist{did_you_mean(attr, valid)}")
             continue
+        opts = getattr(fn, marker)
+        if attr in hookspecs.CHAIN_HOOKS and (opts.get("wrapper") or opts.get("hookwrapper")):
+            problems.append(f"hook {attr} is a chain (each implementation returns the next value); "
+                            "it cannot be a wrapper: drop wrapper=True / hookwrapper=True")
         allowed = set(inspect.signature(spec).parameters)
         taken = [n for n in list(inspect.signature(fn).parameters)[1:]]
         extra = [n for n in taken if n not in allowed]
@@ -148,11 +160,31 @@ def discover(*, autoload: bool | None = None, block: Iterable[str] = ()) -> Cata
             )
             continue
         catalog.add(cls, dist, version, ep.value)
+    for entry in (e.strip() for e in os.environ.get(PLUGINS_ENV, "").split(",")):
+        if entry:
+            _add_module_tricks(catalog, entry)
     return catalog
 
 
-def plugin_manager(tricks: Iterable[Trick]) -> pluggy.PluginManager:
-    """A pluggy manager holding the core plugins and ``tricks`` (registered in order)."""
+def _add_module_tricks(catalog: Catalog, entry: str) -> None:
+    """``module`` (every Trick subclass it defines) or ``module:Class`` from ``TRICKBOX_PLUGINS``."""
+    module_name, _, attr = entry.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        found = [getattr(module, attr)] if attr else [
+            obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Trick) and obj is not Trick and obj.__module__ == module.__name__
+        ]
+    except Exception as exc:  # a broken plugin must not break the others
+        catalog.broken.append(BrokenPlugin(entry, PLUGINS_ENV, f"import failed: {type(exc).__name__}: {exc}"))
+        return
+    for cls in found:
+        if getattr(cls, "name", None) not in catalog.blocked:
+            catalog.add(cls, f"{PLUGINS_ENV}={module_name}", "", f"{module_name}:{getattr(cls, '__qualname__', cls)}")
+
+
+def plugin_manager(tricks: Iterable[Trick], plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """A pluggy manager holding the core plugins, ``tricks`` (registered in order) and extra ``plugins``."""
     from .core_plugins import BaseLoss
 
     pm = pluggy.PluginManager(PROJECT)
@@ -161,6 +193,8 @@ def plugin_manager(tricks: Iterable[Trick]) -> pluggy.PluginManager:
     # pluggy calls the last registered first; register in reverse so config order is call order.
     for trick in reversed(list(tricks)):
         pm.register(trick, name=trick.name)
+    for plugin in plugins:
+        pm.register(plugin)
     return pm
 
 

@@ -1,4 +1,4 @@
-"""``trickbox new-plugin NAME``: write a third-party trick package that installs and passes its test at once.
+"""The package ``trickbox new-plugin NAME`` writes: a third-party trick that installs and passes its test at once.
 
 The package follows ``plugins/trickbox-cutmix`` (the worked example in
 ``docs/plugins.md``)::
@@ -14,17 +14,15 @@ The example trick adds one named loss term, ``NAME = −weight · H(softmax(logi
 """
 from __future__ import annotations
 
-import argparse
 import keyword
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from string import Template
 
-from .trick import ConfigError
+from .errors import ConfigError
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -87,28 +85,6 @@ def write_plugin(name: str, directory: Path | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def cmd_new_plugin(args: argparse.Namespace) -> int:
-    target = write_plugin(args.name, Path(args.dir) if args.dir else None)
-    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    print(f"trickbox: wrote plugin package {target}/ ({', '.join(files)})")
-    print("next:")
-    print(f"  {sys.executable} -m pip install -e {target}")
-    print(f"  (cd {target} && {sys.executable} -m pytest -q)")
-    print(f"  trickbox list                      # shows {args.name}")
-    print(f"  trickbox train tricks.{args.name}.weight=0.1")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "new-plugin", help="write a third-party trick package (pyproject entry point, trick, test, README)",
-        description="Write a pip-installable package that adds the trick NAME to trickbox through an entry point.",
-    )
-    p.add_argument("name", metavar="NAME", help="the trick's name and config key, e.g. confidence_penalty")
-    p.add_argument("--dir", metavar="DIR", help="the package directory to create (default: ./trickbox-NAME); must not exist")
-    p.set_defaults(func=cmd_new_plugin)
 
 
 # -- templates ($name, $dist, $module, $cls, $trickbox_req) --------------------------------------

@@ -7,27 +7,19 @@ validated parameter values; the instance is what pluggy calls.
 """
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import pluggy
 
+from .errors import ConfigError, NonFiniteError
+from .scalars import Limits, check_scalar, did_you_mean
+
+__all__ = ["PROJECT", "ConfigError", "NonFiniteError", "Param", "Search", "Trick", "did_you_mean", "hookimpl"]
+
 PROJECT = "trickbox"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 """Marks a method of a trick as an implementation of a hook in :mod:`trickbox.hookspecs`."""
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong. The message is one line that names the value and the fix."""
-
-
-def did_you_mean(name: str, choices: Sequence[str]) -> str:
-    """A ``"; did you mean 'x'?"`` suffix, or ``""``, plus the valid choices."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{hint} (valid: {', '.join(sorted(choices)) or 'none'})"
 
 
 @dataclass(frozen=True)
@@ -56,68 +48,45 @@ class Param:
     choices: tuple[Any, ...] | None = None
     optional: bool = False
     search: Search | None = None
+    artifact: bool = False
+    """The value names a run directory trained before this one (a distillation teacher). A sweep whose spec has a
+    ``train_first:`` section trains that run once and fills every such parameter the trials leave unset."""
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.low, self.high, self.low_open, self.high_open, self.choices)
 
     def describe_range(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.low is None and self.high is None:
-            return self.type.__name__
-        lo = "(" if self.low_open else "["
-        hi = ")" if self.high_open else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{lo}{low}, {high}{hi}"
+        return self.limits.describe() or self.type.__name__
 
     def validate(self, value: Any, where: str) -> Any:
         """Return ``value`` converted to the declared type, or raise :class:`ConfigError`."""
-        if value is None:
-            if self.optional:
-                return None
-            raise ConfigError(f"{where} must be set ({self.describe_range()}); got null")
-        typ = self.type
-        try:
-            if typ is bool:
-                if not isinstance(value, bool):
-                    raise TypeError
-                conv: Any = value
-            elif typ is int:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise TypeError
-                conv = int(value)
-            elif typ is float:
-                if isinstance(value, bool):
-                    raise TypeError
-                conv = float(value)
-            elif typ is str:
-                if not isinstance(value, str):
-                    raise TypeError
-                conv = value
-            else:
-                conv = typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where} must be {typ.__name__}, got {value!r} ({type(value).__name__})"
-            ) from None
-        if self.choices is not None and conv not in self.choices:
-            raise ConfigError(f"{where} must be {self.describe_range()}, got {conv!r}")
-        if isinstance(conv, float) and not math.isfinite(conv):
-            raise ConfigError(f"{where} must be finite, got {conv!r}")
-        if isinstance(conv, (int, float)) and not isinstance(conv, bool):
-            bad_low = self.low is not None and (conv <= self.low if self.low_open else conv < self.low)
-            bad_high = self.high is not None and (conv >= self.high if self.high_open else conv > self.high)
-            if bad_low or bad_high:
-                raise ConfigError(f"{where} must be in {self.describe_range()}, got {conv!r}")
-        return conv
+        return check_scalar(where, value, self.type, self.limits, optional=self.optional)
+
+    def search_problem(self) -> str | None:
+        """Why the declared ``search`` range holds values the parameter refuses (``None`` when it is sound)."""
+        s = self.search
+        if s is None:
+            return None
+        values = list(s.choices) if s.choices is not None else [s.low, s.high]
+        for v in values:
+            try:
+                self.validate(int(v) if self.type is int and isinstance(v, float) else v, f"its search value {v!r}")
+            except ConfigError as exc:
+                return f"parameter {self.name}: {exc}"
+        return None
 
 
 class Trick:
     """Base class of every trick plugin.
 
-    Subclasses set ``name`` (the config key, e.g. ``mixup``), ``params`` and
+    Subclasses set ``name`` (the config key, e.g. ``cutmix``), ``params`` and
     implement hooks with :data:`hookimpl`. Parameter values arrive validated
     as attributes of the instance (``self.alpha``) and in ``self.values``.
     A trick may also override :meth:`check` for rules that span several
-    parameters; it runs before anything is built.
+    parameters; it runs before anything is built and only reads. State a
+    trick keeps during a run (a loaded teacher, a table) starts in its own
+    ``__init__``, after ``super().__init__(**values)``.
     """
 
     name: ClassVar[str] = ""
@@ -145,12 +114,9 @@ class Trick:
         }
 
     def check(self) -> None:
-        """Cross-parameter validation; raise :class:`ConfigError`."""
+        """Cross-parameter validation; raise :class:`ConfigError`. Reads the parameters, sets nothing."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
         return f"{type(self).__name__}({args})"
 
-
-class NonFiniteError(FloatingPointError):
-    """A loss, λ or teacher output is NaN or infinite; the step is not applied."""

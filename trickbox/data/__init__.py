@@ -1,9 +1,11 @@
-"""Datasets as uint8 tensors and on-device training batches (see :func:`load_dataset`, :class:`InMemoryLoader`)."""
+"""A run's data: :func:`open_run_data` picks the memory path (uint8 tensors on the device, :class:`InMemoryLoader`)
+or the stream path (timm's pipeline in DataLoader workers) and returns the loaders of this process."""
 from __future__ import annotations
 
 from .arrays import DatasetArrays, channel_stats
 from .config import DATASET_NAMES, DataConfig
-from .errors import DataError
+from ..errors import DataError
+from .run import RunData, TrainLoader, open_run_data
 from .load import load_dataset, open_source
 from .loader import (
     InMemoryLoader,
@@ -27,5 +29,8 @@ __all__ = [
     "make_eval_loader",
     "make_train_loader",
     "normalize",
+    "open_run_data",
     "open_source",
+    "RunData",
+    "TrainLoader",
 ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from ..errors import DataError
 
 
 @dataclass

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .config import SHARED_CIFAR10_ZIP, DataConfig
-from .errors import DataError
+from ..errors import DataError
 from .source import Source, in_memory_source
 
 

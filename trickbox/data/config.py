@@ -1,90 +1,137 @@
 """The data section of a run configuration (``data.*`` keys)."""
 from __future__ import annotations
 
-import difflib
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
+from ..scalars import bounded, check_fields, check_scalar
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "imagefolder", "cifar10", "cifar100")
+DATASET_NAMES: tuple[str, ...] = ("digits", "imagefolder", "wds", "cifar10", "cifar100")
+LOADERS: tuple[str, ...] = ("auto", "memory", "stream")
 SHARED_CIFAR10_ZIP = "../shared/datasets/cifar10-jpeg.zip"
+MEMORY_ONLY = ("digits", "cifar10", "cifar100")
+"""Datasets that exist only in memory (small, loaded whole by scikit-learn or torchvision)."""
+STREAM_ONLY = ("wds",)
+"""Datasets that can only be streamed (WebDataset shards are read in order, never all at once)."""
 
 
 @dataclass
 class DataConfig:
-    """Which images to train on, how to split them, and the default augmentation."""
+    """Which images to train on, how to split them, how to read them, and the default augmentation."""
 
-    name: str = "digits"
-    """``digits`` (scikit-learn, 8x8 grey), ``imagefolder`` (directory or .zip), ``cifar10`` or ``cifar100``."""
+    name: str = bounded("digits", choices=DATASET_NAMES)
+    """``digits`` (scikit-learn, 8x8 grey), ``imagefolder`` (a directory, .zip or .tar of class folders), ``wds``
+    (WebDataset tar shards), ``cifar10`` or ``cifar100`` (torchvision)."""
     root: str | None = None
-    """imagefolder: a directory or .zip holding ``train/<class>/*`` and ``test/<class>/*``;
-    cifar10/100: the torchvision root (default: ``<cache_dir>/torchvision``)."""
+    """imagefolder: a directory, .zip or .tar holding ``train/<class>/*`` and ``test/<class>/*`` (or the ImageNet
+    layout ``train/`` + ``val/``); wds: the folder of the shards (with timm's ``_info.json``, or give the shard
+    patterns in ``train_split`` / ``val_split`` / ``test_split``); cifar10/100: the torchvision root
+    (default: ``<cache_dir>/torchvision``)."""
     download: bool = False
     """cifar10/100 only: let torchvision download the files (needs internet)."""
-    val_fraction: float = 0.1
-    """Fraction of the full training split held out for validation (seeded, stratified), in [0, 0.9]."""
-    split_seed: int = 0
+    loader: str = bounded("auto", choices=LOADERS)
+    """``memory``: decode every image once and keep the split on the training device (batched crop and flip there);
+    ``stream``: read and augment images in DataLoader worker processes with timm's transforms (memory bounded by
+    workers x prefetch x batch); ``auto``: memory when the decoded data fits ``memory_budget_gb``, else stream."""
+    memory_budget_gb: float | None = bounded(None, low=0, low_open=True)
+    """``auto``'s limit on the decoded training, validation and test images of one process, in GiB. Unset: a quarter
+    of the memory available to each local process, and on a GPU at most a third of its memory."""
+    val_fraction: float = bounded(0.1, low=0, high=0.9)
+    """Fraction of the full training split held out for validation (seeded, stratified), in [0, 0.9]. Not used when
+    the data has its own validation split (``val_split``, or ``val/`` next to ``test/``)."""
+    split_seed: int = bounded(0, low=0)
     """Seed of the validation split and of ``train_subset``."""
-    train_subset: int | None = None
+    train_subset: int | None = bounded(None, low=1)
     """Train on only this many images. The validation split is carved FIRST from the full training
     split, then the subset is drawn (seeded, stratified) from the rest, so validation images are the
     same whatever the subset."""
-    test_subset: int | None = None
+    test_subset: int | None = bounded(None, low=1)
     """Cap on test images (seeded, stratified); larger values keep the whole test split."""
-    label_noise: float = 0.0
+    label_noise: float = bounded(0.0, low=0, high=1)
     """Fraction in [0, 1] of training labels (never val/test) replaced by uniformly random labels;
     a random label may equal the true one, so about ``label_noise * (1 - 1/classes)`` change."""
-    noise_seed: int = 0
+    noise_seed: int = bounded(0, low=0)
     """Seed of the label noise."""
-    image_size: int | None = None
-    """imagefolder only: resize every image to this square size. None keeps the size, which must
-    then be the same for all images."""
+    image_size: int | None = bounded(None, low=1)
+    """memory path (imagefolder): resize every image to this square size; None keeps the size, which must then be
+    the same for all images. stream path: the training crop and the evaluation size (default 224)."""
     augment: bool = True
-    """Random crop with zero padding and horizontal flip on training batches."""
-    crop_padding: int | None = None
-    """Padding of the random crop; 0 disables the crop; None: 1 for digits, else image_size // 8 (4 at 32 px)."""
+    """Training augmentation: memory path, random crop with zero padding and horizontal flip; stream path, timm's
+    RandomResizedCrop and flip (plus ``auto_augment``)."""
+    crop_padding: int | None = bounded(None, low=0)
+    """memory path: padding of the random crop; 0 disables the crop; None: 1 for digits, else image_size // 8."""
     flip: bool | None = None
     """Random horizontal flip; None: off for digits (not flip-invariant), on otherwise."""
     cache_dir: str | None = None
     """Where decoded images are cached; None: ``$TRICKBOX_CACHE`` or ``~/.cache/trickbox``."""
+    train_split: str = "train"
+    """stream path: the training split, a folder name or (wds) a shard pattern such as ``train-{000000..000127}.tar``."""
+    val_split: str | None = None
+    """stream path: a validation split of its own (folder or shard pattern); None: ``val/`` when ``test/`` exists
+    too, else ``val_fraction`` of the training split."""
+    test_split: str | None = None
+    """stream path: the split reported at the end; None: ``test/``, else ``val/`` (ImageNet's layout)."""
+    crop_pct: float = bounded(0.875, low=0, low_open=True, high=1)
+    """stream path: evaluation resizes to ``image_size / crop_pct`` and takes the centre crop (timm's ``crop_pct``)."""
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    """stream path: RandomResizedCrop's area range."""
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    """stream path: RandomResizedCrop's aspect-ratio range."""
+    interpolation: str = bounded("bilinear", choices=("bilinear", "bicubic", "random"))
+    """stream path: resize interpolation."""
+    auto_augment: str | None = None
+    """stream path: a timm augmentation string, e.g. ``rand-m9-mstd0.5`` (RandAugment) or ``augmix-m5-w3``."""
+    mean: list[float] | None = None
+    """Normalisation mean per channel in [0, 1] units; None: the training split's (memory) or ImageNet's (stream)."""
+    std: list[float] | None = None
+    """Normalisation std per channel; None as for ``mean``."""
+    workers: int | None = bounded(None, low=0)
+    """stream path: DataLoader worker processes per training process; None: the CPU cores of this process's share."""
+    prefetch_factor: int = bounded(2, low=1)
+    """stream path: batches each worker prepares ahead."""
+    max_bad_fraction: float = bounded(0.01, low=0, high=1)
+    """stream path: unreadable images are skipped with a warning naming the file; above this fraction of an epoch's
+    images the run stops."""
 
     def validate(self) -> None:
         """Check every field; raise :class:`DataError` naming the first bad one."""
-        if not isinstance(self.name, str) or self.name not in DATASET_NAMES:
-            close = difflib.get_close_matches(str(self.name), DATASET_NAMES, n=1)
-            hint = f"; did you mean data.name={close[0]}?" if close else ""
-            raise DataError(f"data.name must be one of {', '.join(DATASET_NAMES)}, got {self.name!r}{hint}")
-        _optional_str("root", self.root)
-        _optional_str("cache_dir", self.cache_dir)
-        _bool("download", self.download)
-        _bool("augment", self.augment)
-        if self.flip is not None:
-            _bool("flip", self.flip)
-        _fraction("val_fraction", self.val_fraction, 0.9, "0.1")
-        _fraction("label_noise", self.label_noise, 1.0, "0.2")
-        _int("split_seed", self.split_seed, 0)
-        _int("noise_seed", self.noise_seed, 0)
-        for key in ("train_subset", "test_subset", "image_size"):
-            value = getattr(self, key)
-            if value is not None:
-                _int(key, value, 1)
-        if self.crop_padding is not None:
-            _int("crop_padding", self.crop_padding, 0)
-        if self.name == "imagefolder" and not self.root:
+        check_fields(self, "data", DataError)
+        for key in ("scale", "ratio"):
+            pair = getattr(self, key)
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise DataError(f"data.{key} must be a list [low, high], got {pair!r}")
+            low, high = (check_scalar(f"data.{key}[{i}]", v, float, error=DataError) for i, v in enumerate(pair))
+            if not 0 < low <= high:
+                raise DataError(f"data.{key} must be [low, high] with 0 < low <= high, got {pair!r}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and (not isinstance(values, list) or not values):
+                raise DataError(f"data.{key} must be a list of per-channel numbers or null, got {values!r}")
+            for i, v in enumerate(values or []):
+                check_scalar(f"data.{key}[{i}]", v, float, error=DataError)
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or [])):
+            raise DataError("data.mean and data.std go together, one number per channel each; set both or neither")
+        if self.std and min(self.std) <= 0:
+            raise DataError(f"data.std must be > 0 in every channel, got {self.std!r}")
+        if self.name in ("imagefolder", "wds") and not self.root:
             raise DataError(
-                "data.root is not set for data.name=imagefolder: set data.root=PATH (a directory or .zip "
+                f"data.root is not set for data.name={self.name}: set data.root=PATH (a directory, .zip or .tar "
                 f"with train/ and test/ class folders), e.g. data.root={SHARED_CIFAR10_ZIP}"
             )
-        if self.image_size is not None and self.name != "imagefolder":
+        if self.image_size is not None and self.name not in ("imagefolder", "wds"):
             raise DataError(
-                f"data.image_size={self.image_size} applies only to data.name=imagefolder; "
+                f"data.image_size={self.image_size} applies only to data.name=imagefolder or wds; "
                 f"remove it for data.name={self.name}"
             )
         if self.download and self.name not in ("cifar10", "cifar100"):
             raise DataError(f"data.download=true applies only to cifar10/cifar100; remove it for data.name={self.name}")
+        if self.loader == "stream" and self.name in MEMORY_ONLY:
+            raise DataError(f"data.name={self.name} is held in memory; data.loader=stream is for imagefolder and wds "
+                            "(use data.loader=auto or memory)")
+        if self.loader == "memory" and self.name in STREAM_ONLY:
+            raise DataError(f"data.name={self.name} (WebDataset shards) can only be streamed; use data.loader=auto or stream")
 
     def effective_flip(self) -> bool:
         """``flip``, or the dataset default (False for digits, True otherwise)."""
@@ -100,28 +147,3 @@ class DataConfig:
         """``cache_dir``, else ``$TRICKBOX_CACHE``, else ``~/.cache/trickbox`` (not created here)."""
         raw = self.cache_dir or os.environ.get("TRICKBOX_CACHE") or "~/.cache/trickbox"
         return Path(raw).expanduser()
-
-
-def _bool(key: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise DataError(f"data.{key} must be true or false, got {value!r}")
-
-
-def _optional_str(key: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise DataError(f"data.{key} must be a path string or null, got {value!r}")
-
-
-def _int(key: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
-
-
-def _fraction(key: str, value: object, maximum: float, example: str) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0.0 <= value <= maximum
-    ):
-        raise DataError(f"data.{key} must be a number in [0, {maximum:g}], got {value!r}; e.g. data.{key}={example}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .rng import generator
+from ..seeding import generator
 from .source import Source, in_memory_source
 from .splits import stratified_take
 

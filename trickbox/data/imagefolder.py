@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cache import cache_file, load_arrays, save_arrays
 from .config import SHARED_CIFAR10_ZIP, DataConfig
-from .errors import DataError
+from ..errors import DataError
 from .source import Source, in_memory_source
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .arrays import DatasetArrays
 from .config import DataConfig
-from .errors import DataError
-from .rng import generator
+from ..errors import DataError
+from ..seeding import generator
 
 Batch = tuple[Tensor, Tensor, Tensor]
 """(normalised float32 images ``(B, C, H, W)``, int64 labels, int64 dataset indices), all on the device."""
@@ -164,6 +164,15 @@ class InMemoryLoader:
         for b in range(start, count):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self._images(idx, generator(self.seed, "augment", epoch, self.rank, b)), self.y[idx], idx
+
+    @property
+    def labels(self) -> Tensor:
+        """The training labels, indexed by dataset index."""
+        return self.y
+
+    def knn_features(self) -> tuple[Tensor, Tensor]:
+        """Every training image flattened (uint8, input space) and its label, for KNN pairing."""
+        return self.x.flatten(1), self.y
 
     def fetch(self, indices: Tensor, *, epoch_step: int) -> Tensor:
         """Augmented, normalised images of dataset ``indices``; deterministic given (seed, epoch, rank, epoch_step)."""

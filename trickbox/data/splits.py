@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig
-from .errors import DataError
-from .rng import generator
+from ..errors import DataError
+from ..seeding import generator
 
 TEST_SUBSET_SEED = 0
 """The test subset ignores ``split_seed`` so that runs with different split seeds share test images."""

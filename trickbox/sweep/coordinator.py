@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..context import _seed_of
+from ..seeding import derive_seed
 from ..trick import ConfigError
 from .spec import SweepSpec
 from .storage import (
@@ -80,7 +80,7 @@ def build_sampler(spec: SweepSpec, worker_index: int, start: int = 0) -> Any:
         grid = {d.name: list(d.choices or ()) for d in spec.search}
         return optuna.samplers.GridSampler(grid, seed=seed)
     if seed is not None:  # workers (and a restarted worker) must not draw the same random points
-        seed = _seed_of(int(seed), worker_index, start) % (2**31)
+        seed = derive_seed(int(seed), worker_index, start) % (2**31)
     if spec.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     opts.setdefault("constant_liar", True)  # concurrent workers: don't all sample next to the same running trial

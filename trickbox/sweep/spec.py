@@ -396,7 +396,7 @@ def _base_mapping(value: Any, root: Path, overrides: Sequence[str], key: str) ->
 
 def _resolve_file(name: str, root: Path) -> Path:
     if name == "default":
-        from ..cli import default_config_path
+        from ..config import default_config_path
 
         return default_config_path()
     p = Path(name)

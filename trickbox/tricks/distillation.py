@@ -7,6 +7,7 @@ under the student's autocast, on the batch's (possibly mixed) inputs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,11 +22,15 @@ class Distillation(Trick):
     name = "distillation"
     summary = "learn from a trained teacher's softened logits"
     params = (
-        Param("teacher", str, None, "a trickbox run directory, or a timm model name (then set checkpoint)"),
+        Param("teacher", str, None, "a trickbox run directory, or a timm model name (then set checkpoint)", artifact=True),
         Param("checkpoint", str, None, "teacher weights (.safetensors, or a weights_only-loadable .pt)", optional=True),
         Param("temperature", float, 4.0, "softening temperature T", low=0, low_open=True, search=Search(1.0, 10.0, log=True)),
         Param("weight", float, 1.0, "weight w of the distillation term", low=0, search=Search(0.1, 2.0, log=True)),
     )
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        self.teacher_model: torch.nn.Module | None = None
 
     def check(self) -> None:
         path = Path(self.checkpoint) if self.checkpoint else Path(self.teacher)
@@ -37,7 +42,6 @@ class Distillation(Trick):
         target = path / "model.safetensors" if path.is_dir() else path
         if not target.is_file() or not _readable(target):
             raise ConfigError(f"teacher weights {str(target)!r} are missing or unreadable; train a teacher first (trickbox train)")
-        self.teacher_model: torch.nn.Module | None = None
 
     @hookimpl
     def trickbox_setup(self, ctx: RunContext) -> None:

@@ -56,22 +56,30 @@ class Mixup(Trick):
         Param("grid", bool, True, "save and log a grid of mixed samples once per epoch"),
     )
 
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        self._table: Tensor | None = None
+        self._stage: torch.nn.Module | None = None
+
     def check(self) -> None:
         if self.ways > 2 and (self.pairing == "knn" or self.layer > 0):
             raise ConfigError("tricks.mixup.ways > 2 works with pairing=random and layer=0 only")
-        self._table: Tensor | None = None
-        self._stage: torch.nn.Module | None = None
+        if self.pairing == "knn" and self.layer > 0:
+            raise ConfigError(
+                f"tricks.mixup.pairing=knn pairs images by their nearest neighbours in input space, so it mixes inputs only; "
+                f"use layer=0 with pairing=knn, or pairing=random with layer={self.layer}"
+            )
 
     # -- setup -------------------------------------------------------------
     @hookimpl
     def trickbox_setup(self, ctx: RunContext) -> None:
         if self.pairing != "knn":
             return
-        data = ctx.train_data
-        if data is None or ctx.train_loader is None or not hasattr(ctx.train_loader, "fetch"):
-            raise ConfigError("tricks.mixup.pairing=knn needs trickbox's training set and loader; use pairing=random in your own loop")
-        labels = data.train_y if self.scope == "same" else None
-        self._table = knn_table(data.train_x.flatten(1), self.k, labels=labels).to(ctx.device)
+        loader = ctx.train_loader
+        if loader is None or not hasattr(loader, "knn_features") or not hasattr(loader, "fetch"):
+            raise ConfigError("tricks.mixup.pairing=knn needs trickbox's training loader; use pairing=random in your own loop")
+        features, labels = loader.knn_features()
+        self._table = knn_table(features, self.k, labels=labels if self.scope == "same" else None).to(ctx.device)
 
     @hookimpl
     def trickbox_configure_model(self, model: torch.nn.Module, ctx: RunContext) -> None:
@@ -107,10 +115,11 @@ class Mixup(Trick):
             assert self._table is not None
             partner_index = knn_partners(batch.index.cpu(), self._table.cpu(), gen).to(batch.index.device)
             partner_x = ctx.train_loader.fetch(partner_index, epoch_step=ctx.step)
-            partner_y = one_hot(ctx.train_data.train_y[partner_index.cpu()].to(batch.y.device), batch.y.shape[1])
+            partner_labels = ctx.train_loader.labels[partner_index.to(ctx.train_loader.labels.device)]
+            partner_y = one_hot(partner_labels.to(batch.y.device), batch.y.shape[1])
             x, y = mix(batch.x, batch.y, lam, torch.arange(batch.size, device=batch.x.device),
                        mix_targets=self.mix_labels, partner_x=partner_x, partner_y=partner_y)
-            meta.update(partner_labels=ctx.train_data.train_y[partner_index.cpu()])
+            meta.update(partner_labels=partner_labels)
             return batch.replace(x=x, y=y, meta=meta)
         perm = (same_class_partners(batch.labels.cpu(), gen) if self.scope == "same"
                 else random_partners(batch.size, gen)).to(batch.x.device, non_blocking=True)

@@ -1,46 +1,22 @@
-"""``trickbox sweep`` and ``trickbox report`` (registered through :mod:`trickbox.cli_extra`)."""
+"""``trickbox sweep SPEC``: run an Optuna study with N worker processes, or as one rank of distributed trials."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import time
 from pathlib import Path
-from typing import Any
 
-from ..trick import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_OUT = "sweeps_out"
 
 
-def _intermixed(base: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
-    """A parser class that accepts ``KEY=VALUE`` overrides after options (``SPEC --workers 2 train.epochs=1``)."""
-
-    class Intermixed(base):  # type: ignore[valid-type, misc]
-        _inner = False
-
-        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-            if self._inner:
-                return super().parse_known_args(args, namespace)
-            self._inner = True
-            try:
-                return self.parse_known_intermixed_args(args, namespace)
-            finally:
-                self._inner = False
-
-    return Intermixed
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    base = subparsers._parser_class
-    subparsers._parser_class = _intermixed(base)
-    try:
-        p = subparsers.add_parser(
-            "sweep", help="run an Optuna study from a spec (sweeps/*.yaml) with N worker processes",
-            description="Run the study SPEC describes. Workers share the study through its storage: a journal file "
-                        "under --out-dir by default, or --storage postgresql://... for workers on many machines.",
-        )
-    finally:
-        subparsers._parser_class = base
+    p = subparsers.add_parser(
+        "sweep", help="run an Optuna study from a spec (sweeps/*.yaml) with N worker processes",
+        description="Run the study SPEC describes. Workers share the study through its storage: a journal file "
+                    "under --out-dir by default, or --storage postgresql://... for workers on many machines.",
+    )
     p.add_argument("spec", metavar="SPEC", help="study spec, e.g. sweeps/smoke.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the spec's base config, e.g. train.epochs=1")
     p.add_argument("--workers", default="1", metavar="N", help="worker processes (auto: one per GPU, 1 on CPU); default 1")
@@ -60,18 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet-trials", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_sweep)
 
-    r = subparsers.add_parser("report", help="best parameters and an HTML report of a study (from its storage alone)")
-    r.add_argument("study", metavar="STUDY", help="study name")
-    r.add_argument("--storage", metavar="URL", help="the study's storage (default: OUT_DIR/STUDY/journal.log)")
-    r.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR", help=f"sweep output directory (default {DEFAULT_OUT})")
-    r.add_argument("--html", metavar="PATH", help="where to write the HTML report (default: OUT_DIR/STUDY/report.html)")
-    r.add_argument("--no-wandb", action="store_true", help="do not log the plots to a W&B summary run")
-    r.set_defaults(func=cmd_report)
-
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .storage import resolve_storage
+    from ..sweep.spec import load_spec
+    from ..sweep.storage import resolve_storage
 
     if args.launch and not args.script:
         raise ConfigError("--launch starts --script under a launcher; give --script PATH too")
@@ -89,15 +57,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     target = resolve_storage(args.storage, study_dir)
     deadline = args.deadline if args.deadline is not None else (time.time() + spec.timeout if spec.timeout else None)
     if args.as_worker is not None:
-        from .worker import run_worker
+        from ..sweep.worker import run_worker
 
         return run_worker(spec, target, study_dir, index=args.as_worker, deadline=deadline,
                           progress=not args.quiet_trials, script=args.script, launch=args.launch)
     if args.distributed_trial:
-        from .worker import run_distributed
+        from ..sweep.worker import run_distributed
 
         return run_distributed(spec, target, study_dir, deadline=deadline)
-    from .worker import supervise
+    from ..sweep.worker import supervise
 
     storage = str(target.journal) if target.kind == "journal" else target.url
     worker_args = [args.spec, *args.overrides, "--storage", storage, "--study", spec.study, "--out-dir", str(Path(args.out_dir).resolve())]
@@ -111,12 +79,3 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         worker_args += ["--launch", args.launch]
     return supervise(spec, target, study_dir, workers=args.workers, worker_args=worker_args, deadline=deadline,
                      max_restarts=args.max_restarts, script=args.script, launch=args.launch)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    result = write_report(args.study, storage=args.storage, out_dir=Path(args.out_dir),
-                          html=Path(args.html) if args.html else None, use_wandb=not args.no_wandb)
-    print(result.text)
-    return 0

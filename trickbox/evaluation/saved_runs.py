@@ -1,124 +1,25 @@
-"""``trickbox eval RUN_DIR``: clean and adversarial (white-box FGSM / I-FGSM) error of a trained model.
-
-    trickbox eval runs/digits-… --attack fgsm --eps 1,2,4,8
-    trickbox eval runs/cifar-… --split val --attack ifgsm --eps 2,8 --iterations 10 --out robust.json
+"""A trained run's clean and adversarial (white-box FGSM / I-FGSM) error, as ``trickbox eval`` reports it.
 
 The model comes from the run directory that ``trickbox train`` (or a sweep
 trial) wrote: its final ``model.safetensors``, or, given
 ``RUN_DIR/checkpoints/step-N`` or a run that has no final model yet, that epoch
 checkpoint (SHA-256 checked). The data split comes from the run's own
-``config.yaml``. ε and the step size are in pixel units of 1/255. The command
-prints a small table and writes the numbers as JSON (default
-``RUN_DIR/eval-<split>-<attack>.json``).
+``config.yaml``. ε and the step size are in pixel units of 1/255.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from .trick import ConfigError
+from ..errors import ConfigError
 
-ATTACK_CHOICES = ("none", "fgsm", "ifgsm")
-DEFAULT_EPS = "1,2,4,8"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trickbox eval``."""
-    p = subparsers.add_parser("eval", help="clean and FGSM / I-FGSM error of a trained run",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by trickbox train (its final model; without one, its latest "
-                   "checkpoint), or one of its checkpoints/step-N")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="which split of the run's data (default test)")
-    p.add_argument("--attack", choices=ATTACK_CHOICES, default="none", help="white-box attack (default none: clean error only)")
-    p.add_argument("--eps", default=DEFAULT_EPS, metavar="E1,E2,…",
-                   help=f"attack radii in pixel units of 1/255, comma-separated (default {DEFAULT_EPS})")
-    p.add_argument("--iterations", default="10", metavar="N", help="I-FGSM steps (default 10)")
-    p.add_argument("--step-size", default=None, metavar="S", help="I-FGSM step in pixel units of 1/255 (default eps/iterations)")
-    p.add_argument("--batch-size", default=None, metavar="B", help="images per batch (default: the run's train.eval_batch_size)")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/eval-<split>-<attack>.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_eval)
-
-
-# ---------------------------------------------------------------------------
-# argument checks (before anything is loaded)
-# ---------------------------------------------------------------------------
-
-
-def parse_eps(text: str) -> list[float]:
-    """``"1,2,4,8"`` → ``[1.0, 2.0, 4.0, 8.0]``; each must be a number in (0, 255]."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not items or any(t == "" for t in items):
-        raise ConfigError(f"--eps must be comma-separated numbers in (0, 255] (pixel units of 1/255), got {text!r}; e.g. --eps 1,2,4,8")
-    out: list[float] = []
-    for t in items:
-        try:
-            v = float(t)
-        except ValueError:
-            raise ConfigError(f"--eps value {t!r} is not a number; give numbers in (0, 255] (pixel units of 1/255), e.g. --eps 1,2,4,8") from None
-        if not math.isfinite(v) or not 0 < v <= 255:
-            raise ConfigError(f"--eps value {t} is outside (0, 255] (pixel units of 1/255: 8 means 8/255); e.g. --eps 1,2,4,8")
-        out.append(v)
-    return out
-
-
-def _parse_int(name: str, text: str, minimum: int) -> int:
-    try:
-        v = int(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-    if v < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {v}")
-    return v
-
-
-def _parse_step(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        raise ConfigError(f"--step-size must be a number > 0 (pixel units of 1/255), got {text!r}") from None
-    if not math.isfinite(v) or not 0 < v <= 255:
-        raise ConfigError(f"--step-size must be in (0, 255] (pixel units of 1/255), got {text}; or leave it out for eps/iterations")
-    return v
-
-
-# ---------------------------------------------------------------------------
-# the command
-# ---------------------------------------------------------------------------
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    eps = parse_eps(args.eps)  # checked even with --attack none: a typo should not pass silently
-    iterations = _parse_int("--iterations", args.iterations, 1)
-    step_size = _parse_step(args.step_size)
-    batch_override = None if args.batch_size is None else _parse_int("--batch-size", args.batch_size, 1)
-    run_dir, checkpoint = resolve_target(Path(args.run_dir))
-    if checkpoint is not None:
-        print(f"trickbox: evaluating the epoch checkpoint {checkpoint}", file=sys.stderr)
-
-    result = evaluate_run(
-        run_dir, split=args.split, attack=args.attack, eps=eps if args.attack != "none" else [], iterations=iterations, step_size=step_size,
-        batch_size=batch_override, progress=not args.no_progress, checkpoint=checkpoint,
-    )
-    print(format_table(result))
-    default_name = f"eval-{args.split}-{args.attack}" + (f"-{checkpoint.name}" if checkpoint is not None else "") + ".json"
-    out = Path(args.out) if args.out else run_dir / default_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"trickbox: wrote {out}")
-    return 0
 
 
 def resolve_target(path: Path) -> tuple[Path, Path | None]:
     """RUN_DIR (its final model), RUN_DIR/checkpoints/step-N (that checkpoint), or a run that has no final
     model yet (preempted, stopped): its latest complete checkpoint. Returns (run_dir, checkpoint or None)."""
-    from .checkpoint import latest_checkpoint, verify
+    from ..checkpoint import latest_checkpoint, verify
 
     if not path.is_dir():
         raise ConfigError(f"RUN_DIR {str(path)!r} is not a directory; give a folder written by trickbox train (or one of its checkpoints/step-N)")
@@ -156,11 +57,11 @@ def evaluate_run(
     """Clean top-1/top-5 error of the run's model on ``split`` and, per ε, the error under ``attack``."""
     import torch
 
+    from ..build import load_trained
+    from ..checkpoint import read_card
+    from ..config import load_config
+    from ..data import load_dataset
     from .attacks import attack_metrics, make_normalize
-    from .build import load_trained
-    from .checkpoint import read_card
-    from .config import load_config
-    from .data import load_dataset
 
     cfg = load_config([run_dir / "config.yaml"])
     data = load_dataset(cfg.data, progress=progress)
@@ -211,8 +112,8 @@ def evaluate_run(
 
 
 def _from_checkpoint(cfg: Any, path: Path, *, num_classes: int, in_chans: int) -> Any:
-    from .build import model_from_config
-    from .checkpoint import load_checkpoint, verify
+    from ..build import model_from_config
+    from ..checkpoint import load_checkpoint, verify
 
     ckpt = verify(path)
     if ckpt is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,17 @@ class MetricAccumulator:
         self._nll_sum += float(-log_probs.gather(1, labels.unsqueeze(1)).sum())
         confidence = log_probs.max(dim=1).values.exp()
         self._bins += _calibration_bins(confidence, hits[1], self.n_bins)
+
+    def all_reduce(self, accelerator: Any) -> None:
+        """Sum the counts of every process into this one (each process saw a disjoint part of the split)."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return
+        packed = torch.cat([torch.tensor([self._n, self._correct1, self._correct5, self._nll_sum], dtype=torch.float64),
+                            self._bins.flatten()]).to(accelerator.device)
+        packed = accelerator.reduce(packed, reduction="sum").cpu()
+        self._n, self._correct1, self._correct5 = int(packed[0]), int(packed[1]), int(packed[2])
+        self._nll_sum = float(packed[3])
+        self._bins = packed[4:].reshape(3, self.n_bins).clone()
 
     def compute(self) -> dict[str, float]:
         """``top1``/``top5`` accuracy in [0, 1], mean ``nll`` (nats), ``ece`` and sample count ``n``."""

@@ -1,0 +1,57 @@
+"""The ``trickbox`` command: train, list, sweep, report, eval, new-plugin (one module each in this package).
+
+Misuse exits with code 2 and one line on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from ..errors import ConfigError, NonFiniteError
+from . import eval as eval_command
+from . import list as list_command
+from . import new_plugin, report, sweep, train
+from .parsing import EXIT_USAGE, Parser
+
+EXIT_NONFINITE = 3
+COMMANDS = (train, list_command, sweep, report, eval_command, new_plugin)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="trickbox", description="Bag-of-tricks training on timm models and Accelerate.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:  # DataError too
+        print(f"trickbox: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteError as exc:
+        print(f"trickbox: stopped: {exc}; no optimizer step or checkpoint was written with it", file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print("trickbox: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    from ..loop import Preempted
+
+    try:
+        code = main()
+    except Preempted as exc:
+        print(f"trickbox: preempted (signal {int(exc.code) - 128}); checkpoint written, resume with --resume", file=sys.stderr)
+        code = int(exc.code)
+    except BrokenPipeError:  # `trickbox list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

@@ -1,0 +1,113 @@
+"""Keeping NaN and inf out of the weights without a host synchronisation per step.
+
+In deferred mode (trickbox's own loop), :meth:`FiniteGuard.observe` folds
+``isfinite(loss)`` and, before the optimizer step, ``isfinite(‖grad‖)`` into
+one flag that stays on the device. A fused optimizer (trickbox's default)
+receives the flag the way ``torch.amp.GradScaler`` hands over ``found_inf``:
+the fused kernel skips the update, momentum and step count included, while the
+host goes on queueing work. So a bad step never changes the weights, and
+nothing waits for it.
+
+The host reads the flag only in :meth:`FiniteGuard.check`: every ``every``
+optimizer steps, and before every checkpoint and evaluation. That read is
+also where several processes agree, in one all-reduce, on the flag and on a
+pending stop signal (SIGTERM). So a run stops at most ``every`` steps after
+the first non-finite value, at the same step on every rank, and no checkpoint
+ever holds a non-finite weight. An optimizer that cannot skip a step itself
+(not fused) is checked after every backward instead, before its step.
+
+In sync mode (``every=None``, the default of :class:`trickbox.TrickSet` in a
+user's own loop) each loss is checked on the host and a non-finite one raises
+before backward.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import NonFiniteError
+
+
+def can_skip_steps(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (or the one an ``AcceleratedOptimizer`` wraps) skips a step given ``found_inf``."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return bool(getattr(inner, "defaults", {}).get("fused"))
+
+
+class FiniteGuard:
+    """One run's non-finite flag: observed on the device each step, read on the host at :meth:`check`."""
+
+    def __init__(self, every: int | None = None) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"every must be >= 1 or None, got {every}")
+        self.every = every
+        self.optimizer: Any = None
+        self._bad: Tensor | None = None  # float 0-d: 1.0 once anything was not finite
+        self._first: Tensor | None = None  # the step of the first non-finite value (-1: none yet)
+        self._what = ""
+
+    @property
+    def deferred(self) -> bool:
+        return self.every is not None
+
+    @property
+    def skips_on_device(self) -> bool:
+        """Deferred, and the optimizer skips a flagged step itself: checks can wait ``every`` steps."""
+        return self.deferred and self.optimizer is not None and can_skip_steps(self.optimizer)
+
+    def attach(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        if self._bad is not None:
+            self._hand_over()
+
+    def due(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (just finished) ends a check interval."""
+        return self.skips_on_device and step % self.every == 0  # type: ignore[operator]
+
+    def observe(self, value: Tensor, step: int, what: str) -> None:
+        """Fold ``isfinite(value)`` into the device flag (deferred mode), or raise now (sync mode)."""
+        if not self.deferred:
+            if not torch.isfinite(value.detach()).all():
+                raise NonFiniteError(f"{what} is not finite at step {step}")
+            return
+        bad = (~torch.isfinite(value.detach())).any().to(torch.float32)
+        if self._bad is None or self._first is None:
+            self._bad = torch.zeros((), dtype=torch.float32, device=bad.device)
+            self._first = torch.full((), -1, dtype=torch.int64, device=bad.device)
+        self._first = torch.where((self._first < 0) & (bad > 0), torch.full_like(self._first, step), self._first)
+        self._bad = torch.maximum(self._bad, bad)
+        self._what = self._what or what
+        self._hand_over()
+
+    def observe_gradients(self, parameters: Any, step: int) -> None:
+        """After backward, before ``optimizer.step()``: a non-finite gradient norm counts too (deferred mode)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if self.deferred and grads:
+            self.observe(torch.nn.utils.get_total_norm(grads, foreach=True), step, "the gradient norm")
+
+    def _hand_over(self) -> None:
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        if inner is not None and can_skip_steps(inner) and getattr(inner, "grad_scale", None) is None:
+            inner.found_inf = self._bad  # GradScaler (fp16) sets its own found_inf and skips on its own
+
+    def check(self, accelerator: Any = None, signal: int | None = None) -> int | None:
+        """Read the flag (one host read) and agree with the other ranks; raise :class:`NonFiniteError`, or return
+        the stop signal any rank received (``None``: none)."""
+        bad = float(self._bad) if self._bad is not None else 0.0
+        first = int(self._first) if self._first is not None and bad else -1
+        sig = signal or 0
+        if accelerator is not None and accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            # the MAX of -first is the earliest first bad step over the ranks that saw one
+            flags = torch.tensor([bad, float(sig), -float(first) if first >= 0 else -1e18], dtype=torch.float64,
+                                 device=accelerator.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad, sig = float(flags[0]), int(flags[1])
+            first = int(-flags[2]) if flags[2] > -1e18 else -1
+        if bad:
+            what = self._what or "a value on another process"
+            raise NonFiniteError(f"{what} was not finite at step {first}; no update from that step on was applied")
+        return sig or None
