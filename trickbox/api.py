@@ -129,8 +129,9 @@ class TrickSet:
         if step is not None:
             ctx.step = step
         self.optimizer = optimizer
-        for group in optimizer.param_groups:
-            group.setdefault("lr_scale", 1.0)
+        for group in optimizer.param_groups:  # each group keeps its ratio to the base rate (a 10x head stays 10x)
+            group.setdefault("initial_lr", group["lr"])
+            group.setdefault("lr_scale", group["initial_lr"] / ctx.base_lr if ctx.base_lr > 0 else 1.0)
         self.guard.attach(optimizer)
         return self._apply_lr()
 
@@ -190,9 +191,12 @@ class TrickSet:
         return parts
 
     def before_optimizer_step(self, model: torch.nn.Module, *, signal: int | None = None) -> None:
-        """After backward, before ``optimizer.step()`` (deferred checks): a non-finite gradient skips the step too.
-        An optimizer that cannot skip a step itself is checked here, so the step is refused on every process."""
-        self.guard.observe_gradients(model.parameters(), self._context().step)
+        """After backward, before ``optimizer.step()``: the tricks' gradient hooks (clipping), then, with deferred
+        checks, a non-finite gradient skips the step too. An optimizer that cannot skip a step itself is checked
+        here, so the step is refused on every process."""
+        ctx = self._context()
+        self.pm.hook.trickbox_before_optimizer_step(model=model, optimizer=self.optimizer, ctx=ctx)
+        self.guard.observe_gradients(model.parameters(), ctx.step)
         if self.guard.deferred and not self.guard.skips_on_device:
             self.check(signal)
 
@@ -253,6 +257,15 @@ class TrickSet:
         for result in self.pm.hook.trickbox_evaluate(model=model, split=split, ctx=self._context()):
             out.update(result or {})
         return out
+
+    def report_epochs(self) -> list[int] | None:
+        """Epochs (1-based) at whose end every trick allows a fair comparison (``None``: any epoch); the last
+        epoch is always one of them."""
+        ctx = self._context()
+        answers = [set(r) for r in self.pm.hook.trickbox_report_epochs(ctx=ctx) if r is not None]
+        if not answers:
+            return None
+        return sorted(set.intersection(*answers) | {ctx.epochs})
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
         self.pm.hook.trickbox_epoch_end(metrics=metrics, ctx=self._context())

@@ -50,6 +50,9 @@ class RunContext:
     log_images: Callable[..., None] = _no_log
     """``log_images({"name": [PIL.Image or path]}, step=None)``."""
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    evaluate: Callable[..., dict[str, float]] | None = None
+    """``evaluate(model, split)``: the loop's metrics (top1, top5, nll, ece) of any model on ``"val"`` or
+    ``"test"`` (a trick's EMA weights, say); ``None`` in a user's loop."""
 
     @property
     def total_steps(self) -> int:

@@ -1,24 +1,29 @@
 """Every point of the training loop where a trick can act. Read this file first.
 
-The loop, with the hooks it calls (``trickbox/loop.py`` is this, in code)::
+The loop, with the hooks it calls (``trickbox/loop.py`` is this, in code: each
+comment on the right names the function of ``loop.py`` that does that part)::
 
-    tricks = load_tricks(config)                       # entry points, validated
-    trickbox_setup(ctx)                                # load teachers, precompute KNN tables, plot LR
-    model = trickbox_configure_model(model, ctx)       # chain: each may return a new model
+    tricks = load_tricks(config)                       # start_run: entry points, validated
+    data = open_run_data(config.data)                  # load_data: memory or stream path
+    trickbox_setup(ctx)                                # build_model: load teachers, KNN tables, plot the LR
+    model = trickbox_configure_model(model, ctx)       #   chain: each may return a new model
     opt   = trickbox_configure_optimizer(opt, model, ctx)   # chain
-    sched = trickbox_lr_schedule(ctx)                  # first result wins; LR = sched(step)
+    sched = trickbox_lr_schedule(ctx)                  #   first result wins; LR = sched(step)
     for epoch:
-        for x, labels in train:
+        for x, labels in data.train:                   # train_epoch
             batch = Batch(x, one_hot(labels), labels)
             batch = trickbox_transform_batch(batch, ctx)     # chain: mixup, cutmix, noise (x and y)
             batch = trickbox_transform_targets(batch, ctx)   # chain: label smoothing (y only)
             logits = trickbox_forward(model, batch, ctx)     # first result wins; default model(batch.x)
             parts  = trickbox_loss(logits, batch, ctx)       # every result kept: {"ce": …} + {"kd": …}
-            backward(sum(parts)); set LR = sched(step); optimizer.step(); step += 1
-            trickbox_after_step(batch, parts, ctx)
-        metrics = evaluate(val) + trickbox_evaluate(model, split, ctx)
-        trickbox_epoch_end(metrics, ctx)
-    trickbox_teardown(ctx)
+            backward(sum(parts))
+            trickbox_before_optimizer_step(model, optimizer, ctx)   # gradient clipping
+            optimizer.step(); step += 1; set LR = sched(step)       # a non-finite step is skipped on the device
+            trickbox_after_step(batch, parts, ctx)           # EMA of the weights, logging
+        metrics = evaluate(val) + trickbox_evaluate(model, "val", ctx)   # evaluate_epoch
+        checkpoint(); trickbox_epoch_end(metrics, ctx)  # end_epoch (a sweep's reporter wraps epoch_end)
+    test = evaluate(test) + trickbox_evaluate(model, "test", ctx)       # finish, with model.safetensors
+    trickbox_teardown(ctx)                             # also after an error
 
 Order. The stages above are fixed: batch transforms run before target
 transforms, which run before the forward pass and the loss. Within one hook
@@ -74,9 +79,11 @@ def trickbox_configure_optimizer(
 def trickbox_lr_schedule(ctx: RunContext) -> Callable[[int], float] | None:
     """First result wins. Return ``lr(step) -> float``, a pure function of the optimizer step.
 
-    The loop sets this learning rate on every parameter group (scaled by the
-    group's ``lr_scale``) before each optimizer step. Without an
-    implementation the learning rate stays at ``ctx.base_lr``.
+    The loop sets this learning rate on every parameter group, scaled by the
+    group's ``lr_scale`` (by default the group's own initial rate over
+    ``ctx.base_lr``, so groups keep their ratios: a 10x head stays 10x),
+    before each optimizer step. Without an implementation the learning rates
+    stay as the optimizer has them (a user's own scheduler keeps working).
     """
 
 
@@ -108,6 +115,12 @@ def trickbox_loss(logits: Tensor, batch: Batch, ctx: RunContext) -> dict[str, Te
 
 
 @hookspec
+def trickbox_before_optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: RunContext) -> None:
+    """After backward (gradients synchronised), before ``optimizer.step()``. May change gradients in place
+    (clipping: use ``ctx.accelerator.clip_grad_norm_`` when there is one, it unscales fp16 gradients first)."""
+
+
+@hookspec
 def trickbox_after_step(batch: Batch, parts: LossParts, ctx: RunContext) -> None:
     """After each optimizer step (``ctx.step`` already advanced). Log, never change the model."""
 
@@ -120,6 +133,14 @@ def trickbox_evaluate(model: torch.nn.Module, split: str, ctx: RunContext) -> di
 @hookspec
 def trickbox_epoch_end(metrics: dict[str, Any], ctx: RunContext) -> None:
     """After each epoch's evaluation, with that epoch's metrics."""
+
+
+@hookspec
+def trickbox_report_epochs(ctx: RunContext) -> list[int] | None:
+    """The epochs (1-based) at whose end this run may fairly be compared with runs that differ in this trick's
+    parameters, or ``None`` for any epoch. A schedule with warm restarts returns the ends of its cycles (the LR is
+    low there in every run). A sweep with ``pruning: {restart_aware: true}`` reports to its pruner only at the
+    epochs every trick allows (and at the last epoch)."""
 
 
 @hookspec

@@ -289,6 +289,7 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
         log_every=tc.log_every, finite_check_every=tc.finite_check_every, in_chans=data.in_chans, classes=data.classes,
         mean=data.mean, std=data.std, run_dir=run.run_dir if run.main else None, train_data=data.arrays,
         train_loader=data.train, log=run.tracking.log, log_images=run.tracking.log_images,
+        evaluate=lambda m, split: evaluate(m, {"val": data.val, "test": data.test}[split], acc),
     )
     step = None
     if run.checkpoint is not None:

@@ -7,10 +7,11 @@ accumulation and resume all see the same periods.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 from ..context import RunContext
-from ..functional import sgdr_lr
+from ..functional import sgdr_lr, sgdr_restarts
 from ..trick import ConfigError, Param, Search, Trick, hookimpl
 
 
@@ -28,9 +29,13 @@ class SGDR(Trick):
         Param("plot", bool, True, "draw the LR curve before training starts"),
     )
 
+    def period(self, epochs: int) -> float:
+        """The first period in epochs: ``t0``, or the whole run after warmup (plain cosine decay)."""
+        return self.t0 if self.t0 is not None else max(epochs - self.warmup_epochs, 1.0)
+
     def schedule(self, ctx: RunContext) -> Callable[[int], float]:
         """``lr(step)`` for this run."""
-        t0 = self.t0 if self.t0 is not None else max(ctx.epochs - self.warmup_epochs, 1.0)
+        t0 = self.period(ctx.epochs)
         if self.min_lr > ctx.base_lr:
             raise ConfigError(f"tricks.sgdr.min_lr={self.min_lr} exceeds optim.lr={ctx.base_lr}; lower min_lr")
         return functools.partial(
@@ -42,6 +47,12 @@ class SGDR(Trick):
     @hookimpl
     def trickbox_lr_schedule(self, ctx: RunContext) -> Callable[[int], float]:
         return self.schedule(ctx)
+
+    @hookimpl
+    def trickbox_report_epochs(self, ctx: RunContext) -> list[int]:
+        """The first epoch end at or after each cycle's end: runs with other periods are compared at a low LR."""
+        ends = sgdr_restarts(float(ctx.epochs), self.period(ctx.epochs), self.t_mult, self.warmup_epochs)
+        return sorted({min(ctx.epochs, max(1, math.ceil(e - 1e-9))) for e in ends}) or [ctx.epochs]
 
     @hookimpl
     def trickbox_setup(self, ctx: RunContext) -> None:
