@@ -35,6 +35,10 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     in_chans: int = 3
+    batch_size: int = 0
+    """Images per batch on this process (0: unknown, a user's loop that did not say)."""
+    grad_accum: int = 1
+    """Batches per optimizer step (gradient accumulation)."""
     classes: list[str] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
@@ -57,6 +61,11 @@ class RunContext:
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over every process and accumulation step (0 when ``batch_size`` is unknown)."""
+        return self.batch_size * self.world_size * self.grad_accum
 
     @property
     def epoch(self) -> int:

@@ -286,7 +286,8 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
     model, optimizer = run.tricks.setup(
         model, optimizer, num_classes=data.num_classes, epochs=tc.epochs,
         steps_per_epoch=math.ceil(len(data.train) / tc.grad_accum), accelerator=acc, base_lr=cfg.optim.lr, seed=tc.seed,
-        log_every=tc.log_every, finite_check_every=tc.finite_check_every, in_chans=data.in_chans, classes=data.classes,
+        log_every=tc.log_every, finite_check_every=tc.finite_check_every, batch_size=tc.batch_size,
+        grad_accum=tc.grad_accum, in_chans=data.in_chans, classes=data.classes,
         mean=data.mean, std=data.std, run_dir=run.run_dir if run.main else None, train_data=data.arrays,
         train_loader=data.train, log=run.tracking.log, log_images=run.tracking.log_images,
         evaluate=lambda m, split: evaluate(m, {"val": data.val, "test": data.test}[split], acc),
