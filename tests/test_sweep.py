@@ -299,7 +299,7 @@ def test_spec_trains_the_teacher_once_and_reports_at_cycle_ends(tmp_path):
         "base": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 3, "tracker": "none", "progress": False},
                  "tricks": {"distillation": {}, "sgdr": {"t0": 1, "t_mult": 2.0}}},
         # no tracker here: the teacher tracks as the trials do (base: none), not with the default W&B
-        "teacher": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 1, "progress": False}},
+        "train_first": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 1, "progress": False}},
         "search": {"distillation.temperature": {"choices": [2.0, 4.0]}},
         "objective": "val/top1", "sampler": "grid", "pruner": "median", "pruning": {"restart_aware": True},
     }
@@ -308,9 +308,9 @@ def test_spec_trains_the_teacher_once_and_reports_at_cycle_ends(tmp_path):
     out = tmp_path / "out"
     proc = run(sweep(str(spec), "--workers", "2", "--out-dir", str(out)), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("training the distillation teacher") == 1  # one worker trains it, the other waits for it
+    assert proc.stderr.count("training the run the trials need first") == 1  # one worker trains it, the other waits for it
     assert "image logging failed" not in proc.stderr and "W&B" not in proc.stderr
-    teacher = out / "kd" / "teacher"
+    teacher = out / "kd" / "train_first"
     assert (teacher / "model.safetensors").is_file()
     study = load_study("kd", out / "kd" / "journal.log")
     trials = study.get_trials()

@@ -31,11 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def fault(**where: object) -> dict[str, str]:
+    """Environment and overrides that load the fault plugin (tests/fixtures/faults.py) and make rank 1 fail."""
+    return {"TRICKBOX_PLUGINS": "faults", "PYTHONPATH": str(REPO / "tests" / "fixtures"),
+            "overrides": " ".join(f"tricks.fault.{k}={v}" for k, v in {"rank": 1, "trial": 0, **where}.items())}
+
+
 def launch(cwd: Path, *extra: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(REPO / "train.py"), "--sweep", str(SPEC),
-           "--out-dir", str(cwd / "out"), *extra]
+           "--out-dir", str(cwd / "out"), *extra, *env.pop("overrides", "").split()]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(ACCELERATE_USE_CPU="1", **env), capture_output=True, text=True, timeout=timeout)
 
 
@@ -102,7 +108,7 @@ def test_wandb_runs_hold_lr_history_mixup_images_and_params(wandb_sweep):
 
 
 def test_failure_at_an_epoch_boundary_fails_the_trial_on_every_rank_and_the_sweep_goes_on(tmp_path):
-    proc = launch(tmp_path, TRICKBOX_SWEEP_FAULT="rank=1,trial=0,where=epoch_end,at=1")
+    proc = launch(tmp_path, **fault(where="epoch_end", at=1))
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = load_study("dist", tmp_path / "out" / "dist" / "journal.log")
     trials = study.get_trials()
@@ -115,7 +121,7 @@ def test_failure_at_an_epoch_boundary_fails_the_trial_on_every_rank_and_the_swee
 
 def test_failure_inside_a_step_on_one_rank_ends_the_launch_without_hanging(tmp_path):
     start = time.time()
-    proc = launch(tmp_path, timeout=400, TRICKBOX_SWEEP_FAULT="rank=1,trial=0,where=step,at=3")
+    proc = launch(tmp_path, timeout=400, **fault(where="step", at=3))
     assert proc.returncode != 0
     assert time.time() - start < 300  # start-up + failure_wait (5 s) + shutdown; the process-group timeout is 120 s
     journal = tmp_path / "out" / "dist" / "journal.log"

@@ -12,7 +12,7 @@ import yaml
 from .conftest import REPO, subprocess_env
 from trickbox.sweep.spec import load_spec, spec_from_mapping
 from trickbox.sweep.storage import budget_used, resolve_storage
-from trickbox.sweep.worker import assign_gpus, worker_count
+from trickbox.sweep.workers import assign_gpus, worker_count
 from trickbox.trick import ConfigError
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
@@ -59,7 +59,8 @@ def test_bag_of_tricks_searches_the_five_parameters():
     spec = load_spec(REPO / "sweeps" / "bag_of_tricks.yaml")
     names = {d.name for d in spec.search}
     assert {"mixup.alpha", "label_smoothing.eps", "distillation.temperature", "sgdr.t0", "sgdr.t_mult"} <= names
-    assert spec.teacher is not None  # the spec trains its own teacher
+    assert spec.train_first is not None  # the spec trains its own teacher first
+    assert spec.artifacts == {"distillation": ["teacher"]}  # the trick's Param(artifact=True), not a name the sweep knows
 
 
 def test_plain_config_keys_choices_and_shorthands():
@@ -103,9 +104,9 @@ def test_grid_with_seeds_counts_every_point_per_seed():
     (smoke(n_trials=None), "give the study a budget"),
     (smoke(seeds=[0, 1]), "seeds repeats every grid point"),
     (smoke(pruning={"restart_aware": True}, base={"tricks": {"mixup": {}, "label_smoothing": {}}},
-           search={"mixup.alpha": {}}), "needs sgdr under base.tricks"),
+           search={"mixup.alpha": {}}), "no trick under base.tricks declares them"),
     (smoke(base={"train": {"epoch": 2}, "tricks": {"mixup": {}}}, search={"mixup.alpha": {}}), "unknown config key 'train.epoch'"),
-    (smoke(teacher={"train": {"epochs": 1}}), "base.tricks has no distillation"),
+    (smoke(train_first={"train": {"epochs": 1}}), "no enabled trick has such a parameter"),
 ])
 def test_spec_errors_are_one_line(raw, needle):
     assert needle in error_of(raw)
@@ -121,11 +122,22 @@ def test_script_mode_allows_the_scripts_own_parameters():
 
 
 def test_restart_aware_report_epochs():
+    import torch
+
+    from trickbox import load_tricks
+
     raw = smoke(pruning={"restart_aware": True}, base={"train": {"epochs": 7}, "tricks": {"sgdr": {}, "mixup": {}}},
                 search={"mixup.alpha": {}})
-    spec = spec_from_mapping(raw)
-    assert spec.report_epochs(7, {"t0": 1, "t_mult": 2.0}) == [1, 3, 7]
-    assert spec.report_epochs(7, {}) == [7]  # t0 = the run: one cycle
+    assert spec_from_mapping(raw).restart_aware
+
+    def report_epochs(sgdr):  # the schedule trick declares them (trickbox_report_epochs); the sweep only asks
+        tricks = load_tricks({"sgdr": sgdr, "mixup": {}})
+        model = torch.nn.Linear(4, 2)
+        tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=2, epochs=7, steps_per_epoch=3)
+        return tricks.report_epochs()
+
+    assert report_epochs({"t0": 1, "t_mult": 2.0}) == [1, 3, 7]
+    assert report_epochs({}) == [7]  # t0 = the run: one cycle
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -195,38 +207,48 @@ def test_storage_urls(tmp_path):
 
 
 def _coordinator(tmp_path, **kwargs):
-    from trickbox.sweep.coordinator import Coordinator
+    from trickbox.sweep.study import Coordinator
 
     spec = load_spec(SMOKE, n_trials=2)
     study_dir = tmp_path / "smoke"
     return spec, Coordinator(spec, resolve_storage(None, study_dir), study_dir, wait_for_others=False, **kwargs)
 
 
-def test_coordinator_hands_out_exactly_n_trials_and_retries_dead_owners(tmp_path):
+def test_coordinator_runs_exactly_n_trials_and_retries_dead_owners(tmp_path):
     import optuna
 
+    from trickbox.sweep.study import Outcome
+
     spec, co = _coordinator(tmp_path)
-    first = co.next_trial()
-    assert first is not None and first.number == 0 and set(first.params) == {d.name for d in spec.search}
-    assert first.mapping["tricks"]["mixup"]["alpha"] == first.params["mixup.alpha"]
-    # trial 0 belongs to a process that is gone (a finished child's pid), as if its worker was SIGKILLed
+    # trial 0 belongs to a process that is gone (a finished child's pid), as if its worker was SIGKILLed mid-trial
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    co.study._storage.set_trial_user_attr(first.trial_id, "owner", {"host": co.trials()[0].user_attrs["owner"]["host"],
-                                                                    "pid": int(dead), "start": None, "worker": "gone"})
-    second = co.next_trial()  # reaps trial 0 first: FAILED, retried as trial 1 (same params), which it hands out
+    orphan = co.study.ask()
+    params = {d.name: d.suggest(orphan) for d in spec.search}
+    orphan.set_user_attr("owner", {"host": co.trials()[0].user_attrs.get("owner", {}).get("host") or __import__("socket").gethostname(),
+                                   "pid": int(dead), "start": None, "worker": "gone"})
+    orphan.set_user_attr("run_dir", str(tmp_path / "smoke" / "trial-0"))
+    plans = []
+
+    def runner(plan):
+        plans.append(plan)
+        return Outcome("complete", 0.5)
+
+    first = co.run_one(runner)  # reaps trial 0 first: FAILED, retried as trial 1 (same params), which it runs
     trials = co.trials()
-    assert trials[0].state == optuna.trial.TrialState.FAIL and "died" in trials[0].user_attrs["error"]
-    assert second is not None and second.number == 1 and second.retry_of == 0 and second.params == first.params
-    assert second.resume_from == first.run_dir and second.resume is False  # no checkpoint to continue from
-    third = co.next_trial()
-    assert third is not None and third.number == 2 and third.retry_of is None  # the retry replaced trial 0 in the budget
-    assert co.next_trial() is None  # 2 trials budgeted: 1 (retry of 0) and 2
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert first is not None and first[0].number == 1 and first[0].retry_of == 0 and first[0].params == params
+    assert first[0].mapping["tricks"]["mixup"]["alpha"] == params["mixup.alpha"]
+    assert first[0].resume_from == str(tmp_path / "smoke" / "trial-0") and first[0].resume is False  # no checkpoint
+    second = co.run_one(runner)
+    assert second is not None and second[0].number == 2 and second[0].retry_of is None  # the retry replaced trial 0
+    assert co.run_one(runner) is None  # 2 trials budgeted: 1 (retry of 0) and 2
+    assert [t.state.name for t in co.trials()] == ["FAIL", "COMPLETE", "COMPLETE"]
     co.close()
 
 
 def test_coordinator_stops_at_the_deadline(tmp_path):
     _, co = _coordinator(tmp_path, deadline=time.time() - 1)
-    assert co.next_trial() is None
+    assert co.run_one(lambda plan: None) is None
     co.close()
 
 

@@ -50,6 +50,7 @@ class TrickSet:
         """A stop signal every process agreed on at the latest :meth:`check` (``None``: keep going)."""
         self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
         self._rows: list[tuple[int, dict[str, Any]]] = []  # deferred log rows (tensors), written at check()
+        self._log: Callable[..., None] = lambda values, step=None: None
 
     def with_plugins(self, *plugins: Any) -> TrickSet:
         """The same tricks with ``plugins`` added (before :meth:`setup`)."""
@@ -104,6 +105,10 @@ class TrickSet:
                 ctx.log = _accelerator_log(accelerator)
             if "log_images" not in context:
                 ctx.log_images = _accelerator_log_images(accelerator)
+        self._log = ctx.log
+        if self.guard.deferred:  # anything a trick logs goes after the rows still waiting, so steps stay in order
+            ctx.log = self._logging(ctx.log)
+            ctx.log_images = self._logging(ctx.log_images)
         self.ctx = ctx
         self.log_every = log_every
         hook = self.pm.hook
@@ -223,7 +228,7 @@ class TrickSet:
         if self.guard.deferred:
             self._rows.append((ctx.step, values))
         else:
-            ctx.log(values, step=ctx.step)
+            self._log(values, step=ctx.step)
         ctx.step += 1
         lr = self._apply_lr()
         if batch is not None:
@@ -248,7 +253,14 @@ class TrickSet:
         tensors = [v for _, row in rows for v in row.values() if isinstance(v, Tensor)]
         floats = iter(torch.stack(tensors).tolist()) if tensors else iter(())  # one host read for them all
         for step, row in rows:
-            self._context().log({k: next(floats) if isinstance(v, Tensor) else v for k, v in row.items()}, step=step)
+            self._log({k: next(floats) if isinstance(v, Tensor) else v for k, v in row.items()}, step=step)
+
+    def _logging(self, log: Callable[..., None]) -> Callable[..., None]:
+        def flushed_first(values: dict[str, Any], step: int | None = None) -> None:
+            self._flush_rows()
+            log(values, step=step)
+
+        return flushed_first
 
     # -- evaluation and end --------------------------------------------------
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:

@@ -20,6 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC", help="study spec, e.g. sweeps/smoke.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the spec's base config, e.g. train.epochs=1")
     p.add_argument("--workers", default="1", metavar="N", help="worker processes (auto: one per GPU, 1 on CPU); default 1")
+    p.add_argument("--workers-per-gpu", type=int, default=1, metavar="K",
+                   help="with --workers auto: K workers share each GPU (small models that cannot fill one); default 1")
     p.add_argument("--storage", metavar="URL", help="postgresql://USER@HOST/DB, sqlite:///FILE or a journal file "
                    "(default: OUT_DIR/STUDY/journal.log)")
     p.add_argument("--study", metavar="NAME", help="study name (default: the spec's study:, else its file name)")
@@ -51,21 +53,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--workers starts worker processes; under accelerate launch every rank runs each trial, so drop --workers")
     if args.max_restarts < 0:
         raise ConfigError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.workers_per_gpu < 1 or (args.workers_per_gpu > 1 and args.workers != "auto"):
+        raise ConfigError(f"--workers-per-gpu {args.workers_per_gpu} needs --workers auto and must be >= 1; "
+                          "e.g. --workers auto --workers-per-gpu 4")
     spec = load_spec(args.spec, args.overrides, study=args.study, n_trials=args.n_trials, timeout=args.timeout,
                      script=bool(args.script))
     study_dir = Path(args.out_dir).resolve() / spec.study
     target = resolve_storage(args.storage, study_dir)
     deadline = args.deadline if args.deadline is not None else (time.time() + spec.timeout if spec.timeout else None)
     if args.as_worker is not None:
-        from ..sweep.worker import run_worker
+        from ..sweep.workers import run_worker
 
         return run_worker(spec, target, study_dir, index=args.as_worker, deadline=deadline,
                           progress=not args.quiet_trials, script=args.script, launch=args.launch)
     if args.distributed_trial:
-        from ..sweep.worker import run_distributed
+        from ..sweep.workers import run_distributed
 
         return run_distributed(spec, target, study_dir, deadline=deadline)
-    from ..sweep.worker import supervise
+    from ..sweep.workers import supervise
 
     storage = str(target.journal) if target.kind == "journal" else target.url
     worker_args = [args.spec, *args.overrides, "--storage", storage, "--study", spec.study, "--out-dir", str(Path(args.out_dir).resolve())]
@@ -78,4 +83,4 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launch:
         worker_args += ["--launch", args.launch]
     return supervise(spec, target, study_dir, workers=args.workers, worker_args=worker_args, deadline=deadline,
-                     max_restarts=args.max_restarts, script=args.script, launch=args.launch)
+                     max_restarts=args.max_restarts, script=args.script, launch=args.launch, per_gpu=args.workers_per_gpu)

@@ -1,15 +1,15 @@
 """Optuna sweeps over trickbox runs, and the trial helper for a user's own script.
 
-``trickbox sweep SPEC`` (see :mod:`trickbox.sweep.spec` for the spec file,
-:mod:`trickbox.sweep.worker` for the workers, :mod:`trickbox.sweep.storage`
-for the storage, the exact trial count and retries,
-:mod:`trickbox.sweep.distributed` for trials across several processes) and
-``trickbox report STUDY`` (:mod:`trickbox.sweep.report`).
-
-Inside your own script, run by ``trickbox sweep SPEC --script train.py``::
+``trickbox sweep SPEC``: :mod:`.spec` reads the spec, :mod:`.workers` starts and
+supervises the worker processes, :mod:`.study` is a worker's handle on the
+study (Optuna's ``study.optimize`` one trial at a time, under the study lock of
+:mod:`.storage`), :mod:`.trials` runs each trial (trickbox's loop, or your script),
+:mod:`.distributed` lets the ranks of one launch run a trial together, and
+``trickbox report STUDY`` is :mod:`.report`. Inside your own script, run by
+``trickbox sweep SPEC --script train.py``::
 
     t = trickbox.sweep.current_trial()      # does nothing outside a sweep
-    tricks = trickbox.load_tricks(t.suggest({"mixup": {"alpha": 0.2}}))
+    tricks = trickbox.load_tricks(t.suggest({"<trick>": {"<param>": 0.2}}))
     ...
     if t.report(val_accuracy, epoch + 1):
         break

@@ -1,32 +1,23 @@
-"""Trials spanning several processes: rank 0 owns the trial, every rank trains it.
+"""Trials spanning several processes (``accelerate launch train.py --sweep SPEC``): rank 0 owns each trial.
 
-``accelerate launch train.py --sweep SPEC`` runs ``trickbox sweep SPEC
---distributed-trial`` on every rank with one Accelerator for the whole
-process. Per trial:
+Rank 0 asks the study for a trial and broadcasts its plan; every rank trains
+it; after each epoch the ranks exchange their status in one
+``all_gather_object`` (:class:`~trickbox.sweep.trials.EpochReporter`), so all
+of them prune or fail at the same point. A rank that fails *between* those
+points (inside a training step) leaves the others in a collective they can
+never finish: it writes its error to ``<run_dir>/ranks/rank-<r>.json`` and
+waits ``distributed.failure_wait`` seconds on a side gloo group for the
+others to leave the trial too. If they do (the error hit every rank at the
+same point) the trial is FAILED and the sweep goes on; if not, the failing
+rank exits, the others' collective fails (at once with gloo; with NCCL after
+``distributed.timeout``, the backstop), rank 0 marks the trial FAILED with
+the failing rank's message and the launch exits non-zero: run the same
+command again to continue the study.
 
-1. rank 0 asks the study for a trial and **broadcasts** its plan (number,
-   parameters, run directory) with ``broadcast_object_list``; ``None`` ends
-   the sweep on every rank;
-2. every rank trains it with ``train(cfg, accelerator=acc, reporter=...)``;
-3. after each epoch every rank's reporter joins one ``all_gather_object`` of
-   ``(ok, message, decision)``: rank 0's decision is the pruner's (it alone
-   calls ``trial.report``/``should_prune``), and a rank whose epoch-end
-   checks failed says so. All ranks then raise the same thing at the same
-   point: ``TrialPruned`` (pruned) or :class:`TrialFailedOnRank` (failed);
-4. rank 0 tells the study how the trial ended.
-
-A trial that fails on one rank *between* those points (inside a training
-step, say) leaves the other ranks inside a collective they can never finish.
-The failing rank writes its error to ``<run_dir>/ranks/rank-<r>.json``, then
-waits up to ``distributed.failure_wait`` seconds on a separate gloo group
-for the other ranks to leave the trial too. If they all do (the error hit
-every rank at the same point) the trial is FAILED and the sweep goes on. If
-not, the failing rank exits; the others' collective then fails (at once with
-gloo; with NCCL after the process-group timeout ``distributed.timeout``,
-the backstop), rank 0 marks the trial FAILED with the failing rank's message
-and the launch exits non-zero. Run the same command again to continue the
-study; a trial lost to a killed rank (no message) is retried from its last
-epoch checkpoint.
+Why not optuna-integration's ``TorchDistributedTrial``: it broadcasts every
+``suggest_*`` call and every ``report``; trickbox's ranks need the whole plan
+once (parameters and the config they make) and one decision per epoch, which
+this small channel sends.
 """
 from __future__ import annotations
 
@@ -34,7 +25,7 @@ import json
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 
 class TrialFailedOnRank(RuntimeError):
@@ -64,9 +55,6 @@ class LocalChannel:
     def peer_errors(self, run_dir: str) -> dict[int, str]:
         return {}
 
-    def barrier(self) -> None:
-        pass
-
 
 class ProcessGroupChannel:
     """Control messages between the ranks of one Accelerate launch."""
@@ -74,18 +62,16 @@ class ProcessGroupChannel:
     def __init__(self, accelerator: Any, failure_wait: float) -> None:
         import torch.distributed as dist
 
-        self.acc = accelerator
         self.rank = accelerator.process_index
         self.world_size = accelerator.num_processes
-        self.failure_wait = failure_wait
         # A side group with a short timeout: the failure exchange must not wait for the main group's.
         self.ctl = dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait))
 
     def broadcast(self, obj: Any) -> Any:
-        from accelerate.utils import broadcast_object_list
+        import torch.distributed as dist
 
         holder = [obj]
-        broadcast_object_list(holder, from_process=0)
+        dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
     def all_gather(self, obj: Any) -> list[Any]:
@@ -95,34 +81,27 @@ class ProcessGroupChannel:
         dist.all_gather_object(out, obj)
         return out
 
-    def barrier(self) -> None:
-        self.acc.wait_for_everyone()
-
     def all_left(self, run_dir: str, message: str) -> bool:
         """After an error: tell the others, and wait (``failure_wait``) until every rank has left the trial."""
         import torch.distributed as dist
 
         write_rank_file(run_dir, self.rank, {"error": message, "time": time.time()})
-        out: list[Any] = [None] * self.world_size
         try:
-            dist.all_gather_object(out, (self.rank, message), group=self.ctl)
+            dist.all_gather_object([None] * self.world_size, (self.rank, message), group=self.ctl)
         except Exception:
             return False
         return True
 
     def peer_errors(self, run_dir: str) -> dict[int, str]:
         """Errors other ranks wrote for this trial (same machine or shared file system)."""
-        out = {}
-        for r in range(self.world_size):
-            if r == self.rank:
-                continue
-            info = read_rank_file(run_dir, r)
-            if info.get("error"):
-                out[r] = str(info["error"])
-        return out
+        found = {r: read_rank_file(run_dir, r).get("error") for r in range(self.world_size) if r != self.rank}
+        return {r: str(e) for r, e in found.items() if e}
 
 
-def make_channel(accelerator: Any, failure_wait: float) -> LocalChannel | ProcessGroupChannel:
+Channel = Union[LocalChannel, ProcessGroupChannel]
+
+
+def make_channel(accelerator: Any, failure_wait: float) -> Channel:
     if accelerator is None or accelerator.num_processes == 1:
         return LocalChannel()
     return ProcessGroupChannel(accelerator, failure_wait)
@@ -144,10 +123,8 @@ def write_rank_file(run_dir: str, rank: int, update: dict[str, Any]) -> None:
     path = rank_file(run_dir, rank)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = read_rank_file(run_dir, rank)
-        data.update(update)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str))
+        tmp.write_text(json.dumps({**read_rank_file(run_dir, rank), **update}, indent=1, default=str))
         tmp.replace(path)
     except OSError:
         pass

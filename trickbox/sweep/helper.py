@@ -3,7 +3,7 @@
 ::
 
     t = trickbox.sweep.current_trial()           # a no-op stand-in outside a sweep
-    tricks = trickbox.load_tricks(t.suggest({"mixup": {"alpha": 0.2}, "sgdr": {"t0": 2}}))
+    tricks = trickbox.load_tricks(t.suggest({"<trick>": {"<param>": 0.2}}))
     accelerator.init_trackers("own-loop", config=vars(args), init_kwargs={"wandb": t.wandb_init_kwargs()})
     for epoch in range(epochs):
         ...
@@ -11,48 +11,34 @@
             break
     t.finish(val_accuracy)
 
-The worker that started the script has already sampled the parameters and
-passes the trial in environment variables (``TRICKBOX_TRIAL`` names a JSON
-file; ``TRICKBOX_TRIAL_STORAGE``, ``TRICKBOX_STUDY``, ``TRICKBOX_TRIAL_NUMBER``
-say the same in short). Under ``accelerate launch`` every rank reads the same
-parameters; only rank 0 talks to the study, and it broadcasts each prune
-decision to the other ranks (``torch.distributed``). The worker records the
-trial's end from ``result.json``, which :meth:`SweepTrial.finish` (or a prune)
-writes, and from the script's exit code.
+The worker that started the script has sampled the parameters already and
+names the trial in the environment (``TRICKBOX_TRIAL``: a JSON file). The
+script never opens the study: rank 0 sends each report to its worker over a
+local authenticated connection and gets the pruner's decision back; under
+``accelerate launch`` it broadcasts that decision to the other ranks.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 ENV_TRIAL = "TRICKBOX_TRIAL"
-ENV_STORAGE = "TRICKBOX_TRIAL_STORAGE"
-ENV_STUDY = "TRICKBOX_STUDY"
-ENV_NUMBER = "TRICKBOX_TRIAL_NUMBER"
-ENV_DIR = "TRICKBOX_TRIAL_DIR"
-RESULT_FILE = "result.json"
 
 
 def _rank() -> int:
-    try:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except ImportError:
-        pass
-    return int(os.environ.get("RANK", "0"))
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def _broadcast(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (no-op without an initialised process group)."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return value
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     holder = [value]
@@ -91,111 +77,81 @@ class SweepTrial:
     in_sweep = True
 
     def __init__(self, info: dict[str, Any], path: Path) -> None:
-        self.info = info
-        self.path = path
+        self.info, self.path = info, path
         self.number: int = int(info["number"])
         self.params: dict[str, Any] = dict(info["params"])
         self.run_dir = Path(info["run_dir"])
         self.resume_dir = Path(info["resume_dir"]) if info.get("resume_dir") else None
-        self._trial: Any = None
+        self._conn: Any = None
         self._state: str | None = None
 
-    # -- parameters ----------------------------------------------------------------
     def suggest(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` with this trial's parameters put in place.
 
-        A tricks mapping (``{"mixup": {...}}``) gets the trick parameters; a
-        full config (with a ``tricks:`` key) also gets config keys such as
-        ``optim.lr``. The script's own parameters are in :attr:`params`.
+        A tricks mapping (``{"<trick>": {...}}``) gets the trick parameters; a full config (with a
+        ``tricks:`` key) also gets config keys such as ``optim.lr``. The script's own parameters are in
+        :attr:`params`.
         """
         out = copy.deepcopy(dict(config))
         full = "tricks" in out
         for name, target in self.info.get("targets", {}).items():
-            if name not in self.params or not target:
+            if name not in self.params or not target or (target[0] != "tricks" and not full):
                 continue
-            path = list(target)
-            if path[0] == "tricks":
-                path = path if full else path[1:]
-            elif not full:
-                continue
+            path = list(target) if full or target[0] != "tricks" else list(target)[1:]
             cur = out
             for part in path[:-1]:
-                nxt = cur.get(part)
-                if not isinstance(nxt, dict):
-                    nxt = {} if nxt is None else dict(nxt)
-                    cur[part] = nxt
-                cur = nxt
+                if not isinstance(cur.get(part), dict):
+                    cur[part] = {} if cur.get(part) is None else dict(cur[part])
+                cur = cur[part]
             cur[path[-1]] = self.params[name]
         return out
 
     def get(self, name: str, default: Any = None) -> Any:
-        """One parameter by its search name (``"lr"``, ``"mixup.alpha"``)."""
+        """One parameter by its search name (``"lr"``, ``"<trick>.<param>"``)."""
         return self.params.get(name, default)
 
-    # -- progress ----------------------------------------------------------------------
-    def _optuna_trial(self) -> Any:
-        if self._trial is None:
-            import optuna
+    def _ask(self, *message: Any) -> Any:
+        """Send ``message`` to the worker (rank 0 only) and return its answer."""
+        from multiprocessing.connection import Client
 
-            from .coordinator import pruner_from
-            from .storage import StorageTarget, open_storage
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            s = self.info["storage"]
-            target = StorageTarget(s["kind"], s["url"], Path(s["journal"]) if s.get("journal") else None)
-            study = optuna.load_study(study_name=self.info["study"], storage=open_storage(target),
-                                      pruner=pruner_from(self.info["pruner"]["name"], self.info["pruner"]["options"]))
-            self._trial = optuna.trial.Trial(study, int(self.info["trial_id"]))
-        return self._trial
+        if self._conn is None:
+            self._conn = Client(tuple(self.info["address"]), authkey=bytes.fromhex(self.info["authkey"]))
+        self._conn.send(message)
+        return self._conn.recv()
 
     def report(self, value: float, epoch: int) -> bool:
         """Report the objective after ``epoch``; ``True`` when the trial is pruned (stop training)."""
         if self._state is not None:
             return self._state == "pruned"
-        pruned = False
-        if _rank() == 0:
-            trial = self._optuna_trial()
-            trial.report(float(value), int(epoch))
-            pruned = bool(trial.should_prune())
-        pruned = bool(_broadcast(pruned))
+        pruned = bool(_broadcast(bool(self._ask("report", float(value), int(epoch))) if _rank() == 0 else False))
         if pruned:
-            self._end("pruned", float(value), epoch)
+            self._end("pruned")
         return pruned
 
     def finish(self, value: float | None = None) -> None:
-        """The trial's final objective value (rank 0 records it; other ranks may call it too)."""
+        """The trial's final objective value (rank 0 sends it; other ranks may call it too)."""
         if self._state is not None:
             return
         if value is None:
             raise ValueError("finish(value) needs the trial's final objective value")
-        self._end("complete", float(value), None)
+        if _rank() == 0:
+            self._ask("finish", float(value))
+        self._end("complete")
 
-    def _end(self, state: str, value: float, epoch: int | None) -> None:
+    def _end(self, state: str) -> None:
         self._state = state
-        if _rank() != 0:
-            return
-        tmp = self.run_dir / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps({"state": state, "value": value, "epoch": epoch}))
-        tmp.replace(self.run_dir / RESULT_FILE)
-        _tag_wandb(state)
+        wandb = sys.modules.get("wandb")
+        run = getattr(wandb, "run", None) if wandb is not None else None
+        if run is not None and _rank() == 0:
+            try:
+                run.tags = tuple(run.tags or ()) + (state,)
+                run.summary["state"] = state
+            except Exception:
+                pass
 
     def wandb_init_kwargs(self) -> dict[str, Any]:
         """``init_kwargs={"wandb": t.wandb_init_kwargs()}``: run name, group, job type, tags, trial config."""
         return copy.deepcopy(self.info.get("wandb", {}))
-
-
-def _tag_wandb(state: str) -> None:
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb is not None else None
-    if run is None:
-        return
-    try:
-        run.tags = tuple(run.tags or ()) + (state,)
-        run.summary["state"] = state
-    except Exception:
-        pass
 
 
 _CURRENT: SweepTrial | NoTrial | None = None
@@ -205,16 +161,16 @@ def current_trial() -> SweepTrial | NoTrial:
     """This process's trial under ``trickbox sweep --script``, else a :class:`NoTrial` that changes nothing."""
     global _CURRENT
     path = os.environ.get(ENV_TRIAL)
-    if _CURRENT is not None and (path is None) == isinstance(_CURRENT, NoTrial):
-        if path is None or (isinstance(_CURRENT, SweepTrial) and str(_CURRENT.path) == path):
-            return _CURRENT
     if not path:
-        _CURRENT = NoTrial()
+        if not isinstance(_CURRENT, NoTrial):
+            _CURRENT = NoTrial()
         return _CURRENT
-    p = Path(path)
+    if isinstance(_CURRENT, SweepTrial) and str(_CURRENT.path) == path:
+        return _CURRENT
     try:
-        info = json.loads(p.read_text())
+        info = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{ENV_TRIAL}={path} is not a readable trial file ({exc}); run the script through trickbox sweep --script or unset it") from None
-    _CURRENT = SweepTrial(info, p)
+        raise RuntimeError(f"{ENV_TRIAL}={path} is not a readable trial file ({exc}); run the script through "
+                           "trickbox sweep --script or unset it") from None
+    _CURRENT = SweepTrial(info, Path(path))
     return _CURRENT

@@ -1,28 +1,20 @@
-"""Where a study lives, the lock that makes its trial count exact, and the rules for crashed trials.
+"""Where a study lives, the lock that makes its trial count exact, and who owns a running trial.
 
 Storage. Without ``--storage`` a study is an Optuna journal file
-``sweeps_out/<study>/journal.log`` (``JournalStorage(JournalFileBackend)``):
-no server, safe for several processes on one machine. ``--storage
-postgresql://...`` (or ``sqlite:///...``) is an Optuna RDB storage that
-workers on many machines can share.
+``sweeps_out/<study>/journal.log`` (``JournalStorage(JournalFileBackend)``: no
+server, safe for several processes on one machine). ``--storage
+postgresql://...`` (or ``sqlite:///...``) is an Optuna RDB storage that workers
+on many machines share.
 
-Exact count. Creating a trial and deciding whether the budget allows one
-happen together under one lock: a file lock (``fcntl``) next to the journal
-or SQLite file, a PostgreSQL advisory lock for PostgreSQL. So N workers
-never start more than ``n_trials`` trials, and trial numbers have no gaps.
-
-Budget rule. ``n_trials`` counts the trials that used the budget: COMPLETE,
-PRUNED, RUNNING, WAITING and FAILED trials that were *not* replaced by a
-retry. A crashed trial that is retried is replaced by its retry, so a crash
-costs no budget and no trial is lost.
-
-Crashes. Every running trial records its owner (host, PID, process start
-time). Any worker on that host, at start-up and between trials, marks a
-RUNNING trial whose owner process is gone as FAILED and enqueues a retry
-with the same parameters (user attrs ``retry_of`` and ``resume_dir``). RDB
-storages also run Optuna's heartbeats (``heartbeat_interval`` /
-``grace_period``) so a trial whose machine vanished is failed and retried the
-same way, by any worker on any machine.
+Crashed trials. On an RDB storage Optuna's own heartbeats find a trial whose
+worker stopped beating, fail it and hand it to Optuna's
+``RetryHeartbeatStaleTrialCallback``. The journal storage has no heartbeat, so
+trickbox keeps a small reaper: every running trial records its owner (host,
+PID, process start time) and a lease that the live worker renews; a trial
+whose owner process on this host is gone, or whose lease ran out on another
+host, is failed and given to the same Optuna callback. The retry is a WAITING
+copy with the same parameters; it inherits the failed trial's ``run_dir`` and
+continues from its last epoch checkpoint.
 """
 from __future__ import annotations
 
@@ -31,13 +23,14 @@ import hashlib
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..trick import ConfigError
+from ..errors import ConfigError
 
 HOST_ENV = "TRICKBOX_SWEEP_HOST"
 """Override the host name recorded as a trial's owner (containers that share a host name)."""
@@ -52,15 +45,8 @@ class StorageTarget:
     journal: Path | None = None
     lock_file: Path | None = None
 
-    @property
-    def shared(self) -> bool:
-        """Workers on other machines can join (an RDB server)."""
-        return self.kind == "postgresql"
-
     def display(self) -> str:
-        if self.kind == "journal":
-            return str(self.journal)
-        return _hide_password(self.url)
+        return str(self.journal) if self.kind == "journal" else _hide_password(self.url)
 
 
 def _hide_password(url: str) -> str:
@@ -68,32 +54,31 @@ def _hide_password(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1)
     cred, host = rest.rsplit("@", 1)
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
+    return f"{scheme}://{cred.split(':', 1)[0]}{':***' if ':' in cred else ''}@{host}"
+
+
+def _lock_beside(path: Path) -> Path:
+    return path.with_name(path.name + ".trickbox.lock")
 
 
 def resolve_storage(url: str | None, study_dir: Path) -> StorageTarget:
     """``None`` → the study's journal; a path → a journal there; a URL → an RDB storage."""
-    if not url:
-        path = (study_dir / "journal.log").resolve()
-        return StorageTarget("journal", str(path), path, path.with_name(path.name + ".trickbox.lock"))
-    if "://" not in url:
-        path = Path(url).expanduser().resolve()
-        return StorageTarget("journal", str(path), path, path.with_name(path.name + ".trickbox.lock"))
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
-        rest = url.split("://", 1)[1]
-        driver = url.split("://", 1)[0].partition("+")[2] or _postgres_driver()
-        return StorageTarget("postgresql", f"postgresql+{driver}://{rest}" if driver else f"postgresql://{rest}")
-    if scheme == "sqlite":
-        db = url.split("://", 1)[1].lstrip("/")
+    if not url or "://" not in url:
+        path = (study_dir / "journal.log").resolve() if not url else Path(url).expanduser().resolve()
+        return StorageTarget("journal", str(path), path, _lock_beside(path))
+    scheme, rest = url.split("://", 1)
+    base = scheme.split("+", 1)[0].lower()
+    if base in ("postgresql", "postgres"):
+        driver = scheme.partition("+")[2] or _postgres_driver()
+        return StorageTarget("postgresql", f"postgresql+{driver}://{rest}")
+    if base == "sqlite":
+        db = rest.lstrip("/")
         if not db or db == ":memory:":
             raise ConfigError("--storage sqlite needs a file (sqlite:///path/study.db); an in-memory database cannot be shared")
-        path = Path("/" + db) if url.startswith("sqlite:////") else Path(db)
-        path = path.resolve()
-        return StorageTarget("sqlite", f"sqlite:///{path}", None, path.with_name(path.name + ".trickbox.lock"))
+        path = (Path("/" + db) if rest.startswith("//") else Path(db)).resolve()
+        return StorageTarget("sqlite", f"sqlite:///{path}", None, _lock_beside(path))
     raise ConfigError(
-        f"--storage {_hide_password(url)!r}: scheme {scheme!r} is not supported; use postgresql://USER@HOST/DB "
+        f"--storage {_hide_password(url)!r}: scheme {base!r} is not supported; use postgresql://USER@HOST/DB "
         "(many machines), sqlite:///FILE, or a journal file path (one machine; the default)"
     )
 
@@ -108,8 +93,8 @@ def _postgres_driver() -> str:
     raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install psycopg2-binary (or psycopg)")
 
 
-def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = None, on_stale: Any = None) -> Any:
-    """The Optuna storage object for ``target``; RDB storages get heartbeats when ``heartbeat`` is given."""
+def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = None, retries: int | None = None) -> Any:
+    """The Optuna storage for ``target``; an RDB storage gets Optuna's heartbeats and retries when asked."""
     if target.kind == "journal":
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -119,11 +104,10 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
         return JournalStorage(JournalFileBackend(str(target.journal)))
     from optuna.storages import RDBStorage
 
-    if target.lock_file is not None:
-        target.lock_file.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if heartbeat is not None:
-        kwargs = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": on_stale}
+        kwargs = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                  "heartbeat_stale_trial_callback": StaleRetry(retries, "it stopped sending heartbeats")}
     for attempt in range(8):
         try:
             with warnings.catch_warnings():
@@ -133,8 +117,7 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
             text = str(exc)
             # Workers that open a new database at the same moment race to create Optuna's tables;
             # the loser sees them half-made. Once they exist, opening again succeeds.
-            racing = "already exists" in text or "duplicate key" in text or "UniqueViolation" in text
-            if racing and attempt < 7:
+            if any(s in text for s in ("already exists", "duplicate key", "UniqueViolation")) and attempt < 7:
                 time.sleep(0.25 * (attempt + 1))
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -142,72 +125,101 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
     raise AssertionError("unreachable")
 
 
-# -- the study lock -------------------------------------------------------------
+class StaleRetry:
+    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (same parameters, WAITING, ``max_retry``), saying what it does."""
+
+    def __init__(self, max_retry: int | None, reason: str) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ExperimentalWarning
+            self.callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
+        self.reason = reason
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+        if self.max_retry is not None and len(history) > self.max_retry:
+            print(f"trickbox sweep: trial {trial.number} failed ({self.reason}) and was retried {len(history) - 1} "
+                  f"times already; not retrying (retries: {self.max_retry})", file=sys.stderr, flush=True)
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.callback(study, trial)
+        print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; it is retried with the same parameters",
+              file=sys.stderr, flush=True)
+
+
+def budget_used(trials: list[Any]) -> int:
+    """Trials that count against ``n_trials``: all but FAILED trials that a retry replaced."""
+    from optuna.trial import TrialState
+
+    replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    replaced |= {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None}
+    return sum(1 for t in trials if t.state != TrialState.FAIL or t.number not in replaced)
+
+
+# -- the study lock ---------------------------------------------------------------
 class StudyLock:
-    """Mutual exclusion between every worker of one study (file lock or PostgreSQL advisory lock)."""
+    """Mutual exclusion between every worker of one study (an ``fcntl`` file lock or a PostgreSQL advisory lock).
+
+    :meth:`acquire` and :meth:`release` may be called in different places (the lock is taken before a trial
+    is created and released as soon as it exists); :meth:`release` of a free lock does nothing.
+    """
 
     def __init__(self, target: StorageTarget, study: str) -> None:
         self.target = target
-        self.study = study
+        self._key = int.from_bytes(hashlib.blake2b(f"trickbox:{study}".encode(), digest_size=8).digest(), "big", signed=True)
         self._conn: Any = None
         self._fh: Any = None
-        self._depth = 0
-        self.key = int.from_bytes(hashlib.blake2b(f"trickbox:{study}".encode(), digest_size=8).digest(), "big", signed=True)
+        self.held = False
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._acquire()
-        self._depth = 1
+        self.acquire()
         try:
             yield
         finally:
-            self._depth = 0
-            self._release()
+            self.release()
 
-    def _acquire(self) -> None:
+    def acquire(self) -> None:
+        if self.held:
+            return
         if self.target.kind == "postgresql":
             from sqlalchemy import create_engine, text
             from sqlalchemy.pool import NullPool
 
             if self._conn is None:
-                engine = create_engine(self.target.url, poolclass=NullPool)
-                self._conn = engine.connect()
-            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                self._conn = create_engine(self.target.url, poolclass=NullPool).connect()
+            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
             self._conn.commit()
+        else:
+            import fcntl
+
+            assert self.target.lock_file is not None
+            self.target.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.target.lock_file, "a+")
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
             return
-        import fcntl
-
-        path = self.target.lock_file
-        assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a+")
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
-
-    def _release(self) -> None:
+        self.held = False
         if self.target.kind == "postgresql":
             from sqlalchemy import text
 
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
                 self._conn.commit()
             except Exception:  # a dropped connection releases the lock anyway
                 self.close()
-            return
-        import fcntl
-
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
+        elif self._fh is not None:
+            self._fh.close()  # closing the file releases the fcntl lock
             self._fh = None
 
     def close(self) -> None:
+        self.release()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -222,99 +234,59 @@ def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        yield
 
 
-# -- owners --------------------------------------------------------------------
+# -- owners and leases --------------------------------------------------------------
 def host_id() -> str:
     return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) of ``pid`` from /proc, or ``None`` off Linux / when gone."""
+def _proc_start(pid: int) -> int | None:
+    """The start time (clock ticks) of a live, non-zombie ``pid`` from /proc; ``None`` when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    rest = text[text.rfind(")") + 2:].split()
-    try:
-        return rest[0], int(rest[19])
-    except (IndexError, ValueError):
-        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def owner_record(worker: str) -> dict[str, Any]:
     """Who runs a trial: this host, PID and process start time (guards against PID reuse)."""
-    stat = _proc_stat(os.getpid())
-    return {"host": host_id(), "pid": os.getpid(), "start": stat[1] if stat else None, "worker": worker}
+    return {"host": host_id(), "pid": os.getpid(), "start": _proc_start(os.getpid()), "worker": worker}
 
 
-def owner_alive(owner: Any) -> bool | None:
-    """``False`` when the owner process on this host is gone, ``None`` when it is on another host."""
-    if not isinstance(owner, dict) or owner.get("host") != host_id():
+def owner_gone(owner: Any, lease: Any, now: float) -> str | None:
+    """Why a RUNNING trial's owner is gone (its process on this host died; its lease on another host ran out)."""
+    if not isinstance(owner, dict):
+        return None
+    if owner.get("host") != host_id():
+        if isinstance(lease, (int, float)) and now > lease:
+            return f"its worker on {owner.get('host')} stopped renewing its lease ({now - lease:.0f} s ago)"
         return None
     pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return None
-    stat = _proc_stat(pid)
-    if stat is not None:
-        state, start = stat
-        if state in ("Z", "X"):
-            return False
-        return owner.get("start") in (None, start)
-    if Path("/proc").is_dir() and Path("/proc/self/stat").exists():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if isinstance(pid, int) and Path("/proc/self/stat").exists():
+        start = _proc_start(pid)
+        if start is None or owner.get("start") not in (None, start):
+            return f"its worker (pid {pid} on {owner.get('host')}) died"
+    return None
 
 
-# -- budget and retries ------------------------------------------------------------
-def budget_used(trials: list[Any]) -> int:
-    """Trials that count against ``n_trials``: all but FAILED trials that a retry replaced."""
-    from optuna.trial import TrialState
+class Lease:
+    """Renews a journal trial's ``lease`` user attribute every ``interval`` s (the lease lasts ``grace`` s)."""
 
-    replaced = {t.user_attrs.get("retry_of") for t in trials if t.user_attrs.get("retry_of") is not None}
-    return sum(1 for t in trials if t.state != TrialState.FAIL or t.number not in replaced)
+    def __init__(self, trial: Any, interval: float, grace: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(trial, interval, grace), daemon=True)
+        trial.set_user_attr("lease", time.time() + grace)
+        self._thread.start()
 
+    def _run(self, trial: Any, interval: float, grace: float) -> None:
+        while not self._stop.wait(interval):
+            with contextlib.suppress(Exception):  # a blip must not kill the trial; the grace period covers it
+                trial.set_user_attr("lease", time.time() + grace)
 
-def retry_trial(study: Any, failed: Any, *, max_retries: int, reason: str) -> int | None:
-    """Enqueue a WAITING copy of ``failed`` (same parameters, ``retry_of``/``resume_dir`` set); its number, or ``None``."""
-    import optuna
-    from optuna.trial import TrialState
-
-    depth = int(failed.user_attrs.get("retry_depth", 0))
-    if depth >= max_retries:
-        print(f"trickbox sweep: trial {failed.number} failed ({reason}) and was retried {depth} times already; "
-              f"not retrying (retries: {max_retries})", file=sys.stderr)
-        return None
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("retry_of") == failed.number:
-            return None  # someone retried it already
-    user_attrs = {"retry_of": failed.number, "retry_depth": depth + 1, "retry_reason": reason,
-                  "resume_dir": failed.user_attrs.get("run_dir")}
-    history = list(failed.system_attrs.get("retry_history", [])) + [failed.number]
-    system_attrs = {k: v for k, v in failed.system_attrs.items() if k in ("grid_id", "search_space")}
-    system_attrs.update(failed_trial=history[0], retry_history=history)
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        user_attrs=user_attrs, system_attrs=system_attrs,
-    ))
-    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.user_attrs.get("retry_of") == failed.number]
-    return waiting[-1].number if waiting else None
-
-
-def tell(study: Any, number: int, **kwargs: Any) -> None:
-    """``study.tell`` outside ``optimize``: the grid sampler's ``study.stop()`` there is harmless, ignore it."""
-    try:
-        study.tell(number, **kwargs)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):
-            raise
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

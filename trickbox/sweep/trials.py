@@ -1,0 +1,318 @@
+"""The trial loop of a worker, and the two ways a trial runs: trickbox's own loop in this process, or a script.
+
+:func:`run_trials` is the one loop: trial after trial from the study until its
+budget is used up. A runner turns a :class:`~trickbox.sweep.study.TrialPlan`
+into an :class:`~trickbox.sweep.study.Outcome`:
+
+* :class:`TrainRunner` trains the trial with :func:`trickbox.loop.train` in this
+  process (on every rank of a distributed trial: rank 0 broadcasts the plan;
+  :func:`follow_trials` is the other ranks' side). Each trial is an ordinary run
+  in ``sweeps_out/<study>/trial-<n>`` and one W&B run (group = study, job type
+  ``trial``). An :class:`EpochReporter` wraps the tricks' epoch-end hooks: it
+  reports the objective to the pruner and makes every rank act on one decision.
+* :class:`ScriptRunner` runs a user's script as a subprocess; the script reports
+  through :func:`trickbox.sweep.current_trial` over a local connection to this
+  worker, which alone talks to the study.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from ..trick import hookimpl
+from .distributed import Channel, TrialFailedOnRank, write_rank_file
+from .helper import ENV_TRIAL
+from .spec import SweepSpec
+from .study import Coordinator, Outcome, TrialPlan
+
+Report = Callable[[float, int], bool]
+"""``report(value, epoch) -> prune?``: the study's pruner, on rank 0 only."""
+
+
+def run_trials(coordinator: Coordinator, runner: Callable[[TrialPlan], Outcome], *, stopping: Callable[[], bool],
+               channel: Channel | None = None) -> int:
+    """Trial after trial until the budget is used up (this process owns the study); the exit code."""
+    code, fatal = 0, False
+    try:
+        while (done := coordinator.run_one(runner, stopping)) is not None:
+            plan, outcome = done
+            print_outcome(coordinator.worker, plan, outcome, coordinator.spec.objective)
+            if outcome.state == "failed" and not outcome.retry and not coordinator.any_success() and (
+                    outcome.config_error or isinstance(runner, ScriptRunner)):
+                print(f"trickbox sweep: trial {plan.number} failed and no trial has trained yet; stopping "
+                      f"(fix the spec, the data or the script): {outcome.error}", file=sys.stderr, flush=True)
+                code = 2 if outcome.config_error else 1
+                break
+            if outcome.fatal:
+                code, fatal = outcome.exit_code or 1, True
+                break
+    finally:
+        if channel is not None and channel.world_size > 1 and not fatal:
+            channel.broadcast(None)  # the other ranks leave follow_trials
+    return code
+
+
+def follow_trials(runner: TrainRunner, channel: Channel) -> int:
+    """Ranks other than 0: train each plan rank 0 broadcasts, until it sends ``None``."""
+    while (plan := channel.broadcast(None)) is not None:
+        outcome = runner.run(plan)
+        if outcome.fatal:
+            return outcome.exit_code or 1
+    return 0
+
+
+def print_outcome(worker: str, plan: TrialPlan, outcome: Outcome, objective: str) -> None:
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in plan.params.items())
+    if outcome.state == "complete":
+        what = f"complete {objective}={outcome.value:.4f}"
+    elif outcome.state == "pruned":
+        what = outcome.error or "pruned"
+    else:
+        what = f"FAILED: {outcome.error}" + (" (will be retried)" if outcome.retry else "")
+    print(f"trickbox sweep [{worker}]: trial {plan.number} {what} in {outcome.seconds:.1f}s ({params})", file=sys.stderr, flush=True)
+
+
+# -- trickbox's own loop, in this process ---------------------------------------------------
+class EpochReporter:
+    """A plugin wrapping every trick's ``trickbox_epoch_end``: reports the objective (rank 0), then every rank
+    raises the same thing at the same point (``TrialPruned``, or :class:`TrialFailedOnRank` if any rank failed)."""
+
+    def __init__(self, plan: TrialPlan, spec: SweepSpec, channel: Channel, report: Report | None) -> None:
+        self.plan, self.spec, self.channel, self.report = plan, spec, channel, report
+        self.tricks: Any = None  # the TrickSet, for its report epochs
+        self.epochs: list[int] = []
+        self.decisions: list[str] = []
+
+    @hookimpl(wrapper=True)
+    def trickbox_epoch_end(self, metrics: dict[str, Any], ctx: Any) -> Any:
+        import optuna
+
+        epoch, rank, objective = int(metrics["epoch"]), self.channel.rank, self.spec.objective
+        ok, message, config_error, decision = True, "", False, "continue"
+        value = metrics.get(objective)
+        try:
+            yield  # the tricks' own epoch-end hooks
+            if value is None:
+                config_error = True
+                have = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+                raise ConfigError(f"objective {objective!r} is not among the epoch's metrics ({have}); fix objective: in the spec")
+        except Exception as exc:
+            ok, message = False, f"rank {rank}: {describe(exc)}"
+        allowed = self.tricks.report_epochs() if self.spec.restart_aware else None
+        if rank == 0 and ok and self.report is not None and (allowed is None or epoch in allowed):
+            try:
+                decision = "prune" if self.report(float(value), epoch) else "continue"  # type: ignore[arg-type]
+            except Exception as exc:
+                ok, message = False, f"rank 0: reporting to the study failed: {describe(exc)}"
+        statuses = self.channel.all_gather((ok, message, config_error, decision))
+        decision = statuses[0][3]
+        self.epochs.append(epoch)
+        self.decisions.append(decision)
+        write_rank_file(self.plan.run_dir, rank, {"epochs": self.epochs, "decisions": self.decisions})
+        bad = [(r, s) for r, s in enumerate(statuses) if not s[0]]
+        if bad:
+            raise TrialFailedOnRank(bad[0][1][1], bad[0][0], bad[0][1][2])
+        if decision == "prune":
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+            exc = optuna.TrialPruned(f"pruned after epoch {epoch} ({objective}={shown})")
+            exc.trickbox_state = "pruned"  # type: ignore[attr-defined]
+            raise exc
+        return None
+
+
+class TrainRunner:
+    """A trial as a run of :func:`trickbox.loop.train` on this process's Accelerator (every rank runs it)."""
+
+    def __init__(self, spec: SweepSpec, accelerator: Any, channel: Channel, report: Report | None = None,
+                 progress: bool = True) -> None:
+        self.spec, self.accelerator, self.channel, self.report, self.progress = spec, accelerator, channel, report, progress
+
+    def __call__(self, plan: TrialPlan) -> Outcome:  # rank 0: tell the other ranks first
+        if self.channel.world_size > 1:
+            self.channel.broadcast(plan)
+        return self.run(plan)
+
+    def run(self, plan: TrialPlan) -> Outcome:
+        """Train one trial on this rank; every rank returns the same state unless a rank broke off mid-step."""
+        import optuna
+
+        from ..api import load_tricks
+        from ..config import load_config
+        from ..loop import Preempted, at_best_val, train
+
+        start, rank = time.perf_counter(), self.channel.rank
+        write_rank_file(plan.run_dir, rank, {"trial": plan.number, "params": plan.params, "epochs": [], "decisions": []})
+        reporter = EpochReporter(plan, self.spec, self.channel, self.report)
+        try:
+            cfg = load_config(base=plan.mapping)
+            cfg.train.out_dir, cfg.train.run_name = str(Path(plan.run_dir).parent), Path(plan.run_dir).name
+            cfg.train.progress = self.progress and cfg.train.progress
+            reporter.tricks = load_tricks(cfg.tricks, block=cfg.plugins.block).with_plugins(reporter)
+            trial = {"number": plan.number, "study": plan.study, "params": dict(plan.params), "retry_of": plan.retry_of}
+            result = train(cfg, resume=plan.resume, tricks=reporter.tricks, accelerator=self.accelerator,
+                           tracking_kwargs={"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial",
+                                            "tags": [f"study:{plan.study}"]}, extra_config={"trial": trial})
+            value = result.history[-1].get(self.spec.objective) if result.history else None
+            last = {k: float(v) for k, v in (result.history[-1] if result.history else {}).items()
+                    if isinstance(v, (int, float)) and k != "epoch"}
+            metrics = {**last, **{f"test/{k}": float(v) for k, v in result.test.items()}, **at_best_val(result.history),
+                       "seconds": float(result.seconds)}
+            outcome = (Outcome("complete", float(value), attrs={"test": {k: float(v) for k, v in result.test.items()},
+                                                                 "metrics": metrics})
+                       if value is not None and math.isfinite(float(value))
+                       else Outcome("failed", error=f"objective {self.spec.objective} is {value!r} at the end of training"))
+        except optuna.TrialPruned as exc:
+            outcome = Outcome("pruned", error=str(exc))
+        except TrialFailedOnRank as exc:
+            outcome = Outcome("failed", error=str(exc), failed_rank=exc.rank, fatal=exc.config_error,
+                              config_error=exc.config_error, exit_code=2 if exc.config_error else 0)
+        except (Preempted, KeyboardInterrupt) as exc:
+            code = int(exc.code) if isinstance(exc, Preempted) and isinstance(exc.code, int) else 130
+            outcome = Outcome("failed", error="preempted" if isinstance(exc, Preempted) else "interrupted", retry=True,
+                              fatal=True, exit_code=code)
+        except Exception as exc:
+            outcome = self._after_error(plan, rank, exc)
+        finally:
+            if self.accelerator is not None:
+                self.accelerator.free_memory()  # drops the prepared model/optimizer and collects garbage
+            gc.collect()
+        outcome.seconds, outcome.epochs = time.perf_counter() - start, len(reporter.epochs)
+        write_rank_file(plan.run_dir, rank, {"state": outcome.state, "error": outcome.error if outcome.state == "failed" else ""})
+        return outcome
+
+    def _after_error(self, plan: TrialPlan, rank: int, exc: Exception) -> Outcome:
+        """An error outside the synchronised points: can the ranks go on together?"""
+        mine = f"rank {rank}: {describe(exc)}"
+        if self.channel.all_left(plan.run_dir, mine):
+            return Outcome("failed", error=mine, failed_rank=rank, config_error=isinstance(exc, ConfigError))
+        peers = self.channel.peer_errors(plan.run_dir)
+        if peers:
+            return Outcome("failed", error=peers[min(peers)], failed_rank=min(peers), fatal=True, exit_code=1)
+        if is_comm_error(exc):
+            return Outcome("failed", error=f"a peer rank died or lost its connection ({mine})", retry=True, fatal=True, exit_code=1)
+        return Outcome("failed", error=mine, failed_rank=rank, fatal=True, exit_code=1)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:400]}" if text else type(exc).__name__
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    """A failed collective (a peer died or timed out), not an error of this rank's own work."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("connection closed by peer", "connection reset", "gloo", "nccl", "timed out", "broken pipe"))
+
+
+# -- a user's script, as a subprocess -----------------------------------------------------
+class ScriptRunner:
+    """A trial as a run of the user's script (``--script``, optionally under ``--launch``)."""
+
+    def __init__(self, spec: SweepSpec, script: str, launch: str | None, coordinator: Coordinator) -> None:
+        self.spec, self.script, self.launch, self.coordinator = spec, script, launch, coordinator
+
+    def __call__(self, plan: TrialPlan) -> Outcome:
+        from multiprocessing.connection import Listener
+
+        start, run_dir = time.perf_counter(), Path(plan.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(16)
+        listener = Listener(("127.0.0.1", 0), authkey=key)
+        ended: dict[str, Any] = {}
+        server = threading.Thread(target=self._serve, args=(listener, ended), daemon=True)
+        server.start()
+        info_path = run_dir / "trial.json"
+        info_path.write_text(json.dumps(self.trial_info(plan, listener.address, key), indent=1, default=str))
+        env = {**os.environ, ENV_TRIAL: str(info_path), "WANDB_RUN_GROUP": plan.study, "WANDB_JOB_TYPE": "trial",
+               "WANDB_NAME": f"trial-{plan.number}"}
+        cmd = [*(shlex.split(self.launch) if self.launch else [sys.executable]), *shlex.split(self.script)]
+        try:
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            rc = proc.wait()
+        except OSError as exc:
+            return Outcome("failed", error=f"cannot start {cmd[0]}: {exc}", fatal=True, exit_code=2)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            return Outcome("failed", error="interrupted", retry=True, fatal=True, exit_code=130)
+        finally:
+            with contextlib.suppress(OSError):  # wakes a server still in accept(): it fails the handshake and ends
+                socket.create_connection(listener.address, timeout=1).close()
+            server.join(timeout=5)
+            listener.close()
+        seconds = time.perf_counter() - start
+        if ended.get("state") == "pruned":
+            return Outcome("pruned", error=f"pruned at epoch {ended.get('epoch')}", seconds=seconds)
+        if rc == 0 and ended.get("state") == "complete":
+            return Outcome("complete", float(ended["value"]), seconds=seconds)
+        if rc == 0:
+            return Outcome("failed", error="the script exited without calling trickbox.sweep.current_trial().finish(value)", seconds=seconds)
+        if rc < 0:
+            return Outcome("failed", error=f"the script was killed by signal {-rc}", retry=True, seconds=seconds)
+        return Outcome("failed", error=f"the script exited with code {rc}", seconds=seconds)
+
+    def _serve(self, listener: Any, ended: dict[str, Any]) -> None:
+        """Answer the script's rank 0: ``("report", value, epoch)`` → prune?, ``("finish", value)``."""
+        from multiprocessing import AuthenticationError
+
+        try:
+            conn = listener.accept()
+        except (OSError, EOFError, AuthenticationError):
+            return
+        with conn:
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    return
+                if msg[0] == "report" and not ended:
+                    pruned = self.coordinator.report(float(msg[1]), int(msg[2]))
+                    if pruned:
+                        ended.update(state="pruned", epoch=int(msg[2]))
+                    conn.send(pruned)
+                elif msg[0] == "finish":
+                    ended.setdefault("state", "complete")
+                    ended.setdefault("value", float(msg[1]))
+                    conn.send(True)
+                else:
+                    conn.send(ended.get("state") == "pruned")
+
+    def trial_info(self, plan: TrialPlan, address: Any, key: bytes) -> dict[str, Any]:
+        """What the script's :class:`~trickbox.sweep.helper.SweepTrial` reads (``trial.json``)."""
+        trial = {"number": plan.number, "study": plan.study, "params": plan.params, "retry_of": plan.retry_of}
+        return {
+            "study": plan.study, "number": plan.number, "params": plan.params, "config": plan.mapping,
+            "targets": {d.name: list(d.target) for d in self.spec.search}, "run_dir": plan.run_dir,
+            "resume_dir": plan.resume_from, "retry_of": plan.retry_of, "objective": self.spec.objective,
+            "address": list(address), "authkey": key.hex(),
+            "wandb": {"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial",
+                      "tags": [f"study:{plan.study}"], "config": {"trial": trial}},
+        }
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the worker dies (Linux), so no orphan keeps writing to the trial."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass

@@ -1,0 +1,341 @@
+"""Worker processes: ``trickbox sweep SPEC --workers N`` starts N of them on one study, and supervises them.
+
+The supervisor (the ``trickbox sweep`` process) creates or joins the study,
+then starts each worker as ``python -m trickbox sweep SPEC --as-worker I ...``
+with ``CUDA_VISIBLE_DEVICES`` pinned to one GPU (``--workers auto``: one per
+visible GPU, 1 without; ``--workers-per-gpu K`` puts K workers on each GPU for
+models too small to fill one). It shows the study's progress, restarts a worker
+that crashed (its trial is failed and retried by the next worker that looks)
+and stops all of them on a configuration error. A single worker runs inside the
+supervisor's own process, which saves a second process start-up.
+
+A worker (or every rank of ``accelerate launch train.py --sweep SPEC``) makes
+one Accelerator for the process, trains the spec's ``train_first`` run once if
+it has one, then runs :func:`trickbox.sweep.trials.run_trials`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from .distributed import Channel, LocalChannel, make_channel
+from .spec import FIRST_DIR, SweepSpec
+from .storage import StorageTarget, file_lock
+from .study import Coordinator
+from .trials import ScriptRunner, TrainRunner, follow_trials, run_trials
+
+
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else every device torch sees."""
+    env = dict(os.environ) if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_count(requested: str, gpus: Sequence[str], per_gpu: int = 1) -> int:
+    """``auto`` → ``per_gpu`` per GPU (1 on CPU); else the given positive integer."""
+    if requested == "auto":
+        return max(1, len(gpus) * per_gpu)
+    n = int(requested) if requested.isdigit() else 0
+    if n < 1:
+        raise ConfigError(f"--workers must be a positive integer or auto, got {requested!r}")
+    return n
+
+
+def assign_gpus(n_workers: int, gpus: Sequence[str]) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each worker: round robin over ``gpus`` (``None`` on CPU)."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(n_workers)]
+
+
+class StopRequest:
+    """SIGTERM (and SIGINT) between or while waiting for trials: stop asking for new ones."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM,):
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+# -- in a worker / on every rank -------------------------------------------------------------
+def make_sweep_accelerator(spec: SweepSpec, distributed: bool) -> Any:
+    """One Accelerator for the whole process; a process-group timeout as the hang backstop."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from ..config import load_config
+    from ..loop import make_accelerator
+
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=spec.dist_timeout))] if distributed else []
+    return make_accelerator(load_config(base=spec.base), kwargs_handlers=handlers)
+
+
+def train_first(spec: SweepSpec, study_dir: Path, accelerator: Any, channel: Channel) -> None:
+    """Train the spec's ``train_first`` run into ``<study>/train_first`` once (skipped when its model exists)."""
+    if spec.train_first is None:
+        return
+    from ..config import load_config
+    from ..loop import train
+
+    first_dir = study_dir / FIRST_DIR
+    with contextlib.ExitStack() as stack:
+        need = False
+        if channel.rank == 0:
+            stack.enter_context(file_lock(study_dir / f"{FIRST_DIR}.lock"))
+            need = not (first_dir / "model.safetensors").is_file()
+        if not channel.broadcast(need):
+            return
+        if channel.rank == 0:
+            print(f"trickbox sweep: training the run the trials need first (train_first:) into {first_dir}",
+                  file=sys.stderr, flush=True)
+        cfg = load_config(base=spec.first_mapping())
+        cfg.train.out_dir, cfg.train.run_name = str(study_dir), FIRST_DIR
+        train(cfg, resume=first_dir.is_dir(), accelerator=accelerator,
+              tracking_kwargs={"name": f"{spec.study}-{FIRST_DIR}", "group": spec.study, "job_type": FIRST_DIR})
+        accelerator.free_memory()
+
+
+def preflight(spec: SweepSpec, study_dir: Path) -> None:
+    """Build the base config's tricks once (files they name, cross-parameter checks) before any trial."""
+    from ..api import load_tricks
+    from ..config import load_config
+
+    first = str((study_dir / FIRST_DIR).resolve()) if spec.train_first is not None else None
+    cfg = load_config(base=spec.trial_mapping({}, first))
+    load_tricks(cfg.tricks, block=cfg.plugins.block)
+
+
+def run_ranks(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, accelerator: Any, channel: Channel,
+              worker: str, worker_index: int, deadline: float | None, wait_for_others: bool, progress: bool) -> int:
+    """Trial after trial on this process (rank 0 owns the study); the exit code."""
+    stop = StopRequest()
+    coordinator, error = None, None
+    if channel.rank == 0:
+        try:
+            coordinator = Coordinator(spec, target, study_dir, worker=worker, worker_index=worker_index,
+                                      deadline=deadline, wait_for_others=wait_for_others)
+        except ConfigError as exc:
+            error = str(exc)
+    if channel.broadcast(error):
+        raise ConfigError(error)  # type: ignore[arg-type]
+    try:
+        train_first(spec, study_dir, accelerator, channel)
+        failed = None
+        try:
+            preflight(spec, study_dir)
+        except ConfigError as exc:
+            failed = str(exc)
+        if channel.broadcast(failed):
+            raise ConfigError(failed)  # type: ignore[arg-type]
+        runner = TrainRunner(spec, accelerator, channel, coordinator.report if coordinator else None, progress)
+        if coordinator is None:
+            return follow_trials(runner, channel)
+        return run_trials(coordinator, runner, stopping=stop, channel=channel)
+    finally:
+        if coordinator is not None:
+            coordinator.close()
+
+
+def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index: int, deadline: float | None,
+               progress: bool, script: str | None = None, launch: str | None = None) -> int:
+    """The body of one worker process (``--as-worker I``)."""
+    if script is None:
+        accelerator = make_sweep_accelerator(spec, distributed=False)
+        return run_ranks(spec, target, study_dir, accelerator=accelerator, channel=LocalChannel(), worker=f"w{index}",
+                         worker_index=index, deadline=deadline, wait_for_others=True, progress=progress)
+    coordinator = Coordinator(spec, target, study_dir, worker=f"w{index}", worker_index=index, deadline=deadline)
+    try:
+        return run_trials(coordinator, ScriptRunner(spec, script, launch, coordinator), stopping=StopRequest())
+    finally:
+        coordinator.close()
+
+
+def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, deadline: float | None) -> int:
+    """``accelerate launch train.py --sweep SPEC``: this process is one rank of every trial."""
+    accelerator = make_sweep_accelerator(spec, distributed=True)
+    channel = make_channel(accelerator, spec.failure_wait)
+    code = run_ranks(spec, target, study_dir, accelerator=accelerator, channel=channel, worker=f"rank{channel.rank}",
+                     worker_index=0, deadline=deadline, wait_for_others=False, progress=True)
+    if code == 0:
+        accelerator.end_training()
+    elif channel.rank == 0:
+        print("trickbox sweep: the launch stops because a rank failed mid-trial; run the same command again to "
+              "continue the study", file=sys.stderr, flush=True)
+    return code
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, workers: str, worker_args: list[str],
+              deadline: float | None, max_restarts: int = 3, script: str | None = None, launch: str | None = None,
+              per_gpu: int = 1) -> int:
+    """Start the workers, follow the study, restart crashed workers; the sweep's exit code."""
+    gpus = visible_gpus()
+    n = worker_count(workers, gpus, per_gpu)
+    pins = assign_gpus(n, sorted(gpus * per_gpu, key=gpus.index) if per_gpu > 1 else gpus)
+    coordinator = Coordinator(spec, target, study_dir, worker="main", deadline=deadline, wait_for_others=False)
+    budget = f"{spec.n_trials} trials" if spec.n_trials else f"{spec.timeout:g} s"
+    where = f" on GPUs {', '.join(p for p in pins if p is not None)}" if gpus else " on CPU"
+    print(f"trickbox sweep: study {spec.study!r} ({budget}) in {target.display()}; {n} worker(s){where}", file=sys.stderr, flush=True)
+    try:
+        with coordinator.lock.hold():
+            coordinator.reap()
+            left = coordinator.budget_left()
+        if not left:
+            print(f"trickbox sweep: study {spec.study!r} has used its budget; nothing to run (raise it with --n-trials)",
+                  file=sys.stderr, flush=True)
+            return 0
+        if n == 1:
+            try:
+                return run_worker(spec, target, study_dir, index=0, deadline=deadline, progress=True, script=script, launch=launch)
+            except KeyboardInterrupt:
+                return 130
+        return _Workers(coordinator, worker_args, pins, max_restarts).run()
+    finally:
+        print_summary(spec, coordinator)
+        coordinator.close()
+
+
+class _Workers:
+    """N worker processes on one study: started, watched, restarted."""
+
+    def __init__(self, coordinator: Coordinator, worker_args: list[str], pins: list[str | None], max_restarts: int) -> None:
+        self.coordinator, self.args, self.pins, self.max_restarts = coordinator, worker_args, pins, max_restarts
+        self.procs: list[subprocess.Popen[bytes]] = [self.start(i) for i in range(len(pins))]
+        self.restarts = [0] * len(pins)
+
+    def start(self, i: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        if self.pins[i] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.pins[i])
+        elif "OMP_NUM_THREADS" not in env:  # CPU: share the cores instead of oversubscribing them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self.pins)))
+        return subprocess.Popen([sys.executable, "-m", "trickbox", "sweep", *self.args, "--as-worker", str(i), "--quiet-trials"], env=env)
+
+    def run(self) -> int:
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt  # stop the workers (they checkpoint; their trials are retried later), then leave
+
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, on_term)
+        done, code = [False] * len(self.procs), 0
+        bar = _Progress(self.coordinator)
+        try:
+            while not all(done):
+                time.sleep(0.5)
+                bar.update()
+                for i, p in enumerate(self.procs):
+                    if done[i] or p.poll() is None:
+                        continue
+                    rc = p.returncode
+                    if rc == 2:
+                        print(f"trickbox sweep: worker {i} stopped on a configuration error; stopping the others", file=sys.stderr)
+                        self.terminate()
+                        return 2
+                    if rc in (130, -signal.SIGINT):
+                        done[i], code = True, 130
+                    elif rc != 0 and not self.restart(i, rc):
+                        done[i], code = True, code or 1
+                    else:
+                        done[i] = rc == 0
+        except KeyboardInterrupt:
+            print("trickbox sweep: stopping the workers; their running trials are checkpointed and retried on the next run",
+                  file=sys.stderr, flush=True)
+            self.terminate()
+            code = 130
+        finally:
+            bar.close()
+        return code
+
+    def restart(self, i: int, rc: int) -> bool:
+        why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+        with self.coordinator.lock.hold():
+            self.coordinator.reap()
+            left = self.coordinator.budget_left()
+        if self.restarts[i] >= self.max_restarts or not left:
+            print(f"trickbox sweep: worker {i} died ({why}); not restarted", file=sys.stderr, flush=True)
+            return False
+        self.restarts[i] += 1
+        print(f"trickbox sweep: worker {i} died ({why}); restarting it ({self.restarts[i]}/{self.max_restarts}); "
+              "its trial is failed and retried", file=sys.stderr, flush=True)
+        self.procs[i] = self.start(i)
+        return True
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        end = time.time() + 60
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class _Progress:
+    """A progress bar over the study's finished trials (polled from the storage; a terminal only)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        from tqdm.auto import tqdm
+
+        self.coordinator, self.last = coordinator, 0.0
+        spec = coordinator.spec
+        self.bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.study}", unit="trial", file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5, disable=not sys.stderr.isatty())
+
+    def update(self) -> None:
+        if time.time() - self.last < 2.0:
+            return
+        self.last = time.time()
+        with contextlib.suppress(Exception):
+            self.bar.n = sum(1 for t in self.coordinator.trials() if t.state.is_finished())
+            best = _best(self.coordinator)
+            if best is not None:
+                self.bar.set_postfix_str(f"best {self.coordinator.spec.objective}={best.value:.4f}", refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.update()
+        self.bar.close()
+
+
+def _best(coordinator: Coordinator) -> Any:
+    try:
+        return coordinator.study.best_trial
+    except (ValueError, RuntimeError):
+        return None
+
+
+def print_summary(spec: SweepSpec, coordinator: Coordinator) -> None:
+    trials = coordinator.trials()
+    counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    line = (f"trickbox sweep: study {spec.study!r}: {len(trials)} trials ({counts['COMPLETE']} complete, "
+            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed)")
+    best = _best(coordinator)
+    if best is not None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        line += f"; best {spec.objective}={best.value:.4f} (trial {best.number}: {params})"
+    print(line, file=sys.stderr, flush=True)
+    target, where = coordinator.target, ""
+    if target.kind != "journal" or target.journal != (coordinator.study_dir / "journal.log").resolve():
+        where = f" --storage {target.display()}"
+    elif coordinator.study_dir.parent != (Path.cwd() / "sweeps_out").resolve():
+        where = f" --out-dir {coordinator.study_dir.parent}"
+    print(f"trickbox sweep: report: trickbox report {spec.study}{where}", file=sys.stderr, flush=True)
