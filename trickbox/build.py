@@ -11,22 +11,201 @@ from .config import ModelConfig, OptimConfig
 from .trick import ConfigError, did_you_mean
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int, drop_rate: float = 0.0, **kwargs: Any) -> torch.nn.Module:
-    """``timm.create_model`` with trickbox's CIFAR models registered, never pretrained."""
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """``timm.create_model`` with trickbox's CIFAR models registered.
+
+    ``pretrained`` loads timm's weights through timm (offline: the Hugging Face cache); ``pretrained_file`` loads a
+    file instead, through ``pretrained_cfg_overlay=dict(file=…)``. timm resets the classifier when ``num_classes``
+    differs from the weights' and adapts the stem when ``in_chans`` does. Missing weights raise :class:`ConfigError`.
+    """
+    import timm
+
+    _check_known(name)
+    if pretrained or pretrained_file:
+        pretrained_source(name, pretrained_file)  # one line naming where it looked, before timm tries
+        kwargs = {**kwargs, "pretrained_cfg_overlay": _file_overlay(name, pretrained_file)} if pretrained_file else kwargs
+    try:
+        return timm.create_model(name, pretrained=bool(pretrained or pretrained_file), num_classes=num_classes,
+                                 in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r} rejected its arguments: {exc}; check model.kwargs") from None
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        if not (pretrained or pretrained_file):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        where = f"model.pretrained_file={pretrained_file!r}" if pretrained_file else f"timm's weights for {name!r}"
+        raise ConfigError(f"cannot load {where} into model {name!r} ({num_classes} classes, {in_chans} channels): "
+                          f"{first}; give weights of this architecture with model.pretrained_file=PATH") from None
+
+
+def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """The run's model: ``model.name`` with ``model.kwargs``, from scratch or from pretrained weights."""
+    check_model_config(cfg)
+    return create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate,
+                        pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, **cfg.kwargs)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """The model section's rules that need timm, without building the model: a known name, no
+    ``kwargs.pretrained``, and pretrained weights that can be found now (offline: in the Hugging Face cache)."""
+    if "pretrained" in cfg.kwargs:
+        raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, offline "
+                          "from the Hugging Face cache) or model.pretrained_file=PATH")
+    if "pretrained_cfg_overlay" in cfg.kwargs and cfg.pretrained_file:
+        raise ConfigError("model.kwargs.pretrained_cfg_overlay and model.pretrained_file both say where the weights "
+                          "are; keep model.pretrained_file")
+    _check_known(cfg.name)
+    if cfg.pretrained or cfg.pretrained_file:
+        pretrained_source(cfg.name, cfg.pretrained_file)
+
+
+def _check_known(name: str) -> None:
     import timm
 
     from . import models  # noqa: F401  registers the CIFAR models in timm
 
     if not timm.is_model(name):
         raise ConfigError(f"unknown model {name!r}{did_you_mean(name, timm.list_models('*cifar*') + ['preact_resnet18', 'resnet18', 'resnet50'])}")
+
+
+def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
+    """Where the pretrained weights of model ``name`` will be read from (a file, or timm's own source), or
+    :class:`ConfigError` with one line naming where it looked and how to give a file.
+
+    Offline (``HF_HUB_OFFLINE=1``), timm's weights must already be in the Hugging Face cache (or, for timm models
+    with only a URL, in torch hub's checkpoint directory); online, timm downloads them.
+    """
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained_file={pretrained_file!r} does not exist; give a .safetensors or .pth "
+                              "weights file (e.g. a trickbox run's model.safetensors)")
+        try:
+            with open(path, "rb") as f:
+                f.read(8)
+        except OSError as exc:
+            raise ConfigError(f"model.pretrained_file={pretrained_file!r} cannot be read ({exc.strerror or exc}); "
+                              "check its permissions") from None
+        return f"file {path}"
+    from timm.models import get_pretrained_cfg
+
+    _check_known(name)
+    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    url = getattr(cfg, "url", None) if cfg is not None else None
+    if not hub_id and not url:
+        ours = " (trickbox's CIFAR models are trained from scratch)" if name in _cifar_models() else ""
+        raise ConfigError(f"model {name!r} has no pretrained weights{ours}; give your own with "
+                          "model.pretrained_file=PATH (e.g. a trickbox run's model.safetensors) or drop model.pretrained")
+    if hub_id:
+        found = _hf_cached(hub_id, getattr(cfg, "hf_hub_filename", None))
+        if found is not None:
+            return f"Hugging Face cache {found}"
+        if _offline():
+            raise ConfigError(f"no pretrained weights for model {name!r} offline: looked in the Hugging Face cache "
+                              f"{_hf_repo_dir(hub_id)}; download them there (huggingface-cli download "
+                              f"{hub_id.partition('@')[0]}) or give a file with model.pretrained_file=PATH")
+        return f"Hugging Face Hub {hub_id} (download)"
+    cached = _torch_hub_file(str(url))
+    if cached.is_file():
+        return f"torch hub cache {cached}"
+    if _offline():
+        raise ConfigError(f"no pretrained weights for model {name!r} offline: looked for {cached}; download {url} "
+                          "there or give a file with model.pretrained_file=PATH")
+    return f"URL {url} (download)"
+
+
+def _cifar_models() -> set[str]:
+    import timm
+
+    from . import models  # noqa: F401
+
+    return set(timm.list_models("*cifar*")) | {"preact_resnet18"}
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hf_repo_dir(hub_id: str) -> Path:
+    from huggingface_hub import constants
+
+    repo = hub_id.partition("@")[0]
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+
+
+def _hf_cached(hub_id: str, filename: str | None) -> Path | None:
+    """The cached weights file timm would load for ``hub_id`` (its safetensors alternative first), or ``None``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = hub_id.partition("@")
+    wanted = filename or "pytorch_model.bin"
+    names = [wanted] if wanted.endswith(".safetensors") else [_safe_name(wanted), wanted]
+    for n in names:
+        hit = try_to_load_from_cache(repo, n, revision=revision or None)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _safe_name(filename: str) -> str:
+    """The ``.safetensors`` file timm looks for first instead of a pickle (``pytorch_model.bin`` → ``model.safetensors``)."""
+    if filename == "pytorch_model.bin":
+        return "model.safetensors"
+    if filename == "open_clip_pytorch_model.bin":
+        return "open_clip_model.safetensors"
+    return filename.rsplit(".", 1)[0] + ".safetensors"
+
+
+def _torch_hub_file(url: str) -> Path:
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _file_overlay(name: str, pretrained_file: str) -> dict[str, Any]:
+    """``pretrained_cfg_overlay`` for a weights file: its path, and, read from a safetensors header, the classes and
+    input channels it holds, so that timm keeps a matching head and adapts only what differs."""
+    from timm.models import get_pretrained_cfg
+
+    overlay: dict[str, Any] = {"file": str(Path(pretrained_file).expanduser())}
+    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    if cfg is None or not pretrained_file.endswith(".safetensors"):
+        return overlay
+    shapes = _safetensors_shapes(Path(pretrained_file).expanduser())
+    classifier = cfg.classifier if isinstance(cfg.classifier, str) else None
+    head = shapes.get(f"{classifier}.weight") if classifier else None
+    if head:
+        overlay["num_classes"] = int(head[0])
+    conv = shapes.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
+    if conv and len(conv) == 4 and cfg.input_size:
+        overlay["input_size"] = (int(conv[1]), *tuple(cfg.input_size)[1:])
+    return overlay
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header (nothing else is read); empty when the file is not one."""
+    import json
+    import struct
+
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"model {name!r} rejected its arguments: {exc}; check model.kwargs") from None
-
-
-def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int) -> torch.nn.Module:
-    return create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate, **cfg.kwargs)
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return {}
+    return {k: list(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
 
 
 def model_card(cfg: ModelConfig, *, num_classes: int, in_chans: int, **extra: Any) -> dict[str, Any]:

@@ -30,7 +30,14 @@ class ModelConfig:
     """Any timm model name, or one of trickbox's CIFAR models (``trickbox list --models``)."""
     drop_rate: float = bounded(0.0, low=0, high=1, high_open=True)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for ``timm.create_model`` (``pretrained`` is not allowed)."""
+    """Extra keyword arguments for ``timm.create_model`` (not ``pretrained``: use ``model.pretrained``)."""
+    pretrained: bool = False
+    """Start from timm's pretrained weights, loaded by timm (offline: from the Hugging Face cache), with the
+    classifier reset to the data's classes and the stem adapted to its channels."""
+    pretrained_file: str | None = None
+    """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that ``torch.load(weights_only=True)``
+    reads; a trickbox run's ``model.safetensors`` too), loaded by timm through ``pretrained_cfg_overlay=dict(file=…)``.
+    Implies ``pretrained``."""
     channels_last: bool = False
     compile: bool = False
 
