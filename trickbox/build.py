@@ -8,6 +8,7 @@ import torch
 
 from .checkpoint import load_weights, read_card
 from .config import ModelConfig, OptimConfig
+from .scalars import Limits, check_scalar
 from .trick import ConfigError, did_you_mean
 
 
@@ -237,18 +238,83 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and norm parameters; fused kernels where torch has them."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """SGD (Nesterov) or AdamW over :func:`param_groups`; fused kernels where torch has them.
+
+    Every parameter decays by ``optim.weight_decay``, as in plain PyTorch; the ``no_bias_decay`` trick exempts
+    biases and normalisation parameters.
+    """
+    groups = param_groups(model, cfg)
     kind = device.type if device is not None else "cpu"
     fused = cfg.fused if cfg.fused is not None else kind in ("cpu", "cuda")
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               fused=fused or None)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+                               weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def check_optim_config(cfg: OptimConfig) -> None:
+    """``optim.lr_mult``: glob → multiplier >= 0 (``optim.layer_decay`` is checked with the other bounded keys)."""
+    if not isinstance(cfg.lr_mult, dict):
+        raise ConfigError(f"optim.lr_mult must map parameter-name globs to multipliers, got {cfg.lr_mult!r}; "
+                          "e.g. optim.lr_mult='{fc.*: 10}'")
+    for pattern, mult in cfg.lr_mult.items():
+        where = f"optim.lr_mult[{pattern!r}]"
+        if isinstance(mult, dict):  # optim.lr_mult.fc.*=10 splits the glob at its dots
+            raise ConfigError(f"{where} must be a number, got {mult!r}; write the glob whole: optim.lr_mult='{{{pattern}.*: 10}}'")
+        check_scalar(where, mult, float, Limits(low=0))
+
+
+def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """One parameter group per learning-rate factor (``optim.layer_decay`` scale × ``optim.lr_mult`` multiplier),
+    in order of first appearance, each with ``lr = optim.lr × factor`` and ``weight_decay = optim.weight_decay``.
+    Without either option this is one group of every trainable parameter."""
+    check_optim_config(cfg)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay is not None else {}
+    mults = lr_multipliers([n for n, _ in named], cfg.lr_mult, model)
+    by_factor: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        by_factor.setdefault(scales.get(name, 1.0) * mults.get(name, 1.0), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * factor, "weight_decay": cfg.weight_decay} for factor, ps in by_factor.items()]
+
+
+def lr_multipliers(names: list[str], lr_mult: dict[str, float], model: torch.nn.Module) -> dict[str, float]:
+    """Each name's multiplier: the first glob of ``lr_mult`` it matches. A glob that matches nothing is an error."""
+    import fnmatch
+
+    out: dict[str, float] = {}
+    used: set[str] = set()
+    for name in names:
+        for pattern, mult in lr_mult.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                out[name] = float(mult)
+                used.add(pattern)
+                break
+    unused = [p for p in lr_mult if p not in used]
+    if unused:
+        tops = sorted({n.split(".")[0] for n in names})
+        head = names[-1].split(".")[0] if names else "fc"  # timm models list their classifier last
+        raise ConfigError(f"optim.lr_mult glob {unused[0]!r} matches no parameter of {_model_name(model)} (its "
+                          f"parameters start with {', '.join(tops)}); e.g. optim.lr_mult='{{{head}.*: 10}}'")
+    return out
+
+
+def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[str, float]:
+    """Each parameter name's layer-wise LR scale, ``layer_decay ** (layers above it)``, from timm's layer grouping
+    (the model's ``group_matcher``, else timm's automatic grouping)."""
+    from timm.optim import param_groups_layer_decay
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, float] = {}
+    for group in param_groups_layer_decay(model, weight_decay=0.0, layer_decay=layer_decay):
+        for p in group["params"]:
+            out[names[id(p)]] = float(group["lr_scale"])
+    if len(set(out.values())) < 2:
+        raise ConfigError(f"optim.layer_decay={layer_decay} has no effect on {_model_name(model)}: timm puts all its "
+                          "parameters in one layer (no group_matcher); remove optim.layer_decay or use optim.lr_mult")
+    return out
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return f"model {arch!r}" if arch else f"the model ({type(model).__name__})"

@@ -49,6 +49,13 @@ class OptimConfig:
     momentum: float = bounded(0.9, low=0, high=1, high_open=True)
     weight_decay: float = bounded(5e-4, low=0)
     nesterov: bool = True
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter name: ``{"fc.*": 10}`` (shell: ``optim.lr_mult='{fc.*: 10}'``). A
+    parameter takes the first matching glob (``fnmatch``); the others keep 1. Every group keeps its ratio under the
+    schedule."""
+    layer_decay: float | None = bounded(None, low=0, low_open=True, high=1)
+    """Layer-wise LR decay (BEiT, timm's ``param_groups_layer_decay``): the layer n steps below the head trains at
+    ``layer_decay**n`` times the rate. Multiplies with ``lr_mult``. None: off."""
     fused: bool | None = None
     """Fused optimizer kernels (they skip a non-finite step on the device); None: on where torch has them (CPU, CUDA)."""
 
