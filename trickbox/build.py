@@ -8,25 +8,205 @@ import torch
 
 from .checkpoint import load_weights, read_card
 from .config import ModelConfig, OptimConfig
+from .scalars import Limits, check_scalar
 from .trick import ConfigError, did_you_mean
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int, drop_rate: float = 0.0, **kwargs: Any) -> torch.nn.Module:
-    """``timm.create_model`` with trickbox's CIFAR models registered, never pretrained."""
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """``timm.create_model`` with trickbox's CIFAR models registered.
+
+    ``pretrained`` loads timm's weights through timm (offline: the Hugging Face cache); ``pretrained_file`` loads a
+    file instead, through ``pretrained_cfg_overlay=dict(file=…)``. timm resets the classifier when ``num_classes``
+    differs from the weights' and adapts the stem when ``in_chans`` does. Missing weights raise :class:`ConfigError`.
+    """
+    import timm
+
+    _check_known(name)
+    if pretrained or pretrained_file:
+        pretrained_source(name, pretrained_file)  # one line naming where it looked, before timm tries
+        kwargs = {**kwargs, "pretrained_cfg_overlay": _file_overlay(name, pretrained_file)} if pretrained_file else kwargs
+    try:
+        return timm.create_model(name, pretrained=bool(pretrained or pretrained_file), num_classes=num_classes,
+                                 in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r} rejected its arguments: {exc}; check model.kwargs") from None
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        if not (pretrained or pretrained_file):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        where = f"model.pretrained_file={pretrained_file!r}" if pretrained_file else f"timm's weights for {name!r}"
+        raise ConfigError(f"cannot load {where} into model {name!r} ({num_classes} classes, {in_chans} channels): "
+                          f"{first}; give weights of this architecture with model.pretrained_file=PATH") from None
+
+
+def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """The run's model: ``model.name`` with ``model.kwargs``, from scratch or from pretrained weights."""
+    check_model_config(cfg)
+    return create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate,
+                        pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, **cfg.kwargs)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """The model section's rules that need timm, without building the model: a known name, no
+    ``kwargs.pretrained``, and pretrained weights that can be found now (offline: in the Hugging Face cache)."""
+    if "pretrained" in cfg.kwargs:
+        raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, offline "
+                          "from the Hugging Face cache) or model.pretrained_file=PATH")
+    if "pretrained_cfg_overlay" in cfg.kwargs and cfg.pretrained_file:
+        raise ConfigError("model.kwargs.pretrained_cfg_overlay and model.pretrained_file both say where the weights "
+                          "are; keep model.pretrained_file")
+    _check_known(cfg.name)
+    if cfg.pretrained or cfg.pretrained_file:
+        pretrained_source(cfg.name, cfg.pretrained_file)
+
+
+def _check_known(name: str) -> None:
     import timm
 
     from . import models  # noqa: F401  registers the CIFAR models in timm
 
     if not timm.is_model(name):
         raise ConfigError(f"unknown model {name!r}{did_you_mean(name, timm.list_models('*cifar*') + ['preact_resnet18', 'resnet18', 'resnet50'])}")
+
+
+def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
+    """Where the pretrained weights of model ``name`` will be read from (a file, or timm's own source), or
+    :class:`ConfigError` with one line naming where it looked and how to give a file.
+
+    Offline (``HF_HUB_OFFLINE=1``), timm's weights must already be in the Hugging Face cache (or, for timm models
+    with only a URL, in torch hub's checkpoint directory); online, timm downloads them.
+    """
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained_file={pretrained_file!r} does not exist; give a .safetensors or .pth "
+                              "weights file (e.g. a trickbox run's model.safetensors)")
+        try:
+            with open(path, "rb") as f:
+                f.read(8)
+        except OSError as exc:
+            raise ConfigError(f"model.pretrained_file={pretrained_file!r} cannot be read ({exc.strerror or exc}); "
+                              "check its permissions") from None
+        return f"file {path}"
+    from timm.models import get_pretrained_cfg
+
+    _check_known(name)
+    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    url = getattr(cfg, "url", None) if cfg is not None else None
+    if not hub_id and not url:
+        ours = " (trickbox's CIFAR models are trained from scratch)" if name in _cifar_models() else ""
+        raise ConfigError(f"model {name!r} has no pretrained weights{ours}; give your own with "
+                          "model.pretrained_file=PATH (e.g. a trickbox run's model.safetensors) or drop model.pretrained")
+    if hub_id:
+        found = _hf_cached(hub_id, getattr(cfg, "hf_hub_filename", None))
+        if found is not None:
+            return f"Hugging Face cache {found}"
+        if _offline():
+            raise ConfigError(f"no pretrained weights for model {name!r} offline: looked in the Hugging Face cache "
+                              f"{_hf_repo_dir(hub_id)}; download them there (huggingface-cli download "
+                              f"{hub_id.partition('@')[0]}) or give a file with model.pretrained_file=PATH")
+        return f"Hugging Face Hub {hub_id} (download)"
+    cached = _torch_hub_file(str(url))
+    if cached.is_file():
+        return f"torch hub cache {cached}"
+    if _offline():
+        raise ConfigError(f"no pretrained weights for model {name!r} offline: looked for {cached}; download {url} "
+                          "there or give a file with model.pretrained_file=PATH")
+    return f"URL {url} (download)"
+
+
+def _cifar_models() -> set[str]:
+    import timm
+
+    from . import models  # noqa: F401
+
+    return set(timm.list_models("*cifar*")) | {"preact_resnet18"}
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hf_repo_dir(hub_id: str) -> Path:
+    from huggingface_hub import constants
+
+    repo = hub_id.partition("@")[0]
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+
+
+def _hf_cached(hub_id: str, filename: str | None) -> Path | None:
+    """The cached weights file timm would load for ``hub_id`` (its safetensors alternative first), or ``None``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = hub_id.partition("@")
+    wanted = filename or "pytorch_model.bin"
+    names = [wanted] if wanted.endswith(".safetensors") else [_safe_name(wanted), wanted]
+    for n in names:
+        hit = try_to_load_from_cache(repo, n, revision=revision or None)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _safe_name(filename: str) -> str:
+    """The ``.safetensors`` file timm looks for first instead of a pickle (``pytorch_model.bin`` → ``model.safetensors``)."""
+    if filename == "pytorch_model.bin":
+        return "model.safetensors"
+    if filename == "open_clip_pytorch_model.bin":
+        return "open_clip_model.safetensors"
+    return filename.rsplit(".", 1)[0] + ".safetensors"
+
+
+def _torch_hub_file(url: str) -> Path:
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _file_overlay(name: str, pretrained_file: str) -> dict[str, Any]:
+    """``pretrained_cfg_overlay`` for a weights file: its path, and, read from a safetensors header, the classes and
+    input channels it holds, so that timm keeps a matching head and adapts only what differs."""
+    from timm.models import get_pretrained_cfg
+
+    overlay: dict[str, Any] = {"file": str(Path(pretrained_file).expanduser())}
+    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    if cfg is None or not pretrained_file.endswith(".safetensors"):
+        return overlay
+    shapes = _safetensors_shapes(Path(pretrained_file).expanduser())
+    classifier = cfg.classifier if isinstance(cfg.classifier, str) else None
+    head = shapes.get(f"{classifier}.weight") if classifier else None
+    if head:
+        overlay["num_classes"] = int(head[0])
+    conv = shapes.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
+    if conv and len(conv) == 4 and cfg.input_size:
+        overlay["input_size"] = (int(conv[1]), *tuple(cfg.input_size)[1:])
+    return overlay
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header (nothing else is read); empty when the file is not one."""
+    import json
+    import struct
+
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"model {name!r} rejected its arguments: {exc}; check model.kwargs") from None
-
-
-def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int) -> torch.nn.Module:
-    return create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate, **cfg.kwargs)
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return {}
+    return {k: list(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
 
 
 def model_card(cfg: ModelConfig, *, num_classes: int, in_chans: int, **extra: Any) -> dict[str, Any]:
@@ -58,18 +238,83 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and norm parameters; fused kernels where torch has them."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """SGD (Nesterov) or AdamW over :func:`param_groups`; fused kernels where torch has them.
+
+    Every parameter decays by ``optim.weight_decay``, as in plain PyTorch; the ``no_bias_decay`` trick exempts
+    biases and normalisation parameters.
+    """
+    groups = param_groups(model, cfg)
     kind = device.type if device is not None else "cpu"
     fused = cfg.fused if cfg.fused is not None else kind in ("cpu", "cuda")
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               fused=fused or None)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+                               weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def check_optim_config(cfg: OptimConfig) -> None:
+    """``optim.lr_mult``: glob → multiplier >= 0 (``optim.layer_decay`` is checked with the other bounded keys)."""
+    if not isinstance(cfg.lr_mult, dict):
+        raise ConfigError(f"optim.lr_mult must map parameter-name globs to multipliers, got {cfg.lr_mult!r}; "
+                          "e.g. optim.lr_mult='{fc.*: 10}'")
+    for pattern, mult in cfg.lr_mult.items():
+        where = f"optim.lr_mult[{pattern!r}]"
+        if isinstance(mult, dict):  # optim.lr_mult.fc.*=10 splits the glob at its dots
+            raise ConfigError(f"{where} must be a number, got {mult!r}; write the glob whole: optim.lr_mult='{{{pattern}.*: 10}}'")
+        check_scalar(where, mult, float, Limits(low=0))
+
+
+def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """One parameter group per learning-rate factor (``optim.layer_decay`` scale × ``optim.lr_mult`` multiplier),
+    in order of first appearance, each with ``lr = optim.lr × factor`` and ``weight_decay = optim.weight_decay``.
+    Without either option this is one group of every trainable parameter."""
+    check_optim_config(cfg)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay is not None else {}
+    mults = lr_multipliers([n for n, _ in named], cfg.lr_mult, model)
+    by_factor: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        by_factor.setdefault(scales.get(name, 1.0) * mults.get(name, 1.0), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * factor, "weight_decay": cfg.weight_decay} for factor, ps in by_factor.items()]
+
+
+def lr_multipliers(names: list[str], lr_mult: dict[str, float], model: torch.nn.Module) -> dict[str, float]:
+    """Each name's multiplier: the first glob of ``lr_mult`` it matches. A glob that matches nothing is an error."""
+    import fnmatch
+
+    out: dict[str, float] = {}
+    used: set[str] = set()
+    for name in names:
+        for pattern, mult in lr_mult.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                out[name] = float(mult)
+                used.add(pattern)
+                break
+    unused = [p for p in lr_mult if p not in used]
+    if unused:
+        tops = sorted({n.split(".")[0] for n in names})
+        head = names[-1].split(".")[0] if names else "fc"  # timm models list their classifier last
+        raise ConfigError(f"optim.lr_mult glob {unused[0]!r} matches no parameter of {_model_name(model)} (its "
+                          f"parameters start with {', '.join(tops)}); e.g. optim.lr_mult='{{{head}.*: 10}}'")
+    return out
+
+
+def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[str, float]:
+    """Each parameter name's layer-wise LR scale, ``layer_decay ** (layers above it)``, from timm's layer grouping
+    (the model's ``group_matcher``, else timm's automatic grouping)."""
+    from timm.optim import param_groups_layer_decay
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, float] = {}
+    for group in param_groups_layer_decay(model, weight_decay=0.0, layer_decay=layer_decay):
+        for p in group["params"]:
+            out[names[id(p)]] = float(group["lr_scale"])
+    if len(set(out.values())) < 2:
+        raise ConfigError(f"optim.layer_decay={layer_decay} has no effect on {_model_name(model)}: timm puts all its "
+                          "parameters in one layer (no group_matcher); remove optim.layer_decay or use optim.lr_mult")
+    return out
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return f"model {arch!r}" if arch else f"the model ({type(model).__name__})"

@@ -30,7 +30,14 @@ class ModelConfig:
     """Any timm model name, or one of trickbox's CIFAR models (``trickbox list --models``)."""
     drop_rate: float = bounded(0.0, low=0, high=1, high_open=True)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for ``timm.create_model`` (``pretrained`` is not allowed)."""
+    """Extra keyword arguments for ``timm.create_model`` (not ``pretrained``: use ``model.pretrained``)."""
+    pretrained: bool = False
+    """Start from timm's pretrained weights, loaded by timm (offline: from the Hugging Face cache), with the
+    classifier reset to the data's classes and the stem adapted to its channels."""
+    pretrained_file: str | None = None
+    """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that ``torch.load(weights_only=True)``
+    reads; a trickbox run's ``model.safetensors`` too), loaded by timm through ``pretrained_cfg_overlay=dict(file=…)``.
+    Implies ``pretrained``."""
     channels_last: bool = False
     compile: bool = False
 
@@ -42,6 +49,13 @@ class OptimConfig:
     momentum: float = bounded(0.9, low=0, high=1, high_open=True)
     weight_decay: float = bounded(5e-4, low=0)
     nesterov: bool = True
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter name: ``{"fc.*": 10}`` (shell: ``optim.lr_mult='{fc.*: 10}'``). A
+    parameter takes the first matching glob (``fnmatch``); the others keep 1. Every group keeps its ratio under the
+    schedule."""
+    layer_decay: float | None = bounded(None, low=0, low_open=True, high=1)
+    """Layer-wise LR decay (BEiT, timm's ``param_groups_layer_decay``): the layer n steps below the head trains at
+    ``layer_decay**n`` times the rate. Multiplies with ``lr_mult``. None: off."""
     fused: bool | None = None
     """Fused optimizer kernels (they skip a non-finite step on the device); None: on where torch has them (CPU, CUDA)."""
 

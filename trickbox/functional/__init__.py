@@ -2,11 +2,15 @@
 
 One topic per module: :mod:`.schedule` (SGDR), :mod:`.targets` (one-hot, label
 smoothing, soft cross-entropy), :mod:`.distillation`, :mod:`.mixup` (mixup and
-its ablation variants), :mod:`.noise` and :mod:`.stages` (timm feature stages).
+its ablation variants), :mod:`.noise`, :mod:`.stages` (timm feature stages),
+:mod:`.ema` (model EMA), :mod:`.init` (zero-γ) and :mod:`.optim` (linear
+scaling, no bias decay).
 """
 from __future__ import annotations
 
 from .distillation import distillation_loss, distillation_objective
+from .ema import ema_decay, ema_update_
+from .init import zero_init_residuals_
 from .mixup import (
     kway_weights,
     knn_partners,
@@ -18,6 +22,7 @@ from .mixup import (
     sample_lambda,
 )
 from .noise import gaussian_noise
+from .optim import is_no_decay, linear_scaled_lr, split_no_decay
 from .schedule import lr_curve, sgdr_cycle, sgdr_lr, sgdr_restarts
 from .stages import feature_stages
 from .targets import one_hot, smooth_targets, soft_cross_entropy
@@ -42,4 +47,10 @@ __all__ = [
     "knn_partners",
     "gaussian_noise",
     "feature_stages",
+    "ema_decay",
+    "ema_update_",
+    "zero_init_residuals_",
+    "linear_scaled_lr",
+    "is_no_decay",
+    "split_no_decay",
 ]

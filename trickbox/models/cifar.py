@@ -2,7 +2,8 @@
 
 ``timm.create_model("preact_resnet18" | "cifar_resnet20" | "cifar_resnet8", num_classes=…,
 in_chans=…, drop_rate=…, width=…)`` builds them once ``trickbox.models`` is imported.
-No pretrained weights exist; load your own with ``create_model(..., checkpoint_path=...)``.
+No pretrained weights are published; load your own with ``pretrained=True,
+pretrained_cfg_overlay=dict(file=PATH)`` (trickbox's ``model.pretrained_file``) or ``checkpoint_path=PATH``.
 """
 from __future__ import annotations
 
@@ -188,10 +189,11 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, arch: dict[str, Any], width: Any, kwargs: dict[str, Any]) -> CifarResNet:
-    if pretrained:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
         raise ValueError(
-            f"pretrained=True: no pretrained weights exist for {variant}; "
-            "use pretrained=False (or checkpoint_path=... for your own weights)"
+            f"pretrained=True: no pretrained weights exist for {variant}; use pretrained=False, or give your own "
+            "with pretrained_cfg_overlay=dict(file=PATH) (or checkpoint_path=PATH)"
         )
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive int (base channels), got {width!r}")
@@ -199,7 +201,7 @@ def _create(variant: str, pretrained: bool, arch: dict[str, Any], width: Any, kw
     widths = tuple(width * 2**i for i in range(n_stages))
     feature_cfg = {"flatten_sequential": True, "out_indices": tuple(range(n_stages))}
     return build_model_with_cfg(
-        CifarResNet, variant, pretrained=False, feature_cfg=feature_cfg, widths=widths, **arch, **kwargs
+        CifarResNet, variant, pretrained=pretrained, feature_cfg=feature_cfg, widths=widths, **arch, **kwargs
     )
 
 

@@ -3,6 +3,17 @@
 The learning rate is :func:`trickbox.functional.sgdr_lr` of the optimizer step:
 no scheduler object and no hidden state, so several processes, gradient
 accumulation and resume all see the same periods.
+
+Warmup runs BEFORE the first cycle: ``warmup_epochs`` of linear warmup, then the
+full first period ``t0`` (default: the rest of the run). timm's
+``CosineLRScheduler`` does this only with ``warmup_prefix=True``; its default
+(``warmup_prefix=False``) lets the warmup replace the first steps of the cycle.
+The equivalent timm scheduler, updated per optimizer step with
+``step_update(num_updates)``, is::
+
+    CosineLRScheduler(optimizer, t_initial=t0 * steps_per_epoch, warmup_t=warmup_epochs * steps_per_epoch,
+                      warmup_lr_init=warmup_start_lr, warmup_prefix=True, lr_min=min_lr, cycle_mul=t_mult,
+                      cycle_decay=cycle_decay, cycle_limit=<cycles in the run>, t_in_epochs=False)
 """
 from __future__ import annotations
 
@@ -19,11 +30,13 @@ class SGDR(Trick):
     name = "sgdr"
     summary = "cosine LR decay with warm restarts; t0 = run length gives plain cosine decay"
     params = (
-        Param("t0", float, None, "first period in epochs (default: the whole run, i.e. plain cosine)",
+        Param("t0", float, None, "first period in epochs, after the warmup (default: the rest of the run, i.e. plain "
+              "cosine; timm's t_initial)",
               low=1, optional=True, search=Search(1, 20, step=1)),
         Param("t_mult", float, 1.0, "period growth factor, T_i = t0 * t_mult^i", low=1, search=Search(choices=(1.0, 2.0))),
         Param("min_lr", float, 0.0, "eta_min", low=0),
-        Param("warmup_epochs", float, 0.0, "linear warmup before the first cycle", low=0),
+        Param("warmup_epochs", float, 0.0, "linear warmup BEFORE the first cycle (timm's warmup_prefix=True; timm's "
+              "default instead replaces the cycle's first steps)", low=0),
         Param("warmup_start_lr", float, 0.0, "learning rate at the start of warmup", low=0),
         Param("cycle_decay", float, 1.0, "eta_max is multiplied by this at each restart", low=0, low_open=True, high=1),
         Param("plot", bool, True, "draw the LR curve before training starts"),
