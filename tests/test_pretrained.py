@@ -121,14 +121,11 @@ def test_cli_exits_2_with_one_line(tmp_path, hf_cache, capsys, args, fragment):
     assert code == 2 and err.count("\n") == 0 and fragment in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="needs the check before start_outputs (see the recipe report: RunConfig.validate "
-                                       "calls trickbox.build.check_model_config)")
 def test_missing_weights_stop_before_anything_is_written(tmp_path, hf_cache, capsys):
     code, _ = run_cli([f"train.out_dir={tmp_path / 'runs'}", "model.name=test_resnet", "model.pretrained=true"], capsys)
     assert code == 2 and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the message lives in RunConfig.validate (see the recipe report)")
 def test_kwargs_pretrained_points_to_model_pretrained(capsys):
     code, err = run_cli(["model.kwargs.pretrained=true"], capsys)
     assert code == 2 and "use model.pretrained=true" in err

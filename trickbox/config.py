@@ -124,7 +124,8 @@ class RunConfig:
             raise ConfigError(f"train.run_name must be one folder name under train.out_dir (no '/', not '..'), got {t.run_name!r}; "
                               "e.g. train.run_name=mixup-a02")
         if "pretrained" in self.model.kwargs:
-            raise ConfigError("model.kwargs.pretrained is not allowed: trickbox trains from scratch offline; remove it")
+            raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, offline "
+                              "from the Hugging Face cache) or model.pretrained_file=PATH")
         if t.stop_after_epoch is not None and not 1 <= t.stop_after_epoch <= t.epochs:
             raise ConfigError(f"train.stop_after_epoch must be in [1, train.epochs={t.epochs}], got {t.stop_after_epoch}")
         self.data.validate()

@@ -165,7 +165,11 @@ def _finite(value: Any) -> bool:
 
 # -- the steps of train() -----------------------------------------------------------------
 def start_run(cfg: RunConfig, *, resume: bool, tricks: TrickSet | None, accelerator: Any, plugins: Sequence[Any]) -> Run:
-    """Validate the tricks and make the Accelerator; nothing is written yet."""
+    """Validate the tricks, the model and the optimizer settings, and make the Accelerator; nothing is written yet."""
+    from .build import check_model_config, check_optim_config
+
+    check_model_config(cfg.model)
+    check_optim_config(cfg.optim)
     tricks = tricks if tricks is not None else load_tricks(cfg.tricks, block=cfg.plugins.block)
     if plugins:
         tricks = tricks.with_plugins(*plugins)
