@@ -51,12 +51,12 @@ def main() -> int:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     from trickbox.config import load_config
     from trickbox.loop import train
-    from trickbox.sweep.coordinator import Coordinator
     from trickbox.sweep.distributed import LocalChannel
-    from trickbox.sweep.objective import run_trial
     from trickbox.sweep.spec import load_spec
     from trickbox.sweep.storage import resolve_storage
-    from trickbox.sweep.worker import make_sweep_accelerator
+    from trickbox.sweep.study import Coordinator
+    from trickbox.sweep.trials import TrainRunner
+    from trickbox.sweep.workers import make_sweep_accelerator
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     spec = load_spec(SPEC, overrides, study="overhead", n_trials=10_000)
@@ -79,7 +79,7 @@ def main() -> int:
     inner = {"train": 0.0, "report": 0.0}
     real_train, real_report = loop.train, coordinator.report
 
-    def timed_train(*a, **k):  # run_trial imports loop.train when it runs, so this wrapper is what it calls
+    def timed_train(*a, **k):  # TrainRunner imports loop.train when it runs, so this wrapper is what it calls
         start = time.perf_counter()
         try:
             return real_train(*a, **k)
@@ -95,18 +95,16 @@ def main() -> int:
 
     loop.train, coordinator.report = timed_train, timed_report
 
+    runner = TrainRunner(spec, accelerator, LocalChannel(), coordinator.report, progress=False)
+
     def trial() -> float:
         inner.update(train=0.0, report=0.0)
         start = time.perf_counter()
-        plan = coordinator.next_trial()
-        assert plan is not None
-        asked = time.perf_counter()
-        outcome = run_trial(plan, spec, accelerator=accelerator, channel=LocalChannel(), coordinator=coordinator, progress=False)
-        ran = time.perf_counter()
-        coordinator.finish(plan, outcome)
+        done = coordinator.run_one(runner)
+        assert done is not None
         end = time.perf_counter()
-        parts.append({"ask": asked - start, "around_train": ran - asked - inner["train"], "report": inner["report"],
-                      "finish": end - ran, "train": inner["train"]})
+        parts.append({"around_train": end - start - inner["train"] - inner["report"], "report": inner["report"],
+                      "train": inner["train"]})
         return end - start
 
     plain()  # warm-up: imports, dataset cache, first allocations
@@ -121,7 +119,7 @@ def main() -> int:
     a_med, b_med = statistics.median(a), statistics.median(b)
     part = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
     # What the sweep adds to a trial, timed directly (training time, which is noisy, is left out).
-    overhead = part["ask"] + part["around_train"] + part["report"] + part["finish"]
+    overhead = part["around_train"] + part["report"]
 
     cfg_file = tmp / "plain.yaml"
     import yaml
@@ -149,11 +147,9 @@ def main() -> int:
         ("train(cfg) alone (`trickbox train` in-process), median of %d" % rounds, a_med),
         ("one sweep trial in a worker, median of %d" % rounds, b_med),
         ("  of which train() itself", part["train"]),
-        ("  ask: lock, reap crashed trials, sample, owner/run-dir attrs", part["ask"]),
         ("  trial.report + should_prune, every epoch", part["report"]),
-        ("  config, tricks, rank files, free_memory around train()", part["around_train"]),
-        ("  finish: attrs, tell, delete the trial's checkpoints", part["finish"]),
-        ("**overhead per trial** (the four lines above)", overhead),
+        ("  the rest: lock, reap, ask, sample, attrs, config, tricks, rank files, tell, free_memory", part["around_train"]),
+        ("**overhead per trial** (the two lines above)", overhead),
         ("create/join the study (once per worker)", create_s),
         (f"`trickbox train` (new process), median of {cli_rounds}", cli_train),
         (f"`trickbox sweep --n-trials 1` (one worker, inside the sweep process), median of {cli_rounds}", cli_sweep),

@@ -188,8 +188,9 @@ class TrainRunner:
             outcome = self._after_error(plan, rank, exc)
         finally:
             if self.accelerator is not None:
-                self.accelerator.free_memory()  # drops the prepared model/optimizer and collects garbage
-            gc.collect()
+                self.accelerator.free_memory()  # drops the prepared model/optimizer and collects garbage (one gc pass)
+            else:
+                gc.collect()
         outcome.seconds, outcome.epochs = time.perf_counter() - start, len(reporter.epochs)
         write_rank_file(plan.run_dir, rank, {"state": outcome.state, "error": outcome.error if outcome.state == "failed" else ""})
         return outcome
