@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -304,7 +305,7 @@ def rerun(args: argparse.Namespace) -> int:
     """Train one (row, seed) of the table's spec with ``trickbox train`` and compare with the committed JSON."""
     import yaml
 
-    from trickbox.sweep.spec import VARIANT, load_spec
+    from trickbox.sweep.spec import FIRST_DIR, VARIANT, load_spec
     from trickbox.trick import ConfigError
 
     try:
@@ -324,9 +325,11 @@ def rerun(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2
-    mapping = spec.trial_mapping(params)
+    first = REPO / args.out_dir / study_name(args.table, args.profile) / FIRST_DIR  # the table's train_first run (a teacher), when it has one
+    mapping = spec.trial_mapping(params, str(first) if spec.train_first is not None else None)
     work = REPO / args.out_dir / f"{spec.study}-rerun"
     name = f"{hashlib.sha256(row_key(params).encode()).hexdigest()[:10]}-s{args.seed}"
+    shutil.rmtree(work / name, ignore_errors=True)  # a rerun trains again from scratch
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / f"{name}.yaml"
     cfg_file.write_text(yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False))

@@ -97,3 +97,18 @@ def test_the_walker_reads_relative_and_lazy_imports():
 def test_no_import_circle_in_the_package():
     found = circles(import_graph())
     assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_core_never_names_a_trick():
+    """The sweep, the loop, the API and the registry ask the tricks; none of them names a built-in one."""
+    import re
+
+    from trickbox.registry import discover
+
+    names = sorted(discover(autoload=False).tricks)
+    assert {"sgdr", "mixup"} <= set(names)
+    core = sorted((PACKAGE / "sweep").glob("*.py")) + [PACKAGE / f for f in ("loop.py", "api.py", "registry.py")]
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    found = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in core for i, line in enumerate(p.read_text().splitlines(), 1)
+             for m in [pattern.search(line)] if m]
+    assert not found, found

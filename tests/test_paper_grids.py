@@ -53,11 +53,11 @@ def test_variants_with_searched_keys_and_a_teacher_only_where_distillation_stays
     assert spec.grid_size == 4 * 2 * 2
     assert spec.trial_mapping({VARIANT: "ERM", "data.label_noise": 0.8})["data"]["label_noise"] == 0.8
     raw = variant_spec(base={"config": "default", "tricks": {"distillation": {}, "sgdr": {}}},
-                       teacher={"config": "default", "train": {"epochs": 1}},
+                       train_first={"config": "default", "train": {"epochs": 1}},
                        variants={"plain": {"tricks": {"distillation": None}}, "KD": {}})
     spec = spec_from_mapping(raw)
-    assert "distillation" not in spec.trial_mapping({VARIANT: "plain"}, teacher_dir="/t")["tricks"]
-    assert spec.trial_mapping({VARIANT: "KD"}, teacher_dir="/t")["tricks"]["distillation"] == {"teacher": "/t"}
+    assert "distillation" not in spec.trial_mapping({VARIANT: "plain"}, first_dir="/t")["tricks"]
+    assert spec.trial_mapping({VARIANT: "KD"}, first_dir="/t")["tricks"]["distillation"] == {"teacher": "/t"}
 
 
 @pytest.mark.parametrize("changes, needle", [

@@ -359,7 +359,7 @@ def test_yaml_python_tags_are_refused(tmp_path, fault):
     "override, fragment",
     [
         ("tricks.mixupp.alpha=0.2", "unknown trick 'mixupp'; did you mean 'mixup'?"),
-        ("tricks.mixup.alpha=-1", "tricks.mixup.alpha must be in (0, inf], got -1.0"),
+        ("tricks.mixup.alpha=-1", "tricks.mixup.alpha must be > 0, got -1.0"),
         ("train.epoch=3", "unknown config key 'train.epoch'; did you mean 'epochs'?"),
         ("train.epochs=three", "train.epochs must be an integer, got 'three'"),
     ],

@@ -174,7 +174,7 @@ class TrickSet:
         return call_chain(self.pm, "trickbox_transform_targets", batch, ctx=ctx)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Tensor:
-        """Logits for ``batch``: a trick's forward (manifold mixup) or ``model(batch.x)``."""
+        """Logits for ``batch``: a trick's forward (one that mixes hidden features) or ``model(batch.x)``."""
         out = self.pm.hook.trickbox_forward(model=model, batch=batch, ctx=self._context())
         return model(batch.x) if out is None else out
 
@@ -188,7 +188,8 @@ class TrickSet:
                 parts.add(name, value)
         total = parts.total
         if self.guard.deferred:
-            self.guard.observe(total, ctx.step, "the loss")
+            for name, value in parts.parts.items():
+                self.guard.observe(value, ctx.step, name)
         elif not torch.isfinite(total.detach()).all():
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
             raise NonFiniteError(f"loss is not finite at step {ctx.step} ({detail})")
@@ -295,7 +296,7 @@ def load_tricks(
     extra: Iterable[type[Trick]] = (),
     catalog: Catalog | None = None,
 ) -> TrickSet:
-    """Validated tricks from installed entry points: ``{"mixup": {"alpha": 0.2}}`` or ``["mixup"]``."""
+    """Validated tricks from installed entry points: ``{"<trick>": {"<param>": 0.2}}`` or ``["<trick>"]``."""
     cat = catalog or discover(autoload=autoload, block=block)
     for cls in extra:
         cat.add(cls)

@@ -46,7 +46,7 @@ class FiniteGuard:
         self.optimizer: Any = None
         self._bad: Tensor | None = None  # float 0-d: 1.0 once anything was not finite
         self._first: Tensor | None = None  # the step of the first non-finite value (-1: none yet)
-        self._what = ""
+        self._seen: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (flag, its first non-finite value)
 
     @property
     def deferred(self) -> bool:
@@ -66,26 +66,28 @@ class FiniteGuard:
         """Whether optimizer step ``step`` (just finished) ends a check interval."""
         return self.skips_on_device and step % self.every == 0  # type: ignore[operator]
 
-    def observe(self, value: Tensor, step: int, what: str) -> None:
+    def observe(self, value: Tensor, step: int, name: str) -> None:
         """Fold ``isfinite(value)`` into the device flag (deferred mode), or raise now (sync mode)."""
         if not self.deferred:
             if not torch.isfinite(value.detach()).all():
-                raise NonFiniteError(f"{what} is not finite at step {step}")
+                raise NonFiniteError(f"{name} is not finite at step {step}")
             return
+        v = value.detach().float().reshape(-1)[0] if value.numel() == 1 else value.detach().float().sum()
         bad = (~torch.isfinite(value.detach())).any().to(torch.float32)
         if self._bad is None or self._first is None:
             self._bad = torch.zeros((), dtype=torch.float32, device=bad.device)
             self._first = torch.full((), -1, dtype=torch.int64, device=bad.device)
+        flag, first_value = self._seen.get(name, (torch.zeros_like(bad), torch.zeros_like(v)))
+        self._seen[name] = (torch.maximum(flag, bad), torch.where((flag == 0) & (bad > 0), v, first_value))
         self._first = torch.where((self._first < 0) & (bad > 0), torch.full_like(self._first, step), self._first)
         self._bad = torch.maximum(self._bad, bad)
-        self._what = self._what or what
         self._hand_over()
 
     def observe_gradients(self, parameters: Any, step: int) -> None:
         """After backward, before ``optimizer.step()``: a non-finite gradient norm counts too (deferred mode)."""
         grads = [p.grad for p in parameters if p.grad is not None]
         if self.deferred and grads:
-            self.observe(torch.nn.utils.get_total_norm(grads, foreach=True), step, "the gradient norm")
+            self.observe(torch.nn.utils.get_total_norm(grads, foreach=True), step, "grad_norm")
 
     def _hand_over(self) -> None:
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
@@ -95,8 +97,11 @@ class FiniteGuard:
     def check(self, accelerator: Any = None, signal: int | None = None) -> int | None:
         """Read the flag (one host read) and agree with the other ranks; raise :class:`NonFiniteError`, or return
         the stop signal any rank received (``None``: none)."""
-        bad = float(self._bad) if self._bad is not None else 0.0
-        first = int(self._first) if self._first is not None and bad else -1
+        names = sorted(self._seen, key=lambda n: n == "grad_norm")  # loss terms first: a bad loss makes a bad gradient
+        packed = [self._bad, self._first.float()] + [t for n in names for t in self._seen[n]] if self._bad is not None else []
+        values = torch.stack(packed).tolist() if packed else [0.0, -1.0]  # the one host read
+        bad, first = values[0], int(values[1]) if values[0] else -1
+        detail = ", ".join(f"{n}={values[2 + 2 * i + 1]:g}" for i, n in enumerate(names) if values[2 + 2 * i])
         sig = signal or 0
         if accelerator is not None and accelerator.num_processes > 1:
             import torch.distributed as dist
@@ -108,6 +113,7 @@ class FiniteGuard:
             bad, sig = float(flags[0]), int(flags[1])
             first = int(-flags[2]) if flags[2] > -1e18 else -1
         if bad:
-            what = self._what or "a value on another process"
-            raise NonFiniteError(f"{what} was not finite at step {first}; no update from that step on was applied")
+            kind = "the gradient norm" if detail.startswith("grad_norm") else "loss"
+            raise NonFiniteError(f"{kind} is not finite at step {first} ({detail or 'on another process'}); "
+                                 "no update from that step on was applied")
         return sig or None

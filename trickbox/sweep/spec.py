@@ -1,30 +1,11 @@
 """A study spec (``sweeps/*.yaml``): read with ``safe_load``, validated whole before anything runs.
 
-::
-
-    study: mixup                      # default: the file's stem
-    base:                             # a training config, merged like a config file
-      config: ../trickbox/configs/default.yaml   # optional file(s), relative to this spec
-      train: {epochs: 30}
-      tricks: {mixup: {}, sgdr: {}}
-    search:
-      mixup.alpha: {low: 0.05, high: 4, log: true}
-      sgdr.t0: default                # the range the trick declares (Param.search)
-      optim.lr: {low: 0.01, high: 0.2, log: true}
-    objective: val/top1               # a validation metric; test/* is refused
-    direction: maximize               # inferred for top1/top5/nll/ece
-    sampler: tpe                      # tpe | random | grid (grid: choices for every parameter)
-    pruner: median                    # median | hyperband | threshold | none
-    pruning: {restart_aware: false}   # true: report only at the epochs the tricks call fair (trickbox_report_epochs)
-    n_trials: 20                      # and/or timeout: 3600 (seconds)
-    seeds: [0, 1, 2]                  # grid only: every grid point once per seed
-    train_first: {...}                # a run trained once before the trials; it fills every Param(artifact=True)
-    retries: 2                        # crashed trials are retried this often (same parameters)
-    heartbeat: {interval: 10, grace: 30}       # Optuna's heartbeats on RDB storages; the journal lease
-    distributed: {timeout: 1800, failure_wait: 60}
-    keep_checkpoints: false           # keep finished trials' epoch checkpoints
-    variants: {NAME: {...}}           # named rows: config fragments searched as the dimension "variant"
-    columns: [test/top1, {metric: at_best_val/test/top1, title: best test error (%), error: true}]
+The format is documented, key by key, in ``docs/sweeps.md``: ``study``, ``base`` (a training config),
+``search`` (``<trick>.<param>`` or a dotted config key, with a range, choices or ``default``: the range
+the trick declares), ``objective``/``direction``, ``sampler``, ``pruner``, ``pruning``, ``n_trials`` /
+``timeout``, ``seeds`` (grids), ``variants`` (named rows), ``columns`` (report columns), ``train_first``
+(a run trained once before the trials; it fills every ``Param(artifact=True)`` the trials leave unset),
+``retries``, ``heartbeat``, ``distributed`` and ``keep_checkpoints``.
 
 The sweep knows no trick by name: it asks the installed tricks (their
 parameter declarations, whether they implement ``trickbox_report_epochs``,
@@ -93,7 +74,7 @@ class Dimension:
     step: float | None = None
     choices: tuple[Any, ...] | None = None
     target: tuple[str, ...] = ()
-    """Path in the config mapping, e.g. ``("tricks", "mixup", "alpha")``; ``()`` for a script's own parameter."""
+    """Path in the config mapping, e.g. ``("tricks", "<trick>", "<param>")``; ``()`` for a script's own parameter."""
 
     def suggest(self, trial: Any) -> Any:
         if self.kind == "categorical":
@@ -270,7 +251,7 @@ def spec_from_mapping(
     if search_raw is None and variants:
         search_raw = {}
     if not isinstance(search_raw, Mapping) or not (search_raw or variants):
-        raise ConfigError("search must be a non-empty mapping of parameter: range, e.g. mixup.alpha: {low: 0.05, high: 4, log: true}")
+        raise ConfigError("search must be a non-empty mapping of parameter: range, e.g. optim.lr: {low: 0.01, high: 0.2, log: true}")
     if VARIANT in search_raw:
         raise ConfigError(f"search: {VARIANT!r} is the dimension that variants: creates; list the rows under variants: instead")
     dims = [_dimension(str(k), v, base, cat, script) for k, v in search_raw.items()]
@@ -279,7 +260,7 @@ def spec_from_mapping(
     names = [d.name for d in dims]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"search names {dupes[0]!r} twice (e.g. as mixup.x and tricks.mixup.x); keep one")
+        raise ConfigError(f"search names {dupes[0]!r} twice (as <trick>.<param> and tricks.<trick>.<param>); keep one")
 
     objective, direction = _objective(raw.get("objective"), raw.get("direction"))
     sampler = _choice("sampler", raw.get("sampler", "tpe"), SAMPLERS)
@@ -399,7 +380,7 @@ def _variants(value: Any, base: dict[str, Any], cat: Any, filled: dict[str, list
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not value:
-        raise ConfigError("variants must be a mapping of row name: config fragment, e.g. {ERM: {tricks: {mixup: null}}, mixup: {}}")
+        raise ConfigError("variants must be a mapping of row name: config fragment, e.g. {baseline: {tricks: {<trick>: null}}, with it: {}}")
     out: dict[str, dict[str, Any]] = {}
     for name, frag in value.items():
         if not isinstance(name, str) or not name.strip():
@@ -454,10 +435,10 @@ def _check_trial_configs(spec: SweepSpec) -> None:
 def _dimension(key: str, value: Any, base: Mapping[str, Any], cat: Any, script: bool) -> Dimension:
     parts = key.split(".")
     if not key or any(not p for p in parts):
-        raise ConfigError(f"search key {key!r} must be dotted, e.g. mixup.alpha or optim.lr")
+        raise ConfigError(f"search key {key!r} must be dotted, e.g. <trick>.<param> or optim.lr")
     if parts[0] == "tricks":
         if len(parts) != 3:
-            raise ConfigError(f"search key {key!r} must be tricks.<trick>.<param>, e.g. tricks.mixup.alpha")
+            raise ConfigError(f"search key {key!r} must be tricks.<trick>.<param>")
         parts = parts[1:]
     elif parts[0] in CONFIG_SECTIONS:
         return _config_dimension(key, parts, value)
