@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from .api import TrickSet, load_tricks
-from .batch import Batch, LossParts
+from .batch import Batch, Logged, LossParts
 from .context import RunContext
 from .trick import ConfigError, NonFiniteError, Param, Search, Trick, hookimpl
 
 __all__ = [
     "Batch",
     "ConfigError",
+    "Logged",
     "LossParts",
     "NonFiniteError",
     "Param",

@@ -51,6 +51,22 @@ class TrickSet:
         self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
         self._rows: list[tuple[int, dict[str, Any]]] = []  # deferred log rows (tensors), written at check()
         self._log: Callable[..., None] = lambda values, step=None: None
+        self._pending_step: int | None = None  # a load_state_dict before setup
+
+    def resolved(self) -> dict[str, dict[str, Any]]:
+        """Every trick's parameters as the run uses them, defaults included (``config.yaml``, the W&B config)."""
+        return {t.name: dict(t.values) for t in self.tricks}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the optimizer step (the schedule and every seeded draw follow from it).
+        With it, ``accelerator.register_for_checkpointing(tricks)`` makes ``save_state``/``load_state`` exact."""
+        return {"step": self._context().step if self.ctx is not None else self._pending_step or 0}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue at ``state["step"]`` (before or after :meth:`setup`)."""
+        self._pending_step = int(state["step"])
+        if self.ctx is not None and self.optimizer is not None:
+            self.attach(self.optimizer, step=self._pending_step)
 
     def with_plugins(self, *plugins: Any) -> TrickSet:
         """The same tricks with ``plugins`` added (before :meth:`setup`)."""
@@ -124,7 +140,7 @@ class TrickSet:
         if new_optimizer is not optimizer and prepared:
             raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
         self.schedule = hook.trickbox_lr_schedule(ctx=ctx)
-        self.attach(new_optimizer)
+        self.attach(new_optimizer, step=self._pending_step)
         return model, new_optimizer
 
     def attach(self, optimizer: torch.optim.Optimizer, *, step: int | None = None) -> float:

@@ -39,11 +39,20 @@ class Batch:
         return int(self.x.shape[0])
 
 
+@dataclass(frozen=True)
+class Logged:
+    """A value a loss hook returns for logging only (``{"kd_kl": Logged(kl)}``): logged as ``loss/<name>``,
+    never added to the total."""
+
+    value: Tensor
+
+
 @dataclass
 class LossParts:
-    """Named loss terms; the total is their sum. Logging reads ``parts``."""
+    """Named loss terms; the total is their sum. Logging reads ``parts`` (and ``logged``, never summed)."""
 
     parts: dict[str, Tensor] = field(default_factory=dict)
+    logged: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def total(self) -> Tensor:
@@ -55,14 +64,17 @@ class LossParts:
             out = out + t
         return out
 
-    def add(self, name: str, value: Tensor) -> None:
-        if name in self.parts:
+    def add(self, name: str, value: Tensor | Logged) -> None:
+        if name in self.parts or name in self.logged:
             raise ValueError(f"two loss hooks returned a term named {name!r}; rename one of them")
-        self.parts[name] = value
+        if isinstance(value, Logged):
+            self.logged[name] = value.value.detach()
+        else:
+            self.parts[name] = value
 
     def detached(self, as_tensors: bool = False) -> dict[str, Any]:
         """Values for logging, with ``loss`` as the total: plain floats, or 0-d detached tensors (no host read)."""
-        out: dict[str, Any] = {f"loss/{k}": v.detach().float().reshape(()) for k, v in self.parts.items()}
+        out: dict[str, Any] = {f"loss/{k}": v.detach().float().reshape(()) for k, v in {**self.parts, **self.logged}.items()}
         out["loss"] = self.total.detach().float().reshape(())
         return out if as_tensors else {k: float(v) for k, v in out.items()}
 

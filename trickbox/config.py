@@ -76,6 +76,11 @@ class TrainConfig:
     run_name: str | None = None
     tracker: str = bounded("wandb", choices=("wandb", "none"))
     project: str = "trickbox"
+    group: str | None = None
+    """The W&B group of the run (job type ``train``); None: ``<data.name>-<model.name>``. A sweep's trials are grouped
+    by their study instead (job type ``trial``)."""
+    system_metrics: bool = False
+    """W&B's system metrics (CPU, GPU, memory) for the run; off by default, which keeps short runs and tests fast."""
     log_every: int = bounded(10, low=1)
     keep_checkpoints: int = bounded(2, low=1)
     finite_check_every: int = bounded(32, low=1)
@@ -263,24 +268,53 @@ def nested(path: Sequence[str], value: Any) -> dict[str, Any]:
     return out
 
 
+def merged_mapping(
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``base``, then each YAML file, then each ``key=value`` override, merged (not yet checked)."""
+    merged = _merge({}, base or {})
+    for f in files:
+        merged = _merge(merged, read_yaml(f))
+    for o in overrides:
+        merged = _merge(merged, parse_override(o))
+    return merged
+
+
 def load_config(
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     base: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Defaults, then each YAML file, then each ``key=value`` override; all validated."""
-    merged: dict[str, Any] = {}
-    if base:
-        merged = _merge(merged, base)
-    for f in files:
-        merged = _merge(merged, read_yaml(f))
-    for o in overrides:
-        merged = _merge(merged, parse_override(o))
+    merged = merged_mapping(files, overrides, base)
     tricks = merged.pop("tricks", None)
     cfg = build(RunConfig, merged)
     cfg.tricks = {} if tricks is None else _trick_section(tricks)
     cfg.validate()
     return cfg
+
+
+def key_type(parts: Sequence[str]) -> Any:
+    """The type of the config key ``parts`` (``["optim", "lr"]`` → float); ``None`` inside a free-form mapping
+    such as ``model.kwargs``. An unknown key is a :class:`ConfigError` with the closest valid spelling."""
+    cls: Any = RunConfig
+    hint: Any = None
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            if cls is dict:
+                return None
+            raise ConfigError(f"config key {'.'.join(parts)}: {'.'.join(parts[:i])} has no sub-keys")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}{did_you_mean(part, names)}")
+        hint = typing.get_type_hints(cls)[part]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1:
+            hint = inner[0]
+        cls = typing.get_origin(hint) or hint
+    return hint
 
 
 def _trick_section(tricks: Any) -> dict[str, dict[str, Any] | None]:

@@ -110,7 +110,8 @@ def trickbox_loss(logits: Tensor, batch: Batch, ctx: RunContext) -> dict[str, Te
     """Every result is kept. Return named loss terms; the loss is their sum.
 
     The built-in ``base_loss`` plugin returns ``{"ce": soft cross-entropy}``.
-    Two terms with the same name are an error.
+    Two terms with the same name are an error. A value wrapped in
+    :class:`trickbox.batch.Logged` is logged as ``loss/<name>`` and not added (a diagnostic).
     """
 
 

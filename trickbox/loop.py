@@ -51,21 +51,25 @@ def train(
     cfg: RunConfig,
     *,
     resume: bool = False,
+    resume_from: Path | None = None,
     tricks: TrickSet | None = None,
     accelerator: Any = None,
     plugins: Sequence[Any] = (),
     tracking_kwargs: dict[str, Any] | None = None,
     extra_config: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train one model as ``cfg`` says. ``plugins`` join the tricks' hooks (a sweep's epoch reporter)."""
+    """Train one model as ``cfg`` says. ``resume`` continues from the newest checkpoint of the run directory, or of
+    ``resume_from`` (another run's directory: a sweep's retry of a crashed trial). ``plugins`` join the tricks'
+    hooks (a sweep's epoch reporter)."""
     run = start_run(cfg, resume=resume, tricks=tricks, accelerator=accelerator, plugins=plugins)
+    run.resume_from = resume_from
     with run.closing():
         data = load_data(run)
         start_outputs(run, data, tracking_kwargs or {}, extra_config or {})
         model, optimizer = build_model(run, data)
         for epoch in range(run.start_epoch, cfg.train.epochs):
-            train_epoch(run, model, optimizer, data.train, epoch)
-            metrics = evaluate_epoch(run, model, data, epoch)
+            seen = train_epoch(run, model, optimizer, data.train, epoch)
+            metrics = evaluate_epoch(run, model, data, epoch) | seen
             end_epoch(run, model, optimizer, metrics)
             if run.stops_after(epoch):
                 return run.result(status="stopped")
@@ -82,6 +86,7 @@ class Run:
     accelerator: Any
     own_accelerator: bool
     resume: bool
+    resume_from: Path | None = None
     t_start: float = field(default_factory=time.perf_counter)
     run_dir: Path = Path()
     checkpoint: Checkpoint | None = None
@@ -208,26 +213,30 @@ def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_co
 
     cfg, acc = run.cfg, run.accelerator
     run.run_dir = claim_run_dir(cfg, acc, run.resume)
-    ckpt_root = run.run_dir / "checkpoints"
+    ckpt_root = (run.resume_from or run.run_dir) / "checkpoints"
     run.checkpoint = latest_checkpoint(ckpt_root) if run.resume else None
     if run.resume and run.checkpoint is None and run.main:
         print(f"trickbox: no complete checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
     if run.checkpoint is not None:
         run.start_epoch, run.start_batch = run.checkpoint.epoch, run.checkpoint.batch_in_epoch
         run.history = list(run.checkpoint.state.get("history", []))
-    resolved = resolved_config(cfg, acc, data)
+    resolved = resolved_config(cfg, acc, data, run.tricks)
     if run.main:
         (run.run_dir / "config.yaml").write_text(dump_config(resolved))
     run.tracking = Tracking(acc, run.run_dir, use_wandb=cfg.train.tracker == "wandb")
     run.tracking.start({**resolved.to_dict(), **extra_config},
-                       **{"project": cfg.train.project, "name": run.run_dir.name, **tracking_kwargs})
+                       **{"project": cfg.train.project, "name": run.run_dir.name, "job_type": "train",
+                          "group": cfg.train.group or f"{cfg.data.name}-{cfg.model.name}",
+                          "system_metrics": cfg.train.system_metrics, **tracking_kwargs})
 
 
-def resolved_config(cfg: RunConfig, accelerator: Any, data: Any) -> RunConfig:
-    """The config as the run really trains: the effective precision and data path, and where it ran."""
+def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSet) -> RunConfig:
+    """The config as the run really trains: every trick parameter with its default, the effective precision and
+    data path, and where it ran."""
     import copy
 
     out = copy.deepcopy(cfg)
+    out.tricks = tricks.resolved()
     out.train.mixed_precision = str(accelerator.mixed_precision)
     out.data.loader = data.path
     out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
@@ -314,12 +323,14 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
     return model, optimizer
 
 
-def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, epoch: int) -> None:
-    """One epoch: batch → forward → loss → backward → optimizer step → tricks' step, checkpoint on preemption."""
+def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, epoch: int) -> dict[str, float]:
+    """One epoch: batch → forward → loss → backward → optimizer step → tricks' step, checkpoint on preemption.
+    Returns the epoch's mean training loss and its images per second (this process), read once at its end."""
     tc, acc, tricks = run.cfg.train, run.accelerator, run.tricks
     loader.set_epoch(epoch)
     n_batches = len(loader)
     first = run.start_batch if epoch == run.start_epoch else 0
+    loss_sum, images, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
     model.train()
     for i, (x, labels, index) in enumerate(loader.batches(first), start=first):
         seed_global(acc.device, tc.seed, "torch", epoch, i, acc.process_index)
@@ -330,6 +341,7 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
             batch = tricks.batch(x, labels, index)
             parts = tricks.loss(tricks.forward(model, batch), batch)
             acc.backward(parts.total / (group_end - group_start))
+        loss_sum, images = loss_sum + parts.total.detach().float(), images + len(labels)
         if not sync:
             continue
         tricks.before_optimizer_step(model, signal=run.stop.signum)
@@ -341,6 +353,8 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
         if signum is not None:  # every process agreed on it; this step is finished
             save(run, model, optimizer, epoch, i + 1)
             raise Preempted(128 + signum)
+    batches = max(1, n_batches - first)
+    return {"train/loss": float(loss_sum) / batches, "train/images_per_s": images / max(time.perf_counter() - t0, 1e-9)}
 
 
 def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable, Mapping
@@ -96,6 +97,8 @@ class Catalog:
     tricks: dict[str, TrickInfo] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     blocked: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)
+    """Installed plugin tricks not loaded because autoload is off (``TRICKBOX_DISABLE_PLUGIN_AUTOLOAD``)."""
 
     def add(self, cls: type[Trick], package: str = "<local>", version: str = "", target: str = "") -> None:
         """Add a trick class directly (tests, or a script's own trick)."""
@@ -122,6 +125,9 @@ class Catalog:
                 raise ConfigError(f"trick {name!r} from {b.package} could not be loaded: {b.reason}")
         if name in self.blocked:
             raise ConfigError(f"trick {name!r} is blocked (by {BLOCK_ENV} or plugins.block); unblock it to use it")
+        if self.skipped:
+            raise ConfigError(f"unknown trick {name!r}: installed plugins were not loaded ({AUTOLOAD_ENV} is set); unset it "
+                              f"to load them{did_you_mean(name, list(self.tricks) + self.skipped)}")
         raise ConfigError(f"unknown trick {name!r}{did_you_mean(name, list(self.tricks))}")
 
     def build(self, configured: Mapping[str, Mapping[str, Any] | None]) -> list[Trick]:
@@ -142,12 +148,16 @@ def discover(*, autoload: bool | None = None, block: Iterable[str] = ()) -> Cata
     blocked = {b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()}
     blocked |= set(block)
     catalog = Catalog(blocked=blocked)
-    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
-        dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
-        version = ep.dist.version if ep.dist is not None else ""
+    points = sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name)
+    dists = {ep.name: ep.dist.metadata["Name"] if ep.dist is not None else "?" for ep in points}
+    _warn_unknown_blocks(blocked, set(dists), set(dists.values()))
+    for ep in points:
+        dist, version = dists[ep.name], ep.dist.version if ep.dist is not None else ""
         if not autoload and dist != CORE_DIST:
+            catalog.skipped.append(ep.name)
             continue
-        if ep.name in blocked:
+        if ep.name in blocked or dist in blocked:  # a distribution's name blocks every trick it installs
+            catalog.blocked.add(ep.name)
             continue
         try:
             cls = ep.load()
@@ -164,6 +174,17 @@ def discover(*, autoload: bool | None = None, block: Iterable[str] = ()) -> Cata
         if entry:
             _add_module_tricks(catalog, entry)
     return catalog
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unknown_blocks(blocked: set[str], tricks: set[str], dists: set[str]) -> None:
+    """One warning (per process) for a blocked name that is neither a trick nor a distribution."""
+    for name in sorted(blocked - tricks - dists - _WARNED):
+        _WARNED.add(name)
+        print(f"trickbox: warning: {BLOCK_ENV}/plugins.block names {name!r}, which is neither an installed trick nor a "
+              f"plugin distribution{did_you_mean(name, sorted(tricks | dists))}", file=sys.stderr)
 
 
 def _add_module_tricks(catalog: Catalog, entry: str) -> None:

@@ -47,8 +47,9 @@ def class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def plugin_files(name: str) -> dict[str, str]:
-    """Relative path -> text of every file of the package for trick ``name``."""
+def plugin_files(name: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Relative path -> text of every file of the package for trick ``name`` (and, in the same package, each
+    trick of ``extra``: its own module ``src/trickbox_NAME/EXTRA.py``, test and entry point)."""
     from . import __version__
 
     major_minor = ".".join(__version__.split(".")[:2])
@@ -59,19 +60,31 @@ def plugin_files(name: str) -> dict[str, str]:
         "cls": class_name(name),
         "trickbox_req": f"trickbox>={major_minor}",
     }
-    return {path.format(**fields): Template(text).substitute(fields) for path, text in _TEMPLATES.items()}
+    files = {path.format(**fields): Template(text).substitute(fields) for path, text in _TEMPLATES.items()}
+    for other in extra:
+        more = {**fields, "name": other, "module": f"{fields['module']}.{other}", "cls": class_name(other)}
+        files[f"src/{fields['module']}/{other}.py"] = Template(_MODULE).substitute(more)
+        files[f"tests/test_{other}.py"] = Template(_TEST).substitute(more)
+        files["pyproject.toml"] = files["pyproject.toml"].replace(
+            f'{name} = "{fields["module"]}:{fields["cls"]}"\n',
+            f'{name} = "{fields["module"]}:{fields["cls"]}"\n{other} = "{more["module"]}:{more["cls"]}"\n')
+    return files
 
 
-def write_plugin(name: str, directory: Path | None = None) -> Path:
-    """Write the package for trick ``name`` into ``directory`` (default ``./trickbox-NAME``); never overwrite."""
-    check_name(name)
+def write_plugin(name: str, directory: Path | None = None, extra: tuple[str, ...] = ()) -> Path:
+    """Write the package for trick ``name`` (and ``extra`` tricks) into ``directory`` (default ``./trickbox-NAME``);
+    never overwrite."""
+    for n in (name, *extra):
+        check_name(n)
+    if len({name, *extra}) != 1 + len(extra):
+        raise ConfigError(f"trick names must differ, got {[name, *extra]}")
     target = Path(directory) if directory is not None else Path("trickbox-" + name.replace("_", "-"))
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(f"{str(target)!r} already exists and is not empty; pass --dir with a new directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".trickbox-new-plugin-", dir=target.parent))
     try:
-        for rel, text in plugin_files(name).items():
+        for rel, text in plugin_files(name, tuple(extra)).items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
@@ -238,7 +251,7 @@ Edit `src/$module/__init__.py` to make it your own trick.
 ## Install and test
 
 ```bash
-pip install -e .            # registers the entry point  $name = "$module:$cls"
+pip install -e ".[test]"   # registers the entry point  $name = "$module:$cls"; [test] adds pytest
 pytest -q                   # the formula, the parameters, a hand-written loop, the entry point
 trickbox list               # shows: $name  ($dist 0.1.0)  ...
 ```

@@ -94,7 +94,8 @@ class Tracking:
         self.wandb_dir: str | None = None
 
     def start(self, config: dict[str, Any], *, project: str, name: str, group: str | None = None,
-              job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float | None = None) -> None:
+              job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float | None = None,
+              system_metrics: bool = False) -> None:
         if init_timeout is None:
             init_timeout = wandb_init_timeout()
         if self.main:
@@ -111,7 +112,7 @@ class Tracking:
         try:
             import wandb
 
-            settings = wandb.Settings(init_timeout=init_timeout, console="off", x_disable_stats=True, mode=mode)
+            settings = wandb.Settings(init_timeout=init_timeout, console="off", x_disable_stats=not system_metrics, mode=mode)
             kwargs: dict[str, Any] = {"name": name, "settings": settings, "tags": list(tags)}
             if group:
                 kwargs["group"] = group

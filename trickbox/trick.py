@@ -60,8 +60,11 @@ class Param:
         return self.limits.describe() or self.type.__name__
 
     def validate(self, value: Any, where: str) -> Any:
-        """Return ``value`` converted to the declared type, or raise :class:`ConfigError`."""
-        return check_scalar(where, value, self.type, self.limits, optional=self.optional)
+        """Return ``value`` converted to the declared type, or raise :class:`ConfigError` (with the parameter's help)."""
+        try:
+            return check_scalar(where, value, self.type, self.limits, optional=self.optional)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} ({self.help})" if self.help else str(exc)) from None
 
     def search_problem(self) -> str | None:
         """Why the declared ``search`` range holds values the parameter refuses (``None`` when it is sound)."""

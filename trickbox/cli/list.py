@@ -34,4 +34,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"! {b.name} ({b.package}) not loaded: {b.reason}")
     for name in sorted(cat.blocked):
         print(f"- {name} blocked")
+    if cat.skipped:
+        print(f"- installed plugins not loaded ({', '.join(cat.skipped)}): TRICKBOX_DISABLE_PLUGIN_AUTOLOAD is set; unset it to load them")
     return 0

@@ -8,7 +8,7 @@ scaling, no bias decay).
 """
 from __future__ import annotations
 
-from .distillation import distillation_loss, distillation_objective
+from .distillation import distillation_kl, distillation_loss, distillation_objective
 from .ema import ema_decay, ema_update_
 from .init import zero_init_residuals_
 from .mixup import (
@@ -35,6 +35,7 @@ __all__ = [
     "one_hot",
     "smooth_targets",
     "soft_cross_entropy",
+    "distillation_kl",
     "distillation_loss",
     "distillation_objective",
     "sample_lambda",

@@ -41,7 +41,7 @@ def sample_lambda(alpha: float, size: int | None, rng: np.random.Generator) -> f
     (plain ERM, no mixing).
     """
     if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}; use alpha=0 to switch mixup off (alpha=0.2 is typical)")
+        raise ValueError(f"alpha must be >= 0, got {alpha}; alpha=0 mixes nothing (lam = 1), alpha=0.2 is typical")
     if size is not None and size < 0:
         raise ValueError(f"size must be >= 0 or None, got {size}; use size=None for one lambda per batch")
     if alpha == 0:
@@ -60,7 +60,7 @@ def kway_weights(alpha: float, k: int, size: int | None, rng: np.random.Generato
     if k < 2:
         raise ValueError(f"k must be >= 2 (number of samples mixed together), got {k}; use sample_lambda for 2-way mixup")
     if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}; use alpha=0 to switch mixup off")
+        raise ValueError(f"alpha must be >= 0, got {alpha}; alpha=0 mixes nothing (weights 1, 0, ...), alpha=1 is typical")
     if size is not None and size < 0:
         raise ValueError(f"size must be >= 0 or None, got {size}; use size=None for one weight vector per batch")
     shape = (k,) if size is None else (size, k)

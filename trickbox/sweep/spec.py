@@ -19,8 +19,6 @@ import hashlib
 import json
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -310,7 +308,7 @@ def _block_list(base: Mapping[str, Any]) -> list[str]:
 
 def _base_mapping(value: Any, root: Path, overrides: Sequence[str], key: str) -> dict[str, Any]:
     """Config files named by ``config:`` (relative to the spec), then the inline keys, then overrides."""
-    from ..config import _merge, default_config_path, parse_override, read_yaml
+    from ..config import default_config_path, merged_mapping
 
     if not isinstance(value, (Mapping, type(None))):
         raise ConfigError(f"{key} must be a training config mapping (data:, model:, train:, tricks: ...), got {value!r}")
@@ -319,14 +317,9 @@ def _base_mapping(value: Any, root: Path, overrides: Sequence[str], key: str) ->
     files = [files] if isinstance(files, str) else files
     if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
         raise ConfigError(f"{key}.config must be a file name or a list of file names, got {files!r}")
-    merged: dict[str, Any] = {}
-    for f in files:
-        p = default_config_path() if f == "default" else Path(f)
-        merged = _merge(merged, read_yaml(p if p.is_absolute() or p.is_file() else root / p))
-    merged = _merge(merged, inline)
-    for o in overrides:
-        merged = _merge(merged, parse_override(o))
-    return merged
+    paths = [default_config_path() if f == "default" else Path(f) if Path(f).is_absolute() or Path(f).is_file() else root / f
+             for f in files]
+    return merged_mapping([], overrides, _merged(merged_mapping(paths), inline))
 
 
 def _merged(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dict[str, Any]:
@@ -479,28 +472,14 @@ def _declared(p: Param) -> dict[str, Any] | None:
 
 
 def _config_dimension(key: str, parts: list[str], value: Any) -> Dimension:
-    from ..config import RunConfig
+    from ..config import key_type
 
-    if key in NOT_SEARCHABLE:
+    if key in NOT_SEARCHABLE or parts[0] == "plugins":
         raise ConfigError(f"search key {key} cannot be searched: the sweep sets it (or all trials share it); set it in base:")
-    if parts[0] == "plugins":
-        raise ConfigError(f"search key {key}: plugins.* cannot be searched")
-    cls: Any = RunConfig
-    hint: Any = None
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            if cls is dict:  # free-form mapping such as model.kwargs
-                hint = None
-                break
-            raise ConfigError(f"search key {key}: {'.'.join(parts[:i])} has no sub-keys")
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            raise ConfigError(f"search key {key}: unknown config key {'.'.join(parts[: i + 1])!r}{did_you_mean(part, names)}")
-        hint = typing.get_type_hints(cls)[part]
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1:
-            hint = inner[0]
-        cls = typing.get_origin(hint) or hint
+    try:
+        hint = key_type(parts)
+    except ConfigError as exc:
+        raise ConfigError(f"search key {key}: {exc}") from None
     if value is None or value == "default" or (isinstance(value, Mapping) and not value):
         raise ConfigError(f"search key {key} is a config key with no declared range; give {{low: ..., high: ...}} or {{choices: [...]}}")
     return _parse_range(key, value, None, {float: "float", int: "int"}.get(hint, "categorical"), tuple(parts))

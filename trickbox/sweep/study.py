@@ -17,7 +17,6 @@ heartbeat thread and fails stale trials. trickbox adds what Optuna lacks:
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
@@ -46,7 +45,7 @@ class TrialPlan:
     resume: bool = False
     retry_of: int | None = None
     resume_from: str | None = None
-    """The failed trial's run directory this retry continues (its checkpoints are linked into ``run_dir``)."""
+    """The failed trial's run directory, whose newest checkpoint this retry continues from."""
 
 
 @dataclass
@@ -242,26 +241,20 @@ class Coordinator:
         plan = TrialPlan(trial.number, params, self.spec.trial_mapping(params, first), str(run_dir), self.spec.study,
                          retry_of=retry_of, resume_from=inherited)
         if plan.resume_from:
-            plan.resume = self._link_checkpoints(trial, Path(plan.resume_from), run_dir)
+            plan.resume = self._resumable(trial, Path(plan.resume_from))
         return plan
 
-    def _link_checkpoints(self, trial: Any, failed_dir: Path, run_dir: Path) -> bool:
-        """Give a retry the failed trial's checkpoints (hard links) so it continues from its last epoch."""
+    def _resumable(self, trial: Any, failed_dir: Path) -> bool:
+        """Whether the failed trial left a checkpoint for its retry to continue from (the loop reads it there)."""
         from ..checkpoint import latest_checkpoint
 
-        src = failed_dir / "checkpoints"
-        if not src.is_dir():
-            self.say(f"trial {trial.number} retries trial {trial.user_attrs.get('retry_of')} from scratch (no checkpoint here)")
-            return False
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, run_dir / "checkpoints", copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".tmp-*"))
-        ckpt = latest_checkpoint(run_dir / "checkpoints")
-        if ckpt is None:
-            return False
-        trial.set_user_attr("resumed_from", {"trial": trial.user_attrs.get("retry_of"), "epoch": ckpt.epoch, "step": ckpt.step})
-        self.say(f"trial {trial.number} retries trial {trial.user_attrs.get('retry_of')} from its epoch-{ckpt.epoch} checkpoint")
-        return True
+        ckpt = latest_checkpoint(failed_dir / "checkpoints")
+        retried = trial.user_attrs.get("retry_of")
+        if ckpt is not None:
+            trial.set_user_attr("resumed_from", {"trial": retried, "epoch": ckpt.epoch, "step": ckpt.step})
+        self.say(f"trial {trial.number} retries trial {retried} " + (f"from its epoch-{ckpt.epoch} checkpoint" if ckpt
+                                                                     else "from scratch (no checkpoint here)"))
+        return ckpt is not None
 
     def report(self, value: float, epoch: int) -> bool:
         """Report the objective after ``epoch`` (1-based); ``True`` when the pruner stops the trial."""
@@ -297,11 +290,3 @@ class Coordinator:
 
     def say(self, msg: str) -> None:
         print(f"trickbox sweep [{self.worker}]: {msg}", file=sys.stderr, flush=True)
-
-
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst

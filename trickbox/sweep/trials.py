@@ -163,7 +163,8 @@ class TrainRunner:
             cfg.train.progress = self.progress and cfg.train.progress
             reporter.tricks = load_tricks(cfg.tricks, block=cfg.plugins.block).with_plugins(reporter)
             trial = {"number": plan.number, "study": plan.study, "params": dict(plan.params), "retry_of": plan.retry_of}
-            result = train(cfg, resume=plan.resume, tricks=reporter.tricks, accelerator=self.accelerator,
+            result = train(cfg, resume=plan.resume, resume_from=Path(plan.resume_from) if plan.resume else None,
+                           tricks=reporter.tricks, accelerator=self.accelerator,
                            tracking_kwargs={"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial",
                                             "tags": [f"study:{plan.study}"]}, extra_config={"trial": trial})
             value = result.history[-1].get(self.spec.objective) if result.history else None

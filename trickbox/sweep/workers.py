@@ -234,12 +234,17 @@ class _Workers:
 
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, on_term)
-        done, code = [False] * len(self.procs), 0
-        bar = _Progress(self.coordinator)
+        from tqdm.auto import tqdm
+
+        done, code, spec = [False] * len(self.procs), 0, self.coordinator.spec
+        bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.study}", unit="trial", file=sys.stderr, dynamic_ncols=True,
+                   disable=not sys.stderr.isatty())  # the study's finished trials, polled from the storage
         try:
             while not all(done):
-                time.sleep(0.5)
-                bar.update()
+                time.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    bar.n = sum(1 for t in self.coordinator.trials() if t.state.is_finished())
+                    bar.refresh()
                 for i, p in enumerate(self.procs):
                     if done[i] or p.poll() is None:
                         continue
@@ -287,33 +292,6 @@ class _Workers:
                 p.wait(timeout=max(0.1, end - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-class _Progress:
-    """A progress bar over the study's finished trials (polled from the storage; a terminal only)."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        from tqdm.auto import tqdm
-
-        self.coordinator, self.last = coordinator, 0.0
-        spec = coordinator.spec
-        self.bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.study}", unit="trial", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=0.5, disable=not sys.stderr.isatty())
-
-    def update(self) -> None:
-        if time.time() - self.last < 2.0:
-            return
-        self.last = time.time()
-        with contextlib.suppress(Exception):
-            self.bar.n = sum(1 for t in self.coordinator.trials() if t.state.is_finished())
-            best = _best(self.coordinator)
-            if best is not None:
-                self.bar.set_postfix_str(f"best {self.coordinator.spec.objective}={best.value:.4f}", refresh=False)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        self.update()
-        self.bar.close()
 
 
 def _best(coordinator: Coordinator) -> Any:

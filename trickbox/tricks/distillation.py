@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..batch import Batch
+from ..batch import Batch, Logged
 from ..context import RunContext
-from ..functional import distillation_loss
+from ..functional import distillation_kl, distillation_loss
 from ..trick import ConfigError, NonFiniteError, Param, Search, Trick, hookimpl
 
 
@@ -58,7 +58,10 @@ class Distillation(Trick):
             teacher_logits = self.teacher_model(batch.x)
         if not torch.isfinite(teacher_logits).all():
             raise NonFiniteError("teacher logits are not finite")
-        return {"kd": self.weight * distillation_loss(logits.float(), teacher_logits.float(), self.temperature)}
+        student, teacher = logits.float(), teacher_logits.float()
+        # kd is the formula's cross-entropy (it includes the teacher's entropy); kd_kl, logged only, goes to 0
+        return {"kd": self.weight * distillation_loss(student, teacher, self.temperature),
+                "kd_kl": Logged(self.weight * distillation_kl(student, teacher, self.temperature))}
 
     @hookimpl
     def trickbox_teardown(self, ctx: RunContext) -> None:

@@ -17,6 +17,7 @@ run draws the same λ and partners.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -43,7 +44,8 @@ class Mixup(Trick):
     name = "mixup"
     summary = "convex combinations of pairs (or k-tuples) of samples and their labels"
     params = (
-        Param("alpha", float, 0.2, "λ ~ Beta(α, α); small α is close to ERM", low=0, low_open=True,
+        Param("alpha", float, 0.2, "λ ~ Beta(α, α); small α is close to ERM; to train without mixup remove it "
+              "(tricks.mixup=null)", low=0, low_open=True,
               search=Search(0.05, 4.0, log=True)),
         Param("per_sample", bool, False, "one λ per sample instead of one per batch"),
         Param("off_last_epochs", int, 0, "switch mixup off for the last N epochs", low=0),
@@ -60,6 +62,7 @@ class Mixup(Trick):
         super().__init__(**values)
         self._table: Tensor | None = None
         self._stage: torch.nn.Module | None = None
+        self._warned_past_end = False
 
     def check(self) -> None:
         if self.ways > 2 and (self.pairing == "knn" or self.layer > 0):
@@ -95,6 +98,10 @@ class Mixup(Trick):
 
     # -- per batch ---------------------------------------------------------
     def active(self, ctx: RunContext) -> bool:
+        if ctx.step >= ctx.total_steps and not self._warned_past_end:  # an own loop that trains longer than it said
+            self._warned_past_end = True
+            warnings.warn(f"tricks.mixup: step {ctx.step} is past the {ctx.epochs} epochs x {ctx.steps_per_epoch} steps "
+                          "given to tricks.setup; mixup is off from here on (pass the real epochs to setup)", stacklevel=2)
         return ctx.epoch < ctx.epochs - self.off_last_epochs
 
     @hookimpl
