@@ -341,3 +341,30 @@ def test_misuse_is_reported_clearly():
         tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=0)
     with pytest.raises(ConfigError, match=r"unknown parameter tricks.mixup.alpah; did you mean 'alpha'\?"):
         builtin({"mixup": {"alpah": 0.2}})
+
+
+def test_the_trickset_checkpoints_with_the_users_run(tmp_path):
+    """accelerator.register_for_checkpointing(tricks): save_state/load_state resume the schedule and the draws."""
+    from accelerate import Accelerator
+
+    def make():
+        model = small_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        tricks = builtin({"sgdr": {"t0": 1}, "mixup": {"alpha": 0.4}})
+        accelerator = Accelerator(cpu=True)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        tricks.setup(model, optimizer, accelerator=accelerator, num_classes=K, epochs=2, steps_per_epoch=5)
+        accelerator.register_for_checkpointing(tricks)
+        return accelerator, model, optimizer, tricks
+
+    accelerator, model, optimizer, tricks = make()
+    loop(tricks, model, optimizer, steps=3)
+    accelerator.save_state(str(tmp_path / "state"))
+    x, labels = torch.randn(8, 1, 8, 8), torch.randint(0, K, (8,))
+    expected_lr, expected_lam = tricks.lr(), tricks.batch(x, labels).meta["lam"]
+    accelerator2, model2, optimizer2, fresh = make()
+    assert fresh.ctx.step == 0
+    accelerator2.load_state(str(tmp_path / "state"))
+    assert fresh.ctx.step == 3 and fresh.lr() == pytest.approx(expected_lr)
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(expected_lr)
+    assert fresh.batch(x, labels).meta["lam"] == expected_lam  # the same seeded draw at the same step

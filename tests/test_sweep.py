@@ -243,6 +243,8 @@ def test_report_writes_html_and_grid_table(tmp_path):
     assert "best val/top1 = 0.9300" in proc.stdout and "mixup.alpha: 0.2" in proc.stdout
     page = (out / "grid" / "report.html").read_text()
     assert page.count('class="plotly-graph-div"') == 4  # history, intermediate values, importances, parallel coordinates
+    assert '"name":"pruned"' in page and '"name":"complete"' in page  # the history shows the pruned trial too
+    assert '"title":{"text":"val\\u002ftop1"}' in page  # the objective is named on the history's axis, not "Objective Value"
     assert not re.search(r"<script[^>]*\ssrc=", page) and not re.search(r"<link[^>]*href=", page)  # self-contained
     table = (out / "grid" / "report.md").read_text()
     assert "| mixup.alpha | label_smoothing.eps | val/top1 (mean ± std) | seeds | trials |" in table

@@ -35,35 +35,37 @@ def plot_lr_curve(lrs: Sequence[float], steps_per_epoch: int, path: Path) -> Pat
     return path
 
 
-def mixup_grid(batch: Batch, ctx: RunContext, path: Path, n: int = 16) -> Path:
-    """A grid of mixed inputs, each titled with λ and both labels."""
+def mixup_grid(batch: Batch, ctx: RunContext, path: Path, n: int = 8) -> Path:
+    """One row per mixed sample: input A, its partner B and the mix, titled with their labels and λ
+    (λ belongs to A: mix = λ·A + (1 − λ)·B). A λ shared by the batch is said once, in the figure's title."""
     import torch
 
     plt = _pyplot()
-    n = min(n, batch.size)
-    x = batch.x[:n].detach().float().cpu()
-    if ctx.mean and ctx.std:
-        mean = torch.tensor(ctx.mean).view(1, -1, 1, 1)
-        std = torch.tensor(ctx.std).view(1, -1, 1, 1)
-        x = x * std + mean
-    x = x.clamp(0, 1)
+    pair = batch.meta.get("grid_inputs")
+    n = min(n, batch.size, len(pair[0]) if pair is not None else n)
+    mean = torch.tensor(ctx.mean or [0.0] * batch.x.shape[1]).view(1, -1, 1, 1)
+    std = torch.tensor(ctx.std or [1.0] * batch.x.shape[1]).view(1, -1, 1, 1)
+    columns = [*(pair if pair is not None else ()), batch.x[:n]]
+    images = [(c[:n].detach().float().cpu() * std + mean).clamp(0, 1) for c in columns]
     lam = batch.meta.get("lam", 1.0)
-    lams = lam.detach().cpu().tolist() if isinstance(lam, torch.Tensor) else [lam] * n
+    lams = lam.detach().cpu().tolist() if isinstance(lam, torch.Tensor) else None
     partner = batch.meta.get("partner_labels")
     names = ctx.classes or [str(i) for i in range(ctx.num_classes)]
-    cols = 4
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.2), dpi=100, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = x[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+    fig, axes = plt.subplots(n, len(images), figsize=(len(images) * 1.8, n * 1.9), dpi=100, squeeze=False,
+                             gridspec_kw={"hspace": 0.35, "wspace": 0.05, "left": 0.02, "right": 0.98, "bottom": 0.01, "top": 0.95})
+    for i in range(n):
         a = names[int(batch.labels[i])]
         b = names[int(partner[i])] if partner is not None else "?"
-        ax.set_title(f"λ={lams[i]:.2f}\n{a} + {b}", fontsize=7)
-    fig.tight_layout()
+        share = f"λ={lams[i]:.2f}" if lams is not None else "mix"
+        titles = [f"A: {a}", f"B: {b}", f"{share} (A + B)"] if pair is not None else [f"{share}: {a} + {b}"]
+        for j, (ax, img, title) in enumerate(zip(axes[i], images, titles)):
+            pic = img[i].permute(1, 2, 0).numpy()
+            ax.imshow(pic[..., 0] if pic.shape[-1] == 1 else pic, cmap="gray" if pic.shape[-1] == 1 else None,
+                      interpolation="nearest")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    if lams is None:
+        fig.suptitle(f"λ = {float(lam):.3f} for the whole batch (mix = λ·A + (1 − λ)·B)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -126,7 +126,7 @@ class Mixup(Trick):
             partner_y = one_hot(partner_labels.to(batch.y.device), batch.y.shape[1])
             x, y = mix(batch.x, batch.y, lam, torch.arange(batch.size, device=batch.x.device),
                        mix_targets=self.mix_labels, partner_x=partner_x, partner_y=partner_y)
-            meta.update(partner_labels=partner_labels)
+            meta.update(partner_labels=partner_labels, **self._grid_inputs(ctx, batch.x, partner_x))
             return batch.replace(x=x, y=y, meta=meta)
         perm = (same_class_partners(batch.labels.cpu(), gen) if self.scope == "same"
                 else random_partners(batch.size, gen)).to(batch.x.device, non_blocking=True)
@@ -135,7 +135,14 @@ class Mixup(Trick):
             _, y = mix(batch.y, batch.y, lam, perm, mix_targets=self.mix_labels)
             return batch.replace(y=y, meta=meta)
         x, y = mix(batch.x, batch.y, lam, perm, mix_targets=self.mix_labels)
+        meta.update(self._grid_inputs(ctx, batch.x, batch.x[perm]))
         return batch.replace(x=x, y=y, meta=meta)
+
+    def _grid_inputs(self, ctx: RunContext, a: Tensor, b: Tensor, n: int = 8) -> dict[str, Any]:
+        """On the step whose samples the grid shows (an epoch's first, main process), the two inputs of each mix."""
+        if not (self.grid and ctx.is_main and ctx.run_dir is not None and ctx.step % max(ctx.steps_per_epoch, 1) == 0):
+            return {}
+        return {"grid_inputs": (a[:n].detach().clone(), b[:n].detach().clone())}
 
     def _mix_k(self, batch: Batch, rng: Any, gen: torch.Generator, size: int | None) -> Batch:
         w = torch.as_tensor(kway_weights(self.alpha, self.ways, size, rng), dtype=batch.x.dtype, device=batch.x.device)

@@ -1,0 +1,20 @@
+"""``trickbox list``: every trick with its parameters; a closed pipe ends it quietly."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ..conftest import subprocess_env
+
+
+def test_list_into_a_pipe_that_closes_early_has_no_traceback():
+    proc = subprocess.run(f"{sys.executable} -m trickbox list | head -n 1", shell=True, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_list_says_when_plugins_were_not_loaded():
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "list"], capture_output=True, text=True, timeout=60,
+                          env=subprocess_env(TRICKBOX_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert proc.returncode == 0 and "installed plugins not loaded (cutmix)" in proc.stdout
