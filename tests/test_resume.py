@@ -379,6 +379,9 @@ def test_sigkill_while_checkpoints_are_being_written(tmp_path, spawn, fault):
         f = fault(f"SIGKILL while writing checkpoints (+{delay}s)")
         proc = spawn([sys.executable, "-c", WRITER, str(root), str(newest)], tmp_path)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 60  # a loaded machine may take long for the first write: kill during a later one
+        while len(list_checkpoints(root)) <= (1 if newest else 0) and time.time() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
         proc.kill()
         proc.communicate(timeout=60)

@@ -115,6 +115,9 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a checkpoint reads like any directory of the run
     try:
         save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
         torch.save(optimizer_state, tmp / "optimizer.pt")

@@ -87,6 +87,9 @@ class TrainConfig:
     """Optimizer steps between host reads of the non-finite flag (and, with several processes, of a stop signal):
     a NaN or inf stops the run within this many steps, and no update from its step on is applied
     (:mod:`trickbox.guard`). 1 reads it after every step."""
+    resume_allow: list[str] = field(default_factory=list)
+    """Settings ``--resume`` may find changed (dotted keys, e.g. ``[train.epochs]``: train longer, on a schedule
+    recomputed for the new length); any other change from the checkpoint's settings is refused."""
     stop_after_epoch: int | None = None
     """Stop (with a checkpoint) after this epoch, as if preempted; for resume tests."""
     progress: bool = True

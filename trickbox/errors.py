@@ -12,3 +12,7 @@ class DataError(ConfigError):
 
 class NonFiniteError(FloatingPointError):
     """A loss, λ, teacher output or weight is NaN or infinite; the step is not applied."""
+
+
+class OutputError(RuntimeError):
+    """A file of the run could not be written (a full disk, a read-only folder); says what is intact and how to go on."""

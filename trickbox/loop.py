@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -97,6 +95,9 @@ class Run:
     tracking: Any = None
     data: Any = None
     progress: Any = None
+    lock: Any = None
+    """The open lock file that holds the run directory (rank 0), released when the run ends."""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     stop: _StopFlag = field(default_factory=lambda: _StopFlag())
 
     @property
@@ -140,6 +141,8 @@ class Run:
                 self.tracking.finish(self.status)
             if self.data is not None:
                 self.data.close()
+            if self.lock is not None:
+                self.lock.close()
             if self.own_accelerator:
                 self.accelerator.end_training()
 
@@ -209,20 +212,27 @@ def load_data(run: Run) -> Any:
 
 def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_config: dict[str, Any]) -> None:
     """Claim the run directory, find the checkpoint to resume from, write the resolved config, start tracking."""
+    from .run_dir import check_resume, fingerprint, writing
     from .tracking import Tracking
 
     cfg, acc = run.cfg, run.accelerator
-    run.run_dir = claim_run_dir(cfg, acc, run.resume)
+    run.run_dir = claim_run_dir(run)
     ckpt_root = (run.resume_from or run.run_dir) / "checkpoints"
     run.checkpoint = latest_checkpoint(ckpt_root) if run.resume else None
     if run.resume and run.checkpoint is None and run.main:
         print(f"trickbox: no complete checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
+    run.fingerprint = fingerprint(cfg, run.tricks.resolved(), acc.num_processes)
     if run.checkpoint is not None:
+        for change in check_resume(run.checkpoint.state.get("fingerprint"), run.fingerprint, cfg.train.resume_allow,
+                                   run.run_dir):
+            if run.main:
+                print(f"trickbox: resuming with a changed setting (train.resume_allow): {change}", file=sys.stderr)
         run.start_epoch, run.start_batch = run.checkpoint.epoch, run.checkpoint.batch_in_epoch
         run.history = list(run.checkpoint.state.get("history", []))
     resolved = resolved_config(cfg, acc, data, run.tricks)
     if run.main:
-        (run.run_dir / "config.yaml").write_text(dump_config(resolved))
+        with writing(run.run_dir / "config.yaml", "nothing was trained yet: free space and run the same command again"):
+            (run.run_dir / "config.yaml").write_text(dump_config(resolved))
     run.tracking = Tracking(acc, run.run_dir, use_wandb=cfg.train.tracker == "wandb")
     run.tracking.start({**resolved.to_dict(), **extra_config},
                        **{"project": cfg.train.project, "name": run.run_dir.name, "job_type": "train",
@@ -244,45 +254,25 @@ def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSe
     return out
 
 
-def claim_run_dir(cfg: RunConfig, accelerator: Any, resume: bool) -> Path:
-    """The run directory, created by rank 0 and shared with the other ranks.
-
-    A generated name gets a random suffix and is created atomically, so runs started in the same second
-    never share a directory; an explicit ``train.run_name`` that already holds a run needs ``--resume``.
-    """
+def claim_run_dir(run: Run) -> Path:
+    """The run directory, claimed (and locked for this run) by rank 0 and shared with the other ranks."""
     from accelerate.utils import broadcast_object_list
 
-    tc = cfg.train
+    from .run_dir import claim
+
+    cfg, acc = run.cfg, run.accelerator
     holder: list[Any] = [None]
-    if accelerator.is_main_process:
-        holder = [_claim(Path(tc.out_dir), tc.run_name, f"{cfg.data.name}-{cfg.model.name}", resume)]
-    if accelerator.num_processes > 1:
+    if acc.is_main_process:
+        try:
+            path, run.lock = claim(Path(cfg.train.out_dir), cfg.train.run_name, f"{cfg.data.name}-{cfg.model.name}", run.resume)
+            holder = [str(path)]
+        except ConfigError as exc:
+            holder = [f"error:{exc}"]
+    if acc.num_processes > 1:
         broadcast_object_list(holder, from_process=0)
-    if isinstance(holder[0], str) and holder[0].startswith("error:"):
+    if holder[0].startswith("error:"):
         raise ConfigError(holder[0].removeprefix("error:"))
     return Path(holder[0])
-
-
-def _claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> str:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if name is not None:
-            path = out_dir / name
-            held = path.is_dir() and any((path / f).exists() for f in ("config.yaml", "checkpoints", "model.safetensors"))
-            if held and not resume:
-                return (f"error:{str(path)!r} holds a run already; add --resume to continue it, or choose another "
-                        "train.run_name")
-            path.mkdir(exist_ok=True)
-            return str(path)
-        for _ in range(100):
-            path = out_dir / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
-            with contextlib.suppress(FileExistsError):
-                path.mkdir()
-                return str(path)
-    except OSError as exc:
-        return f"error:cannot create the run directory under train.out_dir={str(out_dir)!r} ({exc.strerror or exc}); " \
-               "choose a writable train.out_dir"
-    return f"error:could not find a free run directory name under {str(out_dir)!r}"
 
 
 def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
@@ -420,9 +410,14 @@ def save(run: Run, model: torch.nn.Module, optimizer: Any, epoch: int, batch_in_
     if bad:
         raise NonFiniteError(f"weights are not finite after step {run.ctx.step} ({bad[0]}, …); refusing to checkpoint them")
     if run.main:
-        save_checkpoint(run.run_dir / "checkpoints", model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
-                        step=run.ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=run.cfg.train.keep_checkpoints,
-                        extra={"history": run.history})
+        from .run_dir import writing
+
+        earlier = f"the checkpoints of earlier steps in {run.run_dir / 'checkpoints'} are intact: free space and run again " \
+                  f"with --resume train.run_name={run.run_dir.name}"
+        with writing(run.run_dir / "checkpoints" / f"step-{run.ctx.step:08d}", earlier):
+            save_checkpoint(run.run_dir / "checkpoints", model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
+                            step=run.ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=run.cfg.train.keep_checkpoints,
+                            extra={"history": run.history, "fingerprint": run.fingerprint})
     acc.wait_for_everyone()
 
 
@@ -435,12 +430,18 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
     test.update(run.tricks.evaluate(model, "test"))
     final = {f"test/{k}": v for k, v in test.items()}
     run.tracking.log(final, step=run.ctx.step)
-    run.tracking.summary({**run.history[-1], **final, **at_best_val(run.history), "val/best_top1": run.best,
-                          "steps": run.ctx.step, "seconds": time.perf_counter() - run.t_start})
+    from .run_dir import writing
+
+    with writing(run.run_dir / "summary.json", "the last epoch's checkpoint is intact: free space and run again with "
+                                                f"--resume train.run_name={run.run_dir.name}"):
+        run.tracking.summary({**run.history[-1], **final, **at_best_val(run.history), "val/best_top1": run.best,
+                              "steps": run.ctx.step, "seconds": time.perf_counter() - run.t_start})
     if run.main:
         card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
                           mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
-        save_model(acc.unwrap_model(model), run.run_dir, card)
+        with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run again "
+                                                        f"with --resume train.run_name={run.run_dir.name}"):
+            save_model(acc.unwrap_model(model), run.run_dir, card)
     acc.wait_for_everyone()
     return run.result(test, status="complete")
 

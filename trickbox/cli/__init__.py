@@ -9,13 +9,14 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import ConfigError, NonFiniteError
+from ..errors import ConfigError, NonFiniteError, OutputError
 from . import eval as eval_command
 from . import list as list_command
 from . import new_plugin, report, sweep, train
 from .parsing import EXIT_USAGE, Parser
 
 EXIT_NONFINITE = 3
+EXIT_OUTPUT = 4
 COMMANDS = (train, list_command, sweep, report, eval_command, new_plugin)
 
 
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as exc:
         print(f"trickbox: stopped: {exc}; no optimizer step or checkpoint was written with it", file=sys.stderr)
         return EXIT_NONFINITE
+    except OutputError as exc:
+        print(f"trickbox: stopped: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except KeyboardInterrupt:
         print("trickbox: interrupted", file=sys.stderr)
         return 130
