@@ -392,3 +392,49 @@ def test_sigkill_while_checkpoints_are_being_written(tmp_path, spawn, fault):
         assert found is not None and found.path == final[-1] and found.step > newest
         newest = found.step
         f.update(newest_complete_step=newest, killed_mid_write=mid_write)
+
+
+PLUGINS = {"TRICKBOX_PLUGINS": "signals", "PYTHONPATH": str(REPO / "tests" / "fixtures")}
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_first_epoch_before_any_checkpoint_resumes_exactly(cfg_file, reference, tmp_path, fault):
+    f = fault("SIGTERM at step 2, before the first checkpoint", resumed=True)
+    first = subprocess.run(_cli(cfg_file, tmp_path, "early", "tricks.signal_at.at=2"), cwd=tmp_path,
+                           env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 143, first.stderr[-2000:]
+    found = latest_checkpoint(tmp_path / "early" / "checkpoints")
+    assert found is not None and (found.step, found.epoch, found.batch_in_epoch) == (3, 0, 3)  # the step after the signal
+    resumed = subprocess.run(_cli(cfg_file, tmp_path, "early", "--resume", "tricks.signal_at.at=10000"), cwd=tmp_path,
+                             env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 2 and "tricks.signal_at.at" in resumed.stderr  # a changed trick: refused
+    resumed = subprocess.run(_cli(cfg_file, tmp_path, "early", "--resume", "tricks.signal_at.at=10000",
+                                  "train.resume_allow=[tricks.signal_at]"), cwd=tmp_path,
+                             env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(reference, tmp_path / "early")
+    f.update(exact=True, checkpoint_step=3)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_final_evaluation_still_finishes_the_run(cfg_file, tmp_path, fault):
+    fault("SIGTERM during the final test evaluation")
+    proc = subprocess.run(_cli(cfg_file, tmp_path, "late", "train.epochs=1", "tricks.signal_at.where=final_eval"),
+                          cwd=tmp_path, env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "late" / "model.safetensors").is_file() and (tmp_path / "late" / "summary.json").is_file()
+    assert "the run is complete" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_mid_step_stops_the_others_promptly(cfg_file, tmp_path, fault):
+    fault("one of two ranks exits mid-step (os._exit)")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    start = time.time()
+    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", *_cli(cfg_file, tmp_path, "dies")[1:],
+                           "tricks.signal_at.where=die", "tricks.signal_at.rank=1", "tricks.signal_at.at=5"],
+                          cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", **PLUGINS), capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode != 0
+    assert time.time() - start < 240  # the other rank does not wait for the process-group timeout (30 min)

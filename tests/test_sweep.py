@@ -322,3 +322,66 @@ def test_spec_trains_the_teacher_once_and_reports_at_cycle_ends(tmp_path):
         assert used["tricks"]["distillation"]["teacher"] == str(teacher.resolve())
         assert used["tricks"]["distillation"]["temperature"] == t.params["distillation.temperature"]
         assert sorted(t.intermediate_values) == [1, 3]  # SGDR cycles (t0=1, t_mult=2) end after epochs 1 and 3
+
+
+def _orphan(tmp_path: Path, n_trials: int, owner: dict, lease: float):
+    """A study of sweeps/smoke.yaml with one RUNNING trial that ``owner`` holds until ``lease``."""
+    from trickbox.sweep.spec import load_spec
+    from trickbox.sweep.storage import resolve_storage
+    from trickbox.sweep.study import Coordinator
+
+    spec = load_spec(SMOKE, FAST, study="orphan", n_trials=n_trials)
+    study_dir = tmp_path / "out" / "orphan"
+    co = Coordinator(spec, resolve_storage(None, study_dir), study_dir, worker="test")
+    trial = co.study.ask()
+    for d in spec.search:
+        d.suggest(trial)
+    trial.set_user_attr("owner", owner)
+    trial.set_user_attr("lease", lease)
+    trial.set_user_attr("run_dir", str(study_dir / "trial-0"))
+    co.close()
+    return study_dir
+
+
+@pytest.mark.slow
+def test_a_trial_left_running_on_another_host_with_an_expired_lease_is_reaped(tmp_path, fault):
+    fault("sweep trial RUNNING under another host name, lease expired")
+    study_dir = _orphan(tmp_path, 2, {"host": "a-host-that-is-gone", "pid": 1, "start": None, "worker": "w0"}, time.time() - 60)
+    proc = run(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir", str(tmp_path / "out"), *FAST), tmp_path,
+               timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped renewing its lease" in proc.stderr
+    trials = load_study("orphan", study_dir / "journal.log").get_trials()
+    assert trials[0].state.name == "FAIL" and [t.user_attrs.get("retry_of") for t in trials[1:2]] == [0]
+    assert sorted(t.state.name for t in trials[1:]) == ["COMPLETE", "COMPLETE"] or \
+        {t.state.name for t in trials[1:]} <= {"COMPLETE", "PRUNED"}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_that_waits_for_another_workers_trial(tmp_path, fault):
+    from trickbox.sweep.storage import owner_record
+
+    fault("SIGTERM to a sweep waiting for a live worker's trial")
+    # the test process "runs" trial 0 and renews nothing: its lease is in the future, its process alive
+    study_dir = _orphan(tmp_path, 2, owner_record("elsewhere-in-this-process"), time.time() + 3600)
+    proc = subprocess.Popen(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir", str(tmp_path / "out"),
+                                  *FAST), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:  # it trains trial 1, then waits: trial 0 might still crash and need a retry
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            states = [t.state.name for t in load_study("orphan", study_dir / "journal.log").get_trials()]
+            if len(states) == 2 and states[1] in ("COMPLETE", "PRUNED"):
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.time() - start < 30 and proc.returncode in (0, 143), err[-2000:]
+    assert "Traceback" not in err
+    assert load_study("orphan", study_dir / "journal.log").get_trials()[0].state.name == "RUNNING"  # not its to fail

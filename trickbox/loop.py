@@ -443,6 +443,9 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
                                                         f"with --resume train.run_name={run.run_dir.name}"):
             save_model(acc.unwrap_model(model), run.run_dir, card)
     acc.wait_for_everyone()
+    if run.stop.signum is not None and run.main:
+        print(f"trickbox: signal {run.stop.signum} arrived after the last training step; the run is complete "
+              "(model.safetensors written), nothing to resume", file=sys.stderr)
     return run.result(test, status="complete")
 
 
