@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,7 +115,7 @@ class Mixup(Trick):
         if self.ways > 2:
             return self._mix_k(batch, rng, gen, size)
         lam_np = sample_lambda(self.alpha, size, rng)
-        if not torch.isfinite(torch.as_tensor(lam_np)).all():  # checked on the host: no device sync
+        if not np.isfinite(lam_np).all():  # λ is drawn on the host: checking it reads nothing from the device
             raise NonFiniteError(f"mixup drew a non-finite λ ({lam_np})")
         lam: float | Tensor = float(lam_np) if size is None else torch.as_tensor(lam_np, dtype=batch.x.dtype).to(batch.x.device, non_blocking=True)
         meta: dict[str, Any] = {"lam": lam, "mixup_layer": self.layer}
