@@ -38,8 +38,11 @@ class ModelConfig:
     """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that ``torch.load(weights_only=True)``
     reads; a trickbox run's ``model.safetensors`` too), loaded by timm through ``pretrained_cfg_overlay=dict(file=…)``.
     Implies ``pretrained``."""
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | None = None
+    """Channels-last memory format; None: on CUDA (faster convolutions with tensor cores), off elsewhere."""
+    compile: bool | None = None
+    """``torch.compile`` the model; None: on CUDA, off elsewhere. A graph torch cannot compile runs eagerly (a
+    warning says so); false skips the attempt."""
 
 
 @dataclass

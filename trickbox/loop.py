@@ -282,7 +282,8 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
     cfg, acc, tc = run.cfg, run.accelerator, run.cfg.train
     seed_global(acc.device, tc.seed, "init")
     model = model_from_config(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
-    if cfg.model.channels_last:
+    on_cuda = acc.device.type == "cuda"
+    if cfg.model.channels_last if cfg.model.channels_last is not None else on_cuda:
         model = model.to(memory_format=torch.channels_last)
     model.to(acc.device)
     optimizer = create_optimizer(model, cfg.optim, device=acc.device)
@@ -301,7 +302,10 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         step = run.checkpoint.step
-    if cfg.model.compile:
+    if cfg.model.compile if cfg.model.compile is not None else on_cuda:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # what torch cannot compile runs eagerly, with its warning
         model = torch.compile(model)
     model, optimizer = acc.prepare(model, optimizer)
     run.tricks.attach(optimizer, step=step)
