@@ -7,7 +7,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRICKBOX_CACHE=/tmp/tbcache
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
-timeout 280 python3 experiments/tricks_table.py --zip .devdata/cifar10-3k.zip --jobs 6 --work /tmp/tt --out "$OUT/tricks.md" > "$OUT/tricks.log" 2>&1
+timeout 280 python3 experiments/paper.py tricks --workers 6 data.root=.devdata/cifar10-3k.zip > "$OUT/tricks.log" 2>&1
 echo "tricks table rc=$? after $(( $(date +%s) - start )) s"; tail -15 "$OUT/tricks.log"
 timeout 170 python3 benchmarks/gpu.py --data .devdata/cifar10-3k.zip --out "$OUT/gpu.md" > "$OUT/gpu.log" 2>&1
 echo "gpu benchmark rc=$? after $(( $(date +%s) - start )) s"; tail -25 "$OUT/gpu.log"

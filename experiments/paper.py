@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, commit, machine  # noqa: E402
 
-TABLES = ("erm_mixup", "alpha", "capacity", "stack", "adversarial", "labels", "labels_long", "ablation")
+TABLES = ("erm_mixup", "alpha", "capacity", "stack", "tricks", "adversarial", "labels", "labels_long", "ablation")
 PROFILES: dict[str, dict[str, list[str]]] = {
     # the CPU profile is the specs themselves (sweeps/paper/cifar_paper.yaml)
     "cpu": {},
@@ -440,6 +440,7 @@ TITLES = {
     "alpha": "Classification: test error against mixup's α",
     "capacity": "Classification: ERM and mixup at two model sizes",
     "stack": "Classification: the tricks stacked (He et al.)",
+    "tricks": "The tricks one at a time on cosine decay, and all four",
     "adversarial": "Adversarial examples: white-box FGSM and I-FGSM",
     "labels": "Corrupted labels: ERM, dropout and mixup",
     "labels_long": "Corrupted labels, trained until ERM memorises: ERM, dropout and mixup",
