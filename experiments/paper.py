@@ -79,7 +79,7 @@ def run_sweep(table: str, args: argparse.Namespace) -> float:
 
 
 def load_rows(table: str, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-    from trickbox.sweep.report import grid_rows, load_study
+    from trickbox.report import grid_rows, load_study
 
     study, _ = load_study(study_name(table, args.profile), None, REPO / args.out_dir)
     info = dict(study.user_attrs.get("trickbox") or {})
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         adversarial_plot(body, out / f"{stem}.png")
         images.append(f"{stem}.png")
     else:
-        from trickbox.sweep.report import grid_table
+        from trickbox.report import grid_table
 
         body = grid_table(study, info.get("objective", "value"), info.get("params"), choices=info.get("choices"),
                           columns=info.get("columns"))

@@ -153,7 +153,7 @@ def test_loss_parts_are_named_ce_and_kd(teacher_dir):
     assert torch.allclose(parts.parts["kd"], kd, rtol=1e-5)
     assert torch.allclose(parts.parts["ce"], soft_cross_entropy(logits, batch.y))
     assert torch.allclose(parts.total, parts.parts["ce"] + parts.parts["kd"])
-    assert set(parts.detached()) == {"loss", "loss/ce", "loss/kd"}
+    assert set(parts.detached()) == {"loss", "loss/ce", "loss/kd", "loss/kd_kl"}  # kd_kl: logged, not summed
 
 
 def test_a_nan_loss_raises_before_backward():

@@ -112,3 +112,14 @@ def test_the_core_never_names_a_trick():
     found = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in core for i, line in enumerate(p.read_text().splitlines(), 1)
              for m in [pattern.search(line)] if m]
     assert not found, found
+
+
+def test_no_function_is_longer_than_80_lines_and_train_fits_a_screen():
+    lengths = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{module_name(path)}.{node.name}"] = node.end_lineno - node.lineno + 1
+    assert lengths["trickbox.loop.train"] <= 60
+    long = {k: v for k, v in lengths.items() if v > 80}
+    assert not long, long  # docs/architecture.md would have to say why for each

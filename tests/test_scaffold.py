@@ -81,7 +81,7 @@ def test_generated_files_are_consistent():
     classes = {n.name: n for n in module.body if isinstance(n, ast.ClassDef)}
     assert class_name("my_trick") == "MyTrick" and "MyTrick" in classes
     ast.parse(files["tests/test_my_trick.py"])
-    assert "pip install -e ." in files["README.md"]
+    assert "pip install -e \".[test]\"" in files["README.md"]
 
 
 @pytest.mark.slow

@@ -277,7 +277,7 @@ def test_report_html_loads_in_headless_chromium(tmp_path):
     if chromium is None:
         pytest.skip("chromium is not installed (CI: apt-get install -y chromium)")
     out = _grid_study(tmp_path)
-    from trickbox.sweep.report import write_report
+    from trickbox.report import write_report
 
     report = write_report("grid", out_dir=out, use_wandb=False)
     proc = subprocess.run(

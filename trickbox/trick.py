@@ -8,7 +8,7 @@ validated parameter values; the instance is what pluggy calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping
 
 import pluggy
 

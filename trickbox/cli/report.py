@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..sweep.report import write_report
+    from ..report import write_report
 
     result = write_report(args.study, storage=args.storage, out_dir=Path(args.out_dir),
                           html=Path(args.html) if args.html else None, use_wandb=not args.no_wandb)

@@ -5,7 +5,7 @@ supervises the worker processes, :mod:`.study` is a worker's handle on the
 study (Optuna's ``study.optimize`` one trial at a time, under the study lock of
 :mod:`.storage`), :mod:`.trials` runs each trial (trickbox's loop, or your script),
 :mod:`.distributed` lets the ranks of one launch run a trial together, and
-``trickbox report STUDY`` is :mod:`.report`. Inside your own script, run by
+``trickbox report STUDY`` is :mod:`trickbox.report`. Inside your own script, run by
 ``trickbox sweep SPEC --script train.py``::
 
     t = trickbox.sweep.current_trial()      # does nothing outside a sweep

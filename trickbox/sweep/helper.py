@@ -11,11 +11,10 @@
             break
     t.finish(val_accuracy)
 
-The worker that started the script has sampled the parameters already and
-names the trial in the environment (``TRICKBOX_TRIAL``: a JSON file). The
-script never opens the study: rank 0 sends each report to its worker over a
-local authenticated connection and gets the pruner's decision back; under
-``accelerate launch`` it broadcasts that decision to the other ranks.
+The worker that started the script names the trial in ``TRICKBOX_TRIAL`` (a
+JSON file). The script never opens the study: rank 0 sends each report to its
+worker over a local authenticated connection and gets the pruner's decision
+back; under ``accelerate launch`` it broadcasts that decision to the others.
 """
 from __future__ import annotations
 
@@ -46,41 +45,16 @@ def _broadcast(value: Any) -> Any:
     return holder[0]
 
 
-class NoTrial:
-    """Outside a sweep: the script runs as written (``suggest`` returns its input, ``report`` never prunes)."""
-
-    in_sweep = False
-    number: int | None = None
-    params: dict[str, Any] = {}
-    run_dir: Path | None = None
-    resume_dir: Path | None = None
-
-    def suggest(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return copy.deepcopy(dict(config))
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def report(self, value: float, epoch: int) -> bool:
-        return False
-
-    def finish(self, value: float | None = None) -> None:
-        return None
-
-    def wandb_init_kwargs(self) -> dict[str, Any]:
-        return {}
-
-
 class SweepTrial:
     """One trial of a ``--script`` sweep, as seen from inside the script."""
 
     in_sweep = True
 
-    def __init__(self, info: dict[str, Any], path: Path) -> None:
+    def __init__(self, info: dict[str, Any], path: Path | None) -> None:
         self.info, self.path = info, path
-        self.number: int = int(info["number"])
-        self.params: dict[str, Any] = dict(info["params"])
-        self.run_dir = Path(info["run_dir"])
+        self.number: int | None = info.get("number")
+        self.params: dict[str, Any] = dict(info.get("params", {}))
+        self.run_dir = Path(info["run_dir"]) if info.get("run_dir") else None
         self.resume_dir = Path(info["resume_dir"]) if info.get("resume_dir") else None
         self._conn: Any = None
         self._state: str | None = None
@@ -88,9 +62,8 @@ class SweepTrial:
     def suggest(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` with this trial's parameters put in place.
 
-        A tricks mapping (``{"<trick>": {...}}``) gets the trick parameters; a full config (with a
-        ``tricks:`` key) also gets config keys such as ``optim.lr``. The script's own parameters are in
-        :attr:`params`.
+        A tricks mapping (``{"<trick>": {...}}``) gets the trick parameters; a full config (with a ``tricks:``
+        key) also gets config keys such as ``optim.lr``. The script's own parameters are in :attr:`params`.
         """
         out = copy.deepcopy(dict(config))
         full = "tricks" in out
@@ -140,8 +113,7 @@ class SweepTrial:
 
     def _end(self, state: str) -> None:
         self._state = state
-        wandb = sys.modules.get("wandb")
-        run = getattr(wandb, "run", None) if wandb is not None else None
+        run = getattr(sys.modules.get("wandb"), "run", None)
         if run is not None and _rank() == 0:
             try:
                 run.tags = tuple(run.tags or ()) + (state,)
@@ -154,23 +126,34 @@ class SweepTrial:
         return copy.deepcopy(self.info.get("wandb", {}))
 
 
-_CURRENT: SweepTrial | NoTrial | None = None
+class NoTrial(SweepTrial):
+    """Outside a sweep: the script runs as written (``suggest`` returns its input, ``report`` never prunes)."""
+
+    in_sweep = False
+
+    def __init__(self) -> None:
+        super().__init__({}, None)
+
+    def report(self, value: float, epoch: int) -> bool:
+        return False
+
+    def finish(self, value: float | None = None) -> None:
+        return None
 
 
-def current_trial() -> SweepTrial | NoTrial:
+_CURRENT: SweepTrial | None = None
+
+
+def current_trial() -> SweepTrial:
     """This process's trial under ``trickbox sweep --script``, else a :class:`NoTrial` that changes nothing."""
     global _CURRENT
     path = os.environ.get(ENV_TRIAL)
     if not path:
-        if not isinstance(_CURRENT, NoTrial):
-            _CURRENT = NoTrial()
-        return _CURRENT
-    if isinstance(_CURRENT, SweepTrial) and str(_CURRENT.path) == path:
-        return _CURRENT
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{ENV_TRIAL}={path} is not a readable trial file ({exc}); run the script through "
-                           "trickbox sweep --script or unset it") from None
-    _CURRENT = SweepTrial(info, Path(path))
+        _CURRENT = _CURRENT if isinstance(_CURRENT, NoTrial) else NoTrial()
+    elif _CURRENT is None or str(_CURRENT.path) != path:
+        try:
+            _CURRENT = SweepTrial(json.loads(Path(path).read_text()), Path(path))
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{ENV_TRIAL}={path} is not a readable trial file ({exc}); run the script through "
+                               "trickbox sweep --script or unset it") from None
     return _CURRENT

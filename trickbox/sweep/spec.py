@@ -1,15 +1,7 @@
-"""A study spec (``sweeps/*.yaml``): read with ``safe_load``, validated whole before anything runs.
+"""A study spec (``sweeps/*.yaml``, the format key by key in ``docs/sweeps.md``), validated whole before anything runs.
 
-The format is documented, key by key, in ``docs/sweeps.md``: ``study``, ``base`` (a training config),
-``search`` (``<trick>.<param>`` or a dotted config key, with a range, choices or ``default``: the range
-the trick declares), ``objective``/``direction``, ``sampler``, ``pruner``, ``pruning``, ``n_trials`` /
-``timeout``, ``seeds`` (grids), ``variants`` (named rows), ``columns`` (report columns), ``train_first``
-(a run trained once before the trials; it fills every ``Param(artifact=True)`` the trials leave unset),
-``retries``, ``heartbeat``, ``distributed`` and ``keep_checkpoints``.
-
-The sweep knows no trick by name: it asks the installed tricks (their
-parameter declarations, whether they implement ``trickbox_report_epochs``,
-which parameters are artifacts).
+The sweep knows no trick by name: it asks the installed tricks (their parameter declarations, whether they
+implement ``trickbox_report_epochs``, which parameters are artifacts a ``train_first:`` run fills).
 """
 from __future__ import annotations
 
@@ -19,19 +11,18 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..scalars import Limits, check_scalar, did_you_mean
+from ..scalars import Limits, bounded, check_fields, check_scalar, did_you_mean
 from ..trick import Param
 
-SPEC_KEYS = (
-    "study", "description", "base", "search", "objective", "direction", "sampler", "pruner", "pruning",
-    "n_trials", "timeout", "seeds", "train_first", "retries", "heartbeat", "distributed", "keep_checkpoints",
-    "variants", "columns",
-)
+SPEC_KEYS = ("study", "base", "search", "objective", "direction", "sampler", "pruner", "pruning", "seeds", "train_first",
+             "variants", "columns", "description", "n_trials", "timeout", "retries", "heartbeat", "distributed",
+             "keep_checkpoints")
 VARIANT = "variant"
 FIRST_DIR = "train_first"
 """The folder under the study where the ``train_first:`` run is trained."""
@@ -40,19 +31,8 @@ NOT_SEARCHABLE = (
     "train.out_dir", "train.run_name", "train.tracker", "train.mixed_precision", "train.project",
     "train.progress", "train.stop_after_epoch",
 )
-SAMPLERS = {"tpe": ("seed", "n_startup_trials", "multivariate", "constant_liar"), "random": ("seed",), "grid": ("seed",)}
-PRUNERS = {
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor"),
-    "threshold": ("lower", "upper", "n_warmup_steps"),
-    "none": (),
-}
-OPTION_KINDS: dict[str, tuple[type, Limits]] = {
-    "seed": (int, Limits(low=0)), "n_startup_trials": (int, Limits(low=0)), "n_warmup_steps": (int, Limits(low=0)),
-    "interval_steps": (int, Limits(low=1)), "min_resource": (int, Limits(low=1)), "max_resource": (int, Limits(low=1)),
-    "reduction_factor": (int, Limits(low=2)), "multivariate": (bool, Limits()), "constant_liar": (bool, Limits()),
-    "lower": (float, Limits()), "upper": (float, Limits()),
-}
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler"}
+PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "threshold": "ThresholdPruner", "none": "NopPruner"}
 MAXIMIZE = ("top1", "top5", "best_top1", "accuracy", "acc")
 MINIMIZE = ("nll", "ece", "loss", "error", "err")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -97,6 +77,36 @@ class Choice:
 
 
 @dataclass
+class Heartbeat:
+    """Optuna's heartbeats on RDB storages, and the lease of journal trials (seconds)."""
+
+    interval: int = bounded(10, low=1)
+    grace: int | None = bounded(None, low=1)
+    """Default: 3 x interval."""
+
+
+@dataclass
+class Distributed:
+    timeout: float = bounded(1800.0, low=0, low_open=True)
+    """The process-group timeout of ``accelerate launch train.py --sweep`` (the backstop against a hang)."""
+    failure_wait: float = bounded(60.0, low=0, low_open=True)
+    """How long a failed rank waits for the others to leave the trial too."""
+
+
+@dataclass
+class Options:
+    """The spec's plain keys: checked like a config section (unknown keys, types, ranges)."""
+
+    description: str = ""
+    n_trials: int | None = bounded(None, low=1)
+    timeout: float | None = bounded(None, low=0, low_open=True)
+    retries: int = bounded(2, low=0)
+    keep_checkpoints: bool = False
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    distributed: Distributed = field(default_factory=Distributed)
+
+
+@dataclass
 class SweepSpec:
     """A validated study spec. Build it with :func:`load_spec`."""
 
@@ -116,19 +126,23 @@ class SweepSpec:
     """A config trained once before the trials; its run directory fills every unset artifact parameter."""
     artifacts: dict[str, list[str]] = field(default_factory=dict)
     """Per trick, its parameters declared ``Param(artifact=True)`` (filled from ``train_first``)."""
-    retries: int = 2
-    heartbeat_interval: int = 10
-    heartbeat_grace: int = 30
-    dist_timeout: float = 1800.0
-    failure_wait: float = 60.0
-    keep_checkpoints: bool = False
-    description: str = ""
+    options: Options = field(default_factory=Options)
     path: Path | None = None
     script: bool = False
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named config fragments; the dimension ``variant`` picks one per trial."""
     columns: list[dict[str, Any]] = field(default_factory=list)
     """``report.md`` columns: ``{"metric": key, "title": str, "error": bool}``."""
+
+    @property
+    def retries(self) -> int:
+        return self.options.retries
+
+    @property
+    def heartbeat(self) -> tuple[int, int]:
+        """(interval, grace) in seconds."""
+        hb = self.options.heartbeat
+        return hb.interval, hb.grace or 3 * hb.interval
 
     @property
     def is_grid(self) -> bool:
@@ -229,7 +243,7 @@ def spec_from_mapping(
     for key in raw:
         if key == "teacher":
             raise ConfigError(f"{where}: the key teacher: is now called train_first: (a run trained once before the trials); rename it")
-        if key not in SPEC_KEYS:
+        if key not in SPEC_KEYS + tuple(f.name for f in dataclasses.fields(Options)):
             raise ConfigError(f"unknown key {key!r} in {where}{did_you_mean(str(key), SPEC_KEYS)}")
     root = path.parent if path else Path.cwd()
     name = study or raw.get("study") or (path.stem if path else None)
@@ -271,24 +285,13 @@ def spec_from_mapping(
         raise ConfigError(f"sampler grid needs choices for every searched parameter; {loose[0].describe()} is a range: "
                           f"write {loose[0].name}: {{choices: [...]}}")
 
-    n = check_scalar("n_trials", n_trials if n_trials is not None else raw.get("n_trials"), int, Limits(low=1), optional=True)
-    t = check_scalar("timeout", timeout if timeout is not None else raw.get("timeout"), float, Limits(low=0, low_open=True),
-                     optional=True)
-    hb = _section(raw, "heartbeat", ("interval", "grace"))
-    interval = check_scalar("heartbeat.interval", hb.get("interval", 10), int, Limits(low=1))
-    grace = check_scalar("heartbeat.grace", hb.get("grace", 3 * interval), int, Limits(low=interval, low_open=True))
-    dist = _section(raw, "distributed", ("timeout", "failure_wait"))
-    seconds = Limits(low=0, low_open=True)
     spec = SweepSpec(
         study=name, base=base, search=dims, objective=objective, direction=direction, sampler=sampler, pruner=pruner,
-        restart_aware=_pruning(raw.get("pruning"), base, cat), n_trials=n, timeout=t, seeds=seeds, train_first=first,
-        artifacts=artifacts, path=path, script=script, description=str(raw.get("description") or ""), variants=variants,
-        columns=_columns(raw.get("columns")), retries=check_scalar("retries", raw.get("retries", 2), int, Limits(low=0)),
-        keep_checkpoints=check_scalar("keep_checkpoints", raw.get("keep_checkpoints", False), bool),
-        heartbeat_interval=interval, heartbeat_grace=grace,
-        dist_timeout=check_scalar("distributed.timeout", dist.get("timeout", 1800), float, seconds),
-        failure_wait=check_scalar("distributed.failure_wait", dist.get("failure_wait", 60), float, seconds),
+        restart_aware=_pruning(raw.get("pruning"), base, cat), seeds=seeds, train_first=first, artifacts=artifacts,
+        path=path, script=script, variants=variants, columns=_columns(raw.get("columns")),
+        options=_options(raw, n_trials, timeout),
     )
+    spec.n_trials, spec.timeout = spec.options.n_trials, spec.options.timeout
     if spec.is_grid:
         if spec.n_trials is None:
             spec.n_trials = spec.grid_size
@@ -558,25 +561,33 @@ def _objective(objective: Any, direction: Any) -> tuple[str, str]:
     return objective, direction
 
 
-def _choice(key: str, value: Any, known: dict[str, tuple[str, ...]]) -> Choice:
-    if isinstance(value, str):
-        name, options = value, {}
-    elif isinstance(value, Mapping):
+def _choice(key: str, value: Any, known: dict[str, str]) -> Choice:
+    """A sampler or pruner by name, its options checked by constructing Optuna's own class with them."""
+    import inspect
+
+    import optuna
+
+    name, options = (value, {}) if isinstance(value, str) else (None, {})
+    if isinstance(value, Mapping):
         options = dict(value)
         name = options.pop("name", None)
-        if not isinstance(name, str):
-            raise ConfigError(f"{key} needs a name, e.g. {key}: {{name: {next(iter(known))}}}")
-    else:
+    if not isinstance(name, str):
         raise ConfigError(f"{key} must be one of {', '.join(known)} or a mapping with name:, got {value!r}")
     if name not in known:
         raise ConfigError(f"{key} {name!r} is not supported{did_you_mean(name, list(known))}")
+    cls = getattr(optuna.samplers if key == "sampler" else optuna.pruners, known[name])
+    allowed = [p for p in inspect.signature(cls).parameters if p not in ("search_space", "self")]
     for k, v in options.items():
-        if k not in known[name]:
-            raise ConfigError(f"{key} {name} has no option {k!r}{did_you_mean(str(k), known[name])}")
-        kind, limits = OPTION_KINDS[k]
-        options[k] = check_scalar(f"{key}.{k}", v, kind, limits)
-    if name == "threshold" and "lower" not in options and "upper" not in options:
-        raise ConfigError("pruner threshold needs lower: and/or upper: (the objective's bounds below/above which a trial stops)")
+        if k not in allowed:
+            raise ConfigError(f"{key} {name} has no option {k!r}{did_you_mean(str(k), allowed)}")
+        if not isinstance(v, (bool, int, float, str, type(None))):
+            raise ConfigError(f"{key}.{k} must be a number, a string or true/false, got {v!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls(**({"search_space": {}} if name == "grid" else {}), **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} {name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
     return Choice(name, options)
 
 
@@ -596,20 +607,24 @@ def _seeds(seeds: Any, sampler: Choice, names: list[str]) -> list[int] | None:
 
 
 def _pruning(value: Any, base: Mapping[str, Any], cat: Any) -> bool:
-    ra = check_scalar("pruning.restart_aware", _section({"pruning": value}, "pruning", ("restart_aware",)).get("restart_aware", False), bool)
+    if not isinstance(value, (Mapping, type(None))) or set(value or {}) - {"restart_aware"}:
+        raise ConfigError(f"pruning must be a mapping such as {{restart_aware: true}}, got {value!r}")
+    ra = check_scalar("pruning.restart_aware", (value or {}).get("restart_aware", False), bool)
     if ra and not any(hasattr(cat.get(t).cls, "trickbox_report_epochs") for t in (base.get("tricks") or {})):
         raise ConfigError("pruning.restart_aware reports only at the epochs the tricks call fair (a schedule's cycle ends); "
                           "no trick under base.tricks declares them (trickbox_report_epochs): enable one or drop it")
     return ra
 
 
-def _section(raw: Mapping[str, Any], key: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping with {', '.join(keys)}, got {value!r}")
-    for k in value:
-        if k not in keys:
-            raise ConfigError(f"unknown key {key}.{k}{did_you_mean(str(k), keys)}")
-    return dict(value)
+def _options(raw: Mapping[str, Any], n_trials: int | None, timeout: float | None) -> Options:
+    from ..config import build
+
+    keys = {f.name for f in dataclasses.fields(Options)}
+    values = {k: v for k, v in raw.items() if k in keys and v is not None}
+    values.update({k: v for k, v in (("n_trials", n_trials), ("timeout", timeout)) if v is not None})
+    opts = build(Options, values)
+    for section, obj in (("", opts), ("heartbeat.", opts.heartbeat), ("distributed.", opts.distributed)):
+        check_fields(obj, section.rstrip(".") or "spec")
+    if opts.heartbeat.grace is not None and opts.heartbeat.grace <= opts.heartbeat.interval:
+        raise ConfigError(f"heartbeat.grace ({opts.heartbeat.grace}) must exceed heartbeat.interval ({opts.heartbeat.interval})")
+    return opts

@@ -1,20 +1,10 @@
 """Where a study lives, the lock that makes its trial count exact, and who owns a running trial.
 
-Storage. Without ``--storage`` a study is an Optuna journal file
-``sweeps_out/<study>/journal.log`` (``JournalStorage(JournalFileBackend)``: no
-server, safe for several processes on one machine). ``--storage
-postgresql://...`` (or ``sqlite:///...``) is an Optuna RDB storage that workers
-on many machines share.
-
-Crashed trials. On an RDB storage Optuna's own heartbeats find a trial whose
-worker stopped beating, fail it and hand it to Optuna's
-``RetryHeartbeatStaleTrialCallback``. The journal storage has no heartbeat, so
-trickbox keeps a small reaper: every running trial records its owner (host,
-PID, process start time) and a lease that the live worker renews; a trial
-whose owner process on this host is gone, or whose lease ran out on another
-host, is failed and given to the same Optuna callback. The retry is a WAITING
-copy with the same parameters; it inherits the failed trial's ``run_dir`` and
-continues from its last epoch checkpoint.
+A journal file ``sweeps_out/<study>/journal.log`` by default (no server; one machine), or an Optuna RDB storage
+(``--storage postgresql://...`` for many machines, ``sqlite:///...``). A crashed trial is failed and handed to
+Optuna's ``RetryHeartbeatStaleTrialCallback`` (a WAITING copy, same parameters, resumed from the failed trial's
+checkpoint): found by Optuna's heartbeats on RDB storages, and on the journal, which has none, by trickbox's reaper of
+trials whose owner process on this host died or whose lease (renewed by the live worker) ran out on another host.
 """
 from __future__ import annotations
 
@@ -126,28 +116,22 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
 
 
 class StaleRetry:
-    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (same parameters, WAITING, ``max_retry``), saying what it does."""
+    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (a WAITING copy, same parameters, at most ``max_retry``),
+    saying what it does."""
 
     def __init__(self, max_retry: int | None, reason: str) -> None:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ExperimentalWarning
-            self.callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        self.max_retry = max_retry
-        self.reason = reason
+        self.max_retry, self.reason = max_retry, reason
 
     def __call__(self, study: Any, trial: Any) -> None:
-        history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-        if self.max_retry is not None and len(history) > self.max_retry:
-            print(f"trickbox sweep: trial {trial.number} failed ({self.reason}) and was retried {len(history) - 1} "
-                  f"times already; not retrying (retries: {self.max_retry})", file=sys.stderr, flush=True)
-            return
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        done = len(trial.system_attrs.get("retry_history", []))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.callback(study, trial)
-        print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; it is retried with the same parameters",
-              file=sys.stderr, flush=True)
+            warnings.simplefilter("ignore")  # ExperimentalWarning
+            RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+        again = self.max_retry is None or done < self.max_retry
+        print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; " + ("it is retried with the same parameters"
+              if again else f"retried {done} times already, not again (retries: {self.max_retry})"), file=sys.stderr, flush=True)
 
 
 def budget_used(trials: list[Any]) -> int:
@@ -161,18 +145,15 @@ def budget_used(trials: list[Any]) -> int:
 
 # -- the study lock ---------------------------------------------------------------
 class StudyLock:
-    """Mutual exclusion between every worker of one study (an ``fcntl`` file lock or a PostgreSQL advisory lock).
-
-    :meth:`acquire` and :meth:`release` may be called in different places (the lock is taken before a trial
-    is created and released as soon as it exists); :meth:`release` of a free lock does nothing.
-    """
+    """Mutual exclusion between every worker of one study: an ``fcntl`` file lock beside a journal or SQLite file,
+    a PostgreSQL advisory lock keyed by the study. :meth:`acquire` and :meth:`release` may happen in different
+    places (taken before a trial is created, released as soon as it exists); releasing a free lock does nothing."""
 
     def __init__(self, target: StorageTarget, study: str) -> None:
-        self.target = target
+        self.target, self.held = target, False
         self._key = int.from_bytes(hashlib.blake2b(f"trickbox:{study}".encode(), digest_size=8).digest(), "big", signed=True)
         self._conn: Any = None
         self._fh: Any = None
-        self.held = False
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -182,17 +163,20 @@ class StudyLock:
         finally:
             self.release()
 
+    def _sql(self, query: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        if self._conn is None:
+            self._conn = create_engine(self.target.url, poolclass=NullPool).connect()
+        self._conn.execute(text(query), {"k": self._key})
+        self._conn.commit()
+
     def acquire(self) -> None:
         if self.held:
             return
         if self.target.kind == "postgresql":
-            from sqlalchemy import create_engine, text
-            from sqlalchemy.pool import NullPool
-
-            if self._conn is None:
-                self._conn = create_engine(self.target.url, poolclass=NullPool).connect()
-            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-            self._conn.commit()
+            self._sql("SELECT pg_advisory_lock(:k)")
         else:
             import fcntl
 
@@ -206,17 +190,14 @@ class StudyLock:
         if not self.held:
             return
         self.held = False
-        if self.target.kind == "postgresql":
-            from sqlalchemy import text
-
-            try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                self._conn.commit()
-            except Exception:  # a dropped connection releases the lock anyway
-                self.close()
-        elif self._fh is not None:
+        if self._fh is not None:
             self._fh.close()  # closing the file releases the fcntl lock
             self._fh = None
+            return
+        try:
+            self._sql("SELECT pg_advisory_unlock(:k)")
+        except Exception:  # a dropped connection releases the lock anyway
+            self.close()
 
     def close(self) -> None:
         self.release()

@@ -1,18 +1,10 @@
 """One worker's handle on a study: joins it, starts trials under the study lock, records how they end.
 
-Each trial runs inside Optuna's own ``study.optimize(objective, n_trials=1)``:
-Optuna asks, records the trial's state from what the objective returns or
-raises (a value, ``TrialPruned``, a failure), and, on RDB storages, runs its
-heartbeat thread and fails stale trials. trickbox adds what Optuna lacks:
-
-* an exact trial count under concurrent workers: the study lock is taken before
-  ``optimize`` asks and released as soon as the trial exists (the first line of
-  the objective), so checking the budget and creating the trial are one step
-  (``MaxTrialsCallback`` checks after a trial and lets each other worker start
-  one more; for a grid, that is a grid point evaluated twice);
-* the reaper of trials whose worker died, for the journal storage, which has no
-  heartbeat (:mod:`trickbox.sweep.storage`);
-* the trial's run directory, and resuming a retry from the failed trial's checkpoints.
+Each trial runs inside Optuna's own ``study.optimize(objective, n_trials=1)``, which asks, records the state from
+what the objective returns or raises, and on RDB storages runs its heartbeats and fails stale trials. trickbox adds
+what Optuna lacks (``docs/architecture.md`` says why): an exact trial count under concurrent workers (the study lock
+is taken before Optuna asks and released as soon as the trial exists), the reaper of dead owners for the journal
+storage, which has no heartbeat, and a retry's resume from the failed trial's checkpoint.
 """
 from __future__ import annotations
 
@@ -109,7 +101,7 @@ class Coordinator:
         self.spec, self.target, self.study_dir, self.worker = spec, target, study_dir, worker
         self.deadline, self.wait_for_others = deadline, wait_for_others
         self.lock = StudyLock(target, spec.study)
-        heartbeat = (spec.heartbeat_interval, spec.heartbeat_grace) if target.kind != "journal" else None
+        heartbeat = spec.heartbeat if target.kind != "journal" else None
         self.storage = open_storage(target, heartbeat=heartbeat, retries=spec.retries)
         self.trial: Any = None  # the optuna.Trial running now
         with self.lock.hold():
@@ -152,8 +144,11 @@ class Coordinator:
 
     def reap(self) -> None:
         """Fail and retry RUNNING trials whose owner is gone (call with the lock held)."""
+        from optuna.storages import fail_stale_trials
         from optuna.trial import TrialState
 
+        if self.target.kind != "journal" and self.spec.heartbeat is not None:
+            fail_stale_trials(self.study)  # RDB: Optuna's heartbeats; a worker that only waits must check them too
         now = time.time()
         for t in self.trials((TrialState.RUNNING,)):
             why = owner_gone(t.user_attrs.get("owner"), t.user_attrs.get("lease"), now)
@@ -178,22 +173,19 @@ class Coordinator:
         n = self.spec.n_trials
         return any(t.state == TrialState.WAITING for t in trials) or n is None or budget_used(trials) < n
 
-    def others_running(self) -> bool:
-        from optuna.trial import TrialState
-
-        return bool(self.trials((TrialState.RUNNING,)))
-
     # -- one trial -----------------------------------------------------------------
     def run_one(self, runner: Callable[[TrialPlan], Outcome], stopping: Callable[[], bool] = lambda: False) -> tuple[TrialPlan, Outcome] | None:
         """Run the next trial with ``runner``; ``None`` when the study's budget is used up (after waiting for the
         other workers' trials, one of which might crash and need a retry)."""
+        from optuna.trial import TrialState
+
         while True:
             self.lock.acquire()
             self.reap()
             if self.budget_left() and not stopping():
                 break
             self.lock.release()
-            if stopping() or not self.wait_for_others or not self.others_running() or (
+            if stopping() or not self.wait_for_others or not self.trials((TrialState.RUNNING,)) or (
                     self.deadline is not None and time.time() >= self.deadline):
                 return None
             time.sleep(POLL_SECONDS)
@@ -203,7 +195,7 @@ class Coordinator:
             self.trial = trial
             plan = self._plan(trial)
             self.lock.release()  # the trial exists: the next worker may ask for its own
-            lease = Lease(trial, self.spec.heartbeat_interval, self.spec.heartbeat_grace) if self.target.kind == "journal" else None
+            lease = Lease(trial, *self.spec.heartbeat) if self.target.kind == "journal" else None
             try:
                 outcome = runner(plan)
             finally:
@@ -211,8 +203,6 @@ class Coordinator:
                     lease.stop()
             done.extend([plan, outcome])
             return self._verdict(trial, outcome)
-
-        import optuna
 
         try:
             with warnings.catch_warnings():
@@ -282,7 +272,7 @@ class Coordinator:
         if outcome.state == "failed" and outcome.retry:
             with self.lock.hold():
                 StaleRetry(self.spec.retries, outcome.error or "it crashed")(self.study, self._frozen(plan.number))
-        if outcome.state in ("complete", "pruned") and not self.spec.keep_checkpoints:
+        if outcome.state in ("complete", "pruned") and not self.spec.options.keep_checkpoints:
             shutil.rmtree(Path(plan.run_dir) / "checkpoints", ignore_errors=True)
 
     def close(self) -> None:

@@ -1,18 +1,10 @@
-"""The trial loop of a worker, and the two ways a trial runs: trickbox's own loop in this process, or a script.
+"""The trial loop of a worker (:func:`run_trials`), and the two ways a trial runs.
 
-:func:`run_trials` is the one loop: trial after trial from the study until its
-budget is used up. A runner turns a :class:`~trickbox.sweep.study.TrialPlan`
-into an :class:`~trickbox.sweep.study.Outcome`:
-
-* :class:`TrainRunner` trains the trial with :func:`trickbox.loop.train` in this
-  process (on every rank of a distributed trial: rank 0 broadcasts the plan;
-  :func:`follow_trials` is the other ranks' side). Each trial is an ordinary run
-  in ``sweeps_out/<study>/trial-<n>`` and one W&B run (group = study, job type
-  ``trial``). An :class:`EpochReporter` wraps the tricks' epoch-end hooks: it
-  reports the objective to the pruner and makes every rank act on one decision.
-* :class:`ScriptRunner` runs a user's script as a subprocess; the script reports
-  through :func:`trickbox.sweep.current_trial` over a local connection to this
-  worker, which alone talks to the study.
+:class:`TrainRunner` trains it with :func:`trickbox.loop.train` in this process (on every rank of a distributed
+trial: rank 0 broadcasts the plan, :func:`follow_trials` is the other ranks' side); its :class:`EpochReporter`
+wraps the tricks' epoch-end hooks, reports to the pruner and makes every rank act on one decision.
+:class:`ScriptRunner` runs a user's script, which reports through :func:`trickbox.sweep.current_trial` over a
+local connection to this worker, the one that talks to the study.
 """
 from __future__ import annotations
 
@@ -46,24 +38,19 @@ Report = Callable[[float, int], bool]
 def run_trials(coordinator: Coordinator, runner: Callable[[TrialPlan], Outcome], *, stopping: Callable[[], bool],
                channel: Channel | None = None) -> int:
     """Trial after trial until the budget is used up (this process owns the study); the exit code."""
-    code, fatal = 0, False
-    try:
-        while (done := coordinator.run_one(runner, stopping)) is not None:
-            plan, outcome = done
-            print_outcome(coordinator.worker, plan, outcome, coordinator.spec.objective)
-            if outcome.state == "failed" and not outcome.retry and not coordinator.any_success() and (
-                    outcome.config_error or isinstance(runner, ScriptRunner)):
-                print(f"trickbox sweep: trial {plan.number} failed and no trial has trained yet; stopping "
-                      f"(fix the spec, the data or the script): {outcome.error}", file=sys.stderr, flush=True)
-                code = 2 if outcome.config_error else 1
-                break
-            if outcome.fatal:
-                code, fatal = outcome.exit_code or 1, True
-                break
-    finally:
-        if channel is not None and channel.world_size > 1 and not fatal:
-            channel.broadcast(None)  # the other ranks leave follow_trials
-    return code
+    while (done := coordinator.run_one(runner, stopping)) is not None:
+        plan, outcome = done
+        print_outcome(coordinator.worker, plan, outcome, coordinator.spec.objective)
+        if outcome.fatal:
+            return outcome.exit_code or 1  # the other ranks (if any) stop on the same outcome
+        if outcome.state == "failed" and not outcome.retry and not coordinator.any_success() and (
+                outcome.config_error or isinstance(runner, ScriptRunner)):
+            print(f"trickbox sweep: trial {plan.number} failed and no trial has trained yet; stopping "
+                  f"(fix the spec, the data or the script): {outcome.error}", file=sys.stderr, flush=True)
+            break
+    if channel is not None and channel.world_size > 1:
+        channel.broadcast(None)  # the other ranks leave follow_trials
+    return 0 if done is None else 2 if outcome.config_error else 1
 
 
 def follow_trials(runner: TrainRunner, channel: Channel) -> int:
@@ -77,12 +64,8 @@ def follow_trials(runner: TrainRunner, channel: Channel) -> int:
 
 def print_outcome(worker: str, plan: TrialPlan, outcome: Outcome, objective: str) -> None:
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in plan.params.items())
-    if outcome.state == "complete":
-        what = f"complete {objective}={outcome.value:.4f}"
-    elif outcome.state == "pruned":
-        what = outcome.error or "pruned"
-    else:
-        what = f"FAILED: {outcome.error}" + (" (will be retried)" if outcome.retry else "")
+    what = {"complete": f"complete {objective}={outcome.value or 0:.4f}", "pruned": outcome.error or "pruned"}.get(
+        outcome.state, f"FAILED: {outcome.error}" + (" (will be retried)" if outcome.retry else ""))
     print(f"trickbox sweep [{worker}]: trial {plan.number} {what} in {outcome.seconds:.1f}s ({params})", file=sys.stderr, flush=True)
 
 
@@ -164,9 +147,8 @@ class TrainRunner:
             reporter.tricks = load_tricks(cfg.tricks, block=cfg.plugins.block).with_plugins(reporter)
             trial = {"number": plan.number, "study": plan.study, "params": dict(plan.params), "retry_of": plan.retry_of}
             result = train(cfg, resume=plan.resume, resume_from=Path(plan.resume_from) if plan.resume else None,
-                           tricks=reporter.tricks, accelerator=self.accelerator,
-                           tracking_kwargs={"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial",
-                                            "tags": [f"study:{plan.study}"]}, extra_config={"trial": trial})
+                           tricks=reporter.tricks, accelerator=self.accelerator, tracking_kwargs=wandb_names(plan),
+                           extra_config={"trial": trial})
             value = result.history[-1].get(self.spec.objective) if result.history else None
             last = {k: float(v) for k, v in (result.history[-1] if result.history else {}).items()
                     if isinstance(v, (int, float)) and k != "epoch"}
@@ -209,6 +191,11 @@ class TrainRunner:
         return Outcome("failed", error=mine, failed_rank=rank, fatal=True, exit_code=1)
 
 
+def wandb_names(plan: TrialPlan) -> dict[str, Any]:
+    """The W&B run of a trial: named ``trial-<n>``, grouped by its study, job type ``trial``."""
+    return {"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial", "tags": [f"study:{plan.study}"]}
+
+
 def describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:400]}" if text else type(exc).__name__
@@ -218,10 +205,9 @@ def is_comm_error(exc: BaseException) -> bool:
     """A failed collective (a peer died or timed out), not an error of this rank's own work."""
     import torch.distributed as dist
 
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
     text = str(exc).lower()
-    return any(s in text for s in ("connection closed by peer", "connection reset", "gloo", "nccl", "timed out", "broken pipe"))
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("connection closed by peer", "connection reset", "gloo", "nccl", "timed out", "broken pipe"))
 
 
 # -- a user's script, as a subprocess -----------------------------------------------------
@@ -300,14 +286,9 @@ class ScriptRunner:
     def trial_info(self, plan: TrialPlan, address: Any, key: bytes) -> dict[str, Any]:
         """What the script's :class:`~trickbox.sweep.helper.SweepTrial` reads (``trial.json``)."""
         trial = {"number": plan.number, "study": plan.study, "params": plan.params, "retry_of": plan.retry_of}
-        return {
-            "study": plan.study, "number": plan.number, "params": plan.params, "config": plan.mapping,
-            "targets": {d.name: list(d.target) for d in self.spec.search}, "run_dir": plan.run_dir,
-            "resume_dir": plan.resume_from, "retry_of": plan.retry_of, "objective": self.spec.objective,
-            "address": list(address), "authkey": key.hex(),
-            "wandb": {"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial",
-                      "tags": [f"study:{plan.study}"], "config": {"trial": trial}},
-        }
+        return {**trial, "config": plan.mapping, "targets": {d.name: list(d.target) for d in self.spec.search},
+                "run_dir": plan.run_dir, "resume_dir": plan.resume_from, "objective": self.spec.objective,
+                "address": list(address), "authkey": key.hex(), "wandb": {**wandb_names(plan), "config": {"trial": trial}}}
 
 
 def _die_with_parent() -> None:

@@ -1,17 +1,10 @@
-"""Worker processes: ``trickbox sweep SPEC --workers N`` starts N of them on one study, and supervises them.
+"""``trickbox sweep SPEC --workers N``: N worker processes on one study, supervised.
 
-The supervisor (the ``trickbox sweep`` process) creates or joins the study,
-then starts each worker as ``python -m trickbox sweep SPEC --as-worker I ...``
-with ``CUDA_VISIBLE_DEVICES`` pinned to one GPU (``--workers auto``: one per
-visible GPU, 1 without; ``--workers-per-gpu K`` puts K workers on each GPU for
-models too small to fill one). It shows the study's progress, restarts a worker
-that crashed (its trial is failed and retried by the next worker that looks)
-and stops all of them on a configuration error. A single worker runs inside the
-supervisor's own process, which saves a second process start-up.
-
-A worker (or every rank of ``accelerate launch train.py --sweep SPEC``) makes
-one Accelerator for the process, trains the spec's ``train_first`` run once if
-it has one, then runs :func:`trickbox.sweep.trials.run_trials`.
+The supervisor starts each worker as ``python -m trickbox sweep SPEC --as-worker I`` pinned to one GPU
+(``--workers auto``: one per visible GPU, or ``--workers-per-gpu K`` per GPU), shows the study's progress, restarts a
+worker that crashed (its trial is retried) and stops them all on a configuration error; one worker runs inside the
+supervisor. A worker (or every rank of ``accelerate launch train.py --sweep SPEC``) makes one Accelerator, trains the
+spec's ``train_first`` run once, then runs :func:`trickbox.sweep.trials.run_trials`.
 """
 from __future__ import annotations
 
@@ -58,16 +51,12 @@ def assign_gpus(n_workers: int, gpus: Sequence[str]) -> list[str | None]:
 
 
 class StopRequest:
-    """SIGTERM (and SIGINT) between or while waiting for trials: stop asking for new ones."""
+    """SIGTERM between trials or while waiting for the others': ask for no new trial (call it: was it sent?)."""
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGTERM,):
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "requested", True))
 
     def __call__(self) -> bool:
         return self.requested
@@ -83,7 +72,7 @@ def make_sweep_accelerator(spec: SweepSpec, distributed: bool) -> Any:
     from ..config import load_config
     from ..loop import make_accelerator
 
-    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=spec.dist_timeout))] if distributed else []
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=spec.options.distributed.timeout))] if distributed else []
     return make_accelerator(load_config(base=spec.base), kwargs_handlers=handlers)
 
 
@@ -170,7 +159,7 @@ def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index
 def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, deadline: float | None) -> int:
     """``accelerate launch train.py --sweep SPEC``: this process is one rank of every trial."""
     accelerator = make_sweep_accelerator(spec, distributed=True)
-    channel = make_channel(accelerator, spec.failure_wait)
+    channel = make_channel(accelerator, spec.options.distributed.failure_wait)
     code = run_ranks(spec, target, study_dir, accelerator=accelerator, channel=channel, worker=f"rank{channel.rank}",
                      worker_index=0, deadline=deadline, wait_for_others=False, progress=True)
     if code == 0:
@@ -188,7 +177,7 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
     """Start the workers, follow the study, restart crashed workers; the sweep's exit code."""
     gpus = visible_gpus()
     n = worker_count(workers, gpus, per_gpu)
-    pins = assign_gpus(n, sorted(gpus * per_gpu, key=gpus.index) if per_gpu > 1 else gpus)
+    pins = assign_gpus(n, sorted(gpus * per_gpu, key=gpus.index))
     coordinator = Coordinator(spec, target, study_dir, worker="main", deadline=deadline, wait_for_others=False)
     budget = f"{spec.n_trials} trials" if spec.n_trials else f"{spec.timeout:g} s"
     where = f" on GPUs {', '.join(p for p in pins if p is not None)}" if gpus else " on CPU"
@@ -294,19 +283,12 @@ class _Workers:
                 p.kill()
 
 
-def _best(coordinator: Coordinator) -> Any:
-    try:
-        return coordinator.study.best_trial
-    except (ValueError, RuntimeError):
-        return None
-
-
 def print_summary(spec: SweepSpec, coordinator: Coordinator) -> None:
     trials = coordinator.trials()
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     line = (f"trickbox sweep: study {spec.study!r}: {len(trials)} trials ({counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed)")
-    best = _best(coordinator)
+    best = next(iter(coordinator.study.best_trials), None) if counts["COMPLETE"] else None
     if best is not None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         line += f"; best {spec.objective}={best.value:.4f} (trial {best.number}: {params})"

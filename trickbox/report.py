@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .storage import open_storage, resolve_storage
+from .errors import ConfigError
+from .sweep.storage import open_storage, resolve_storage
 
 SEED_PARAM = "train.seed"
 MIN_TRIALS_FOR_IMPORTANCE = 3
@@ -236,14 +236,14 @@ def write_report(name: str, *, storage: str | None = None, out_dir: Path = Path(
 
 
 def _wandb_on(info: dict[str, Any]) -> bool:
-    from ..tracking import wandb_mode
+    from .tracking import wandb_mode
 
     return info.get("tracker", "wandb") == "wandb" and wandb_mode() != "disabled"
 
 
 def _log_wandb(name: str, info: dict[str, Any], figs: dict[str, Any], best: dict[str, Any] | None, trials: list[Any]) -> str | None:
     """The plots and the trial table in one W&B run (job type ``summary``); never fails the report."""
-    from ..tracking import wandb_mode
+    from .tracking import wandb_mode
 
     try:
         import wandb
