@@ -1,8 +1,10 @@
 """Shared test settings: offline, quiet, one thread per in-process test (2-core machines)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cifar_zip() -> Path:
     """The CIFAR-10 JPEG zip, or skip."""
     path = Path(os.environ.get("TRICKBOX_CIFAR10_ZIP", REPO.parent / "shared" / "datasets" / "cifar10-jpeg.zip"))
@@ -64,3 +66,18 @@ def fault(request: pytest.FixtureRequest):
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps({**row, "lost": lost}) + "\n")
+
+
+@pytest.fixture(scope="session")
+def imagenet_like(tmp_path_factory, cifar_zip) -> Path:
+    """96 JPEGs of mixed sizes (200-500 px, not square), 4 classes, train/ + val/, and the same as tar shards."""
+    spec = importlib.util.spec_from_file_location("make_imagenet_like", REPO / "benchmarks" / "make_imagenet_like.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_imagenet_like"] = module
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("data") / "imagenet_like"
+    code = module.main([str(out), "--images", "96", "--classes", "4", "--shard-size", "30", "--source", str(cifar_zip),
+                        "--workers", "1"])
+    assert code == 0
+    return out

@@ -2,28 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+import yaml
 
 from trickbox.api import load_tricks
 from trickbox.config import load_config, read_yaml
 from trickbox.loop import train
-
-
-def imagenet_tree(root: Path, classes: int = 3, per_class: dict[str, int] | None = None, size: int = 40) -> Path:
-    """train/<wnid>/*.JPEG and val/<wnid>/*.JPEG with random RGB images, ImageNet's layout."""
-    rng = np.random.default_rng(0)
-    for split, count in (per_class or {"train": 16, "val": 4}).items():
-        for c in range(classes):
-            folder = root / split / f"n{c:08d}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-                img.save(folder / f"img_{i:04d}.JPEG", format="JPEG")
-    return root
 
 
 def test_the_recipe_holds_the_papers_settings():
@@ -40,18 +25,18 @@ def test_the_recipe_holds_the_papers_settings():
 
 
 @pytest.mark.slow
-def test_one_epoch_of_the_recipe_trains(tmp_path):
-    root = imagenet_tree(tmp_path / "imagenet")
-    (root / "test").symlink_to(root / "val")  # the memory path reads train/ + test/ only; the stream path reads val/
-    cfg = load_config(["imagenet_bot"], [
-        f"data.root={root}", "data.loader=memory", "data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",
+def test_one_epoch_of_the_recipe_trains_on_imagenet_shaped_data_streamed(tmp_path, imagenet_like):
+    cfg = load_config(["imagenet_bot"], [  # the recipe's own data.loader=stream, on make_imagenet_like.py's folders
+        f"data.root={imagenet_like / 'folder'}", "data.image_size=32", "data.workers=1",
         "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=16",
         "train.tracker=none", "train.progress=false", "train.log_every=1", f"train.out_dir={tmp_path / 'runs'}",
         "train.run_name=bot",
     ])
     res = train(cfg)
-    spe = 6  # 48 training images less 10 % validation, in batches of 8
+    n = len(list((imagenet_like / "folder" / "train").rglob("*.jpg")))
+    spe = -(-(n - round(0.1 * n)) // 8)  # train/ less the 10 % carved for validation, in batches of 8
     assert res.steps == spe and 0.0 <= res.test["top1"] <= 1.0
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["runtime"]["data_path"] == "stream"
     rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
     # 1 epoch of the 5 warmup epochs: lr = 0.1 x 8/256 (linear scaling) x step / (5 epochs x 6 steps)

@@ -173,6 +173,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
+    if hint is str and value is False:
+        return value  # YAML's bare ``no``: the field's own check (check_fields) knows whether "no" is a choice
     if hint in (bool, int, float, str):
         return check_scalar(key, value, hint)
     return value

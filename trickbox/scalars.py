@@ -97,6 +97,8 @@ def check_scalar(where: str, value: Any, kind: type, limits: Limits = Limits(), 
             return None
         shown = limits.describe() or KIND_WORDS.get(kind, kind.__name__)
         raise error(f"{where} must be set ({shown}), got null")
+    if kind is str and value is False and limits.choices is not None and "no" in limits.choices:
+        value = "no"  # YAML reads a bare ``no`` (e.g. train.mixed_precision=no) as false
     conv = _converted(where, value, kind, error)
     if limits.choices is not None and conv not in limits.choices:
         raise error(f"{where} must be {limits.describe()}, got {conv!r}{did_you_mean(str(conv), [str(c) for c in limits.choices])}")

@@ -32,7 +32,7 @@ SPLITS = ("train", "test")
 PARALLEL_MIN_IMAGES = 2000
 WORKERS = 2
 CHUNK = 1000
-LAYOUT = "a directory or .zip with train/<class>/<image> and test/<class>/<image>"
+LAYOUT = "a directory or .zip with train/<class>/<image> and test/<class>/<image> (or val/<class>/<image>)"
 
 BlobFn = Callable[[list[str]], list[bytes]]
 
@@ -95,13 +95,15 @@ def list_zip(archive: zipfile.ZipFile, shown: str) -> Listing:
         if not top or not any(n.startswith(f"{top}/train/") for n in names):
             raise DataError(f"data.root={shown!r} has no train/ folder: the zip must hold {LAYOUT}")
         prefix = f"{top}/"
-    entries: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    entries: dict[str, list[tuple[str, str]]] = {s: [] for s in (*SPLITS, "val")}
     for name in names:
         if not name.startswith(prefix):
             continue
         parts = name[len(prefix) :].split("/")
         if len(parts) >= 3 and parts[0] in entries and _is_image(parts):
             entries[parts[0]].append((parts[1], name))
+    if not entries["test"]:  # ImageNet's layout: val/ is the split reported at the end
+        entries["test"] = entries["val"]
     return _listing(entries, shown)
 
 
@@ -111,6 +113,8 @@ def list_directory(root: Path, shown: str) -> tuple[Listing, tuple[int, int, int
     count = total = newest = 0
     for split in SPLITS:
         base = root / split
+        if split == "test" and not base.is_dir() and (root / "val").is_dir():
+            base = root / "val"  # ImageNet's layout: val/ is the split reported at the end
         if not base.is_dir():
             raise DataError(f"data.root={shown!r} has no {split}/ folder: point data.root at {LAYOUT}")
         for dirpath, dirnames, filenames in os.walk(base):

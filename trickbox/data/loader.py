@@ -66,6 +66,17 @@ def augment_batch(x: Tensor, *, crop_padding: int, flip: bool, gen: torch.Genera
     return padded.reshape(b, c, hp * wp).gather(2, flat).reshape(b, c, h, w)
 
 
+def epoch_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> Tensor:
+    """Rank ``rank``'s indices of one epoch: the ``(seed, epoch)`` permutation of ``range(n)``, padded by wrapping
+    around to a multiple of ``world_size``, then every ``world_size``-th entry. Ranks get disjoint parts of equal
+    length whose union is the epoch (plus at most ``world_size - 1`` repeats). Both data paths use it."""
+    perm = torch.randperm(n, generator=generator(seed, "perm", epoch)) if shuffle else torch.arange(n)
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        perm = torch.cat([perm, perm.repeat(math.ceil((total - n) / n))[: total - n]])
+    return perm[rank::world_size]
+
+
 class InMemoryLoader:
     """Training batches from uint8 tensors held on `device`; shuffling and augmentation on whole batches on the device.
 
@@ -142,12 +153,8 @@ class InMemoryLoader:
     def order(self, epoch: int | None = None) -> Tensor:
         """This rank's dataset indices for ``epoch`` (default: the current one), on the CPU."""
         epoch = self.epoch if epoch is None else epoch
-        n = len(self.x)
-        perm = torch.randperm(n, generator=generator(self.seed, "perm", epoch)) if self.shuffle else torch.arange(n)
-        extra = self.num_samples * self.world_size - n
-        if extra:
-            perm = torch.cat([perm, perm.repeat(math.ceil(extra / n))[:extra]])
-        return perm[self.rank :: self.world_size]
+        return epoch_order(len(self.x), seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
+                           shuffle=self.shuffle)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)

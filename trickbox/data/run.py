@@ -8,80 +8,20 @@ each split (metrics are summed over processes, so nothing is counted twice).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .arrays import DatasetArrays
-from .config import DataConfig
+from .config import MEMORY_ONLY, STREAM_ONLY, DataConfig
 from .load import load_dataset
 from .loader import InMemoryLoader, make_eval_loader
+from .run_data import EvalLoader, RunData, TrainLoader
 
-
-class TrainLoader(Protocol):
-    """What the loop and the tricks need from a training loader (both paths implement it)."""
-
-    labels: Tensor
-    """The training labels (the possibly noisy ones trained on), indexed like ``index`` in :meth:`batches`."""
-
-    def __len__(self) -> int:
-        """Batches per epoch on this process (equal on every process)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentations the next :meth:`batches` yields."""
-
-    def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """``(normalised float images, int64 labels, int64 dataset indices)`` on the device, from batch ``start``."""
-
-    def fetch(self, indices: Tensor, *, epoch_step: int) -> Tensor:
-        """Augmented, normalised images of dataset ``indices`` (random access; KNN partners)."""
-
-    def knn_features(self) -> tuple[Tensor, Tensor]:
-        """``(N, D)`` features of every training image in input space and their labels, for KNN pairing."""
-
-
-EvalLoader = Iterable[tuple[Tensor, Tensor]]
-"""``(normalised float images, int64 labels)`` batches of this process's part of a split."""
-
-
-@dataclass
-class RunData:
-    """The loaders of one run on this process and what the model and tricks must know about the images."""
-
-    path: str
-    """``memory`` or ``stream``."""
-    reason: str
-    """Why that path (printed at the start of the run)."""
-    classes: list[str]
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train: Any
-    """A :class:`TrainLoader`."""
-    val: EvalLoader
-    test: EvalLoader
-    fit: EvalLoader | None = None
-    """The training images without augmentation (``train.eval_each_epoch=[train]``)."""
-    arrays: DatasetArrays | None = None
-    """The decoded splits on the memory path; ``None`` when streaming."""
-    sizes: dict[str, int] = field(default_factory=dict)
-    """Images per split over all processes: ``train``, ``val``, ``test``."""
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def describe(self) -> str:
-        counts = ", ".join(f"{k} {v:,}" for k, v in self.sizes.items())
-        return f"data: {self.path} path ({self.reason}); {counts} images, {self.num_classes} classes"
-
-    def close(self) -> None:
-        for loader in (self.train, self.val, self.test, self.fit):
-            closer = getattr(loader, "close", None)
-            if callable(closer):
-                closer()
+__all__ = ["EvalLoader", "RunData", "TrainLoader", "choose_path", "memory_budget", "open_run_data"]
 
 
 def decoded_bytes(arrays_or_shape: Any) -> int:
@@ -106,10 +46,73 @@ def open_run_data(
 ) -> RunData:
     """The run's data on the path ``cfg.loader`` chooses (``auto``: memory when it fits, else stream)."""
     cfg.validate()
-    arrays = load_dataset(cfg, progress=progress)
-    return memory_run_data(arrays, cfg, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                           device=device, rank=rank, world_size=world_size, want_fit=want_fit,
-                           reason="data.loader=memory" if cfg.loader == "memory" else "held in memory")
+    path, reason, layout = _choose(cfg, device)
+    options = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, device=device, rank=rank,
+                   world_size=world_size, want_fit=want_fit, reason=reason)
+    if path == "stream":
+        from .layout import find_layout
+        from .stream_run import stream_run_data
+
+        return stream_run_data(cfg, layout or find_layout(cfg), **options)  # type: ignore[arg-type]
+    return memory_run_data(load_dataset(cfg, progress=progress), cfg, **options)  # type: ignore[arg-type]
+
+
+def memory_budget(cfg: DataConfig, device: torch.device) -> int:
+    """``data.memory_budget_gb`` in bytes, else a quarter of this machine's memory per local process, and on a GPU
+    at most a third of its memory."""
+    if cfg.memory_budget_gb is not None:
+        return int(cfg.memory_budget_gb * 2**30)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 // local
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 3)
+    return int(budget)
+
+
+def choose_path(cfg: DataConfig, *, device: torch.device) -> tuple[str, str]:
+    """``(memory | stream, why)`` for ``cfg``; ``auto`` weighs the decoded size of every split against the budget.
+    A streamed layout is checked here (missing splits, empty class folders, shards that match nothing)."""
+    path, reason, _ = _choose(cfg, device)
+    return path, reason
+
+
+def _choose(cfg: DataConfig, device: torch.device) -> tuple[str, str, Any]:
+    from .layout import find_layout
+
+    root = Path(cfg.root or "").expanduser()
+    streamable = cfg.name not in MEMORY_ONLY and not root.is_file()
+    if cfg.loader != "auto":
+        return cfg.loader, f"data.loader={cfg.loader}", find_layout(cfg) if cfg.loader == "stream" else None
+    if cfg.name in MEMORY_ONLY:
+        return "memory", f"data.name={cfg.name} is held in memory", None
+    if cfg.name in STREAM_ONLY:
+        return "stream", "tar shards are always streamed", find_layout(cfg)
+    if not streamable:
+        return "memory", "a .zip is decoded into memory; extract it to stream it", None
+    layout = find_layout(cfg)  # the bad-layout checks run here, before anything is decoded
+    paths = [p for split in (layout.train, layout.val, layout.test) if split is not None for p, _ in split.samples]  # type: ignore[union-attr]
+    shape = _probe_size(paths, cfg.image_size)
+    if shape is None:
+        return "stream", "the images differ in size and data.image_size is unset", layout
+    need, budget = len(paths) * 3 * shape[0] * shape[1], memory_budget(cfg, device)
+    verdict = "fits" if need <= budget else "exceeds"
+    where = f"data.memory_budget_gb={cfg.memory_budget_gb}" if cfg.memory_budget_gb else "the default budget"
+    reason = f"{len(paths):,} images, {need / 2**30:.2f} GiB decoded, {verdict} {where} of {budget / 2**30:.1f} GiB"
+    return ("memory" if need <= budget else "stream"), reason, layout
+
+
+def _probe_size(paths: list[str], image_size: int | None, probes: int = 16) -> tuple[int, int] | None:
+    """The decoded ``(h, w)`` of every image: ``image_size`` square, else the size shared by a few probed images."""
+    if image_size:
+        return image_size, image_size
+    from PIL import Image
+
+    step = max(1, len(paths) // probes)
+    sizes = set()
+    for p in paths[::step][:probes]:
+        with Image.open(p) as img:
+            sizes.add(img.size)
+    return (next(iter(sizes))[1], next(iter(sizes))[0]) if len(sizes) == 1 else None
 
 
 def memory_run_data(
