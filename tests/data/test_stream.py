@@ -195,3 +195,16 @@ def test_knn_on_tar_shards_is_refused_with_one_line(imagenet_like, tmp_path):
         _train(tmp_path, "data.name=wds", f"data.root={imagenet_like / 'wds'}", "train.epochs=1",
                "tricks.mixup.pairing=knn", "tricks.mixup.k=3")
 
+
+
+def test_timm_augmentation_strings_are_accepted_and_a_bad_one_is_one_line():
+    from PIL import Image
+
+    from trickbox.data.stream import transforms
+
+    image = Image.new("RGB", (300, 200), (120, 60, 30))
+    for aa in ("rand-m9-mstd0.5", "augmix-m5-w3"):
+        train_tf, eval_tf = transforms(DataConfig(name="imagefolder", root="x", image_size=48, auto_augment=aa), (0.5,) * 3, (0.2,) * 3)
+        assert tuple(train_tf(image).shape) == (3, 48, 48) and tuple(eval_tf(image).shape) == (3, 48, 48)
+    with pytest.raises(DataError, match="data.auto_augment='rand-x9' is not a timm augmentation string"):
+        transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9"), (0.5,) * 3, (0.2,) * 3)

@@ -50,9 +50,13 @@ def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> 
     evaluation = create_transform(is_training=False, **common)
     if not cfg.augment:
         return evaluation, evaluation
-    train = create_transform(is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                             hflip=0.5 if cfg.effective_flip() else 0.0, color_jitter=0.0,
-                             auto_augment=cfg.auto_augment, **common)
+    try:
+        train = create_transform(is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                 hflip=0.5 if cfg.effective_flip() else 0.0, color_jitter=0.0,
+                                 auto_augment=cfg.auto_augment, **common)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        raise DataError(f"data.auto_augment={cfg.auto_augment!r} is not a timm augmentation string ({e or type(e).__name__}); "
+                        "use e.g. rand-m9-mstd0.5, augmix-m5-w3 or original") from None
     return train, evaluation
 
 

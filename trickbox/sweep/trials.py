@@ -98,7 +98,8 @@ class EpochReporter:
         allowed = self.tricks.report_epochs() if self.spec.restart_aware else None
         if rank == 0 and ok and self.report is not None and (allowed is None or epoch in allowed):
             try:
-                decision = "prune" if self.report(float(value), epoch) else "continue"  # type: ignore[arg-type]
+                prune = self.report(float(value), epoch)  # type: ignore[arg-type]
+                decision = "prune" if prune and epoch < ctx.epochs else "continue"  # a finished trial completes
             except Exception as exc:
                 ok, message = False, f"rank 0: reporting to the study failed: {describe(exc)}"
         statuses = self.channel.all_gather((ok, message, config_error, decision))
