@@ -202,6 +202,33 @@ def test_vanished_machine_trial_is_retried_through_heartbeats_postgres(tmp_path)
     assert retry.user_attrs["owner"]["host"] == "host-b"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_journal_deleted_or_truncated_under_a_running_sweep_stops_it_with_one_line(tmp_path, damage, fault):
+    fault(f"study journal {damage} while the sweep runs")
+    spec = crash_spec(tmp_path, epochs=2)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(sweep(str(spec), "--study", "j", "--out-dir", str(out), "--n-trials", "4", *FAST),
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(out / "j", time.time() + 300)  # a trial is under way: the journal holds several logs
+        journal = out / "j" / "journal.log"
+        if damage == "deleted":
+            journal.unlink()
+        else:
+            with open(journal, "r+b") as f:
+                f.truncate(journal.stat().st_size // 2)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, err[-3000:]
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "study journal" in x]
+    assert f"was {damage if damage == 'truncated' else 'deleted'}" in line or "was replaced" in line
+    assert "run directories" in line and "--study NAME" in line
+
+
 # -- 5: the report ---------------------------------------------------------------------------------------
 def _grid_study(tmp_path: Path, tracker: str = "none") -> Path:
     """A finished grid study (2 α × 2 seeds) written straight into a journal, as a sweep would leave it."""

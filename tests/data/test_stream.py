@@ -3,6 +3,7 @@ exact; unreadable images are skipped and named; bad layouts are one line before 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -99,8 +100,10 @@ def test_two_cpu_ranks_on_the_stream_path_read_disjoint_parts_whose_union_is_the
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_on_the_stream_path_gives_the_same_weights(imagenet_like, tmp_path):
+def test_resume_mid_epoch_on_the_stream_path_gives_the_same_weights(imagenet_like, tmp_path, fault):
     from ..test_resume import assert_same_weights
+
+    fault("SIGTERM mid-epoch on the stream path (class folders)", resumed=True, exact=True)
 
     data = ["data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}", *TRICKS]
     reference = _train(tmp_path / "ref", *data)
@@ -120,7 +123,9 @@ def _folder_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_truncated_jpeg_is_skipped_with_a_warning_that_names_it(imagenet_like, tmp_path):
+def test_a_truncated_jpeg_is_skipped_with_a_warning_that_names_it(imagenet_like, tmp_path, fault):
+    fault("a truncated JPEG in the training split")
+    fault("more unreadable images than data.max_bad_fraction")
     root = _folder_copy(imagenet_like, tmp_path / "data")
     victim = sorted((root / "train").rglob("*.jpg"))[5]
     victim.write_bytes(victim.read_bytes()[:300])
@@ -139,7 +144,10 @@ def _layout_error(cfg: DataConfig) -> str:
     return str(info.value)
 
 
-def test_bad_layouts_are_one_line_each(imagenet_like, tmp_path):
+def test_bad_layouts_are_one_line_each(imagenet_like, tmp_path, fault):
+    for what in ("no val/ or test/ split", "an empty class folder", "val/ with a class missing",
+                 "a shard pattern that matches nothing", "a data.root that does not exist", "a missing shard"):
+        fault(what)
     folder = _folder_copy(imagenet_like, tmp_path / "f")
     shutil.rmtree(folder / "val")
     assert "neither test/ nor val/" in _layout_error(DataConfig(name="imagefolder", root=str(folder)))
@@ -153,10 +161,13 @@ def test_bad_layouts_are_one_line_each(imagenet_like, tmp_path):
     assert "matches no tar shard" in _layout_error(shards)
     for message in (_layout_error(DataConfig(name="imagefolder", root=str(tmp_path / "nowhere"))),):
         assert "\n" not in message and "does not exist" in message
+    gap = DataConfig(name="wds", root=str(imagenet_like / "wds"), train_split="train-{000000..000003}.tar")
+    assert "shard train-000003.tar is missing" in _layout_error(gap)  # three shards exist, the fourth does not
 
 
 @pytest.mark.slow
-def test_a_bad_layout_exits_2_with_one_line_before_anything_is_written(imagenet_like, tmp_path):
+def test_a_bad_layout_exits_2_with_one_line_before_anything_is_written(imagenet_like, tmp_path, fault):
+    fault("a stray class folder in val/, through the CLI")
     folder = _folder_copy(imagenet_like, tmp_path / "f")
     (folder / "val" / "stray").mkdir()
     (folder / "val" / "stray" / "x.jpg").write_bytes((folder / "val").rglob("*.jpg").__next__().read_bytes())
@@ -208,3 +219,39 @@ def test_timm_augmentation_strings_are_accepted_and_a_bad_one_is_one_line():
         assert tuple(train_tf(image).shape) == (3, 48, 48) and tuple(eval_tf(image).shape) == (3, 48, 48)
     with pytest.raises(DataError, match="data.auto_augment='rand-x9' is not a timm augmentation string"):
         transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9"), (0.5,) * 3, (0.2,) * 3)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_loader_worker_stops_the_run_with_one_line_and_it_resumes(imagenet_like, tmp_path, fault):
+    import signal
+    import time
+
+    fault("a DataLoader worker SIGKILLed mid-epoch", resumed=True)
+    args = [sys.executable, str(REPO / "train.py"), f"train.out_dir={tmp_path / 'runs'}", "train.run_name=k", *SMALL,
+            "train.epochs=30", "data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}"]
+    proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 120
+        while not list((tmp_path / "runs" / "k" / "checkpoints").glob("step-*/state.json")):
+            assert proc.poll() is None and time.time() < end, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert workers, "the run has no DataLoader worker"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 5 and "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if "worker died" in x]
+    assert "--resume" in line
+    resumed = subprocess.run([*args, "--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "runs" / "k" / "model.safetensors").is_file()

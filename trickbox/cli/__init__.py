@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import ConfigError, NonFiniteError, OutputError
+from ..errors import ConfigError, LoaderError, NonFiniteError, OutputError
 from . import eval as eval_command
 from . import list as list_command
 from . import new_plugin, report, sweep, train
@@ -17,6 +17,7 @@ from .parsing import EXIT_USAGE, Parser
 
 EXIT_NONFINITE = 3
 EXIT_OUTPUT = 4
+EXIT_LOADER = 5
 COMMANDS = (train, list_command, sweep, report, eval_command, new_plugin)
 
 
@@ -41,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as exc:
         print(f"trickbox: stopped: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
+    except (LoaderError, RuntimeError) as exc:
+        if not isinstance(exc, LoaderError) and "DataLoader worker" not in str(exc):
+            raise  # torch raises a worker's death from its SIGCHLD handler, wherever the main process is
+        what = str(exc) if isinstance(exc, LoaderError) else f"a data-loading worker died ({str(exc).splitlines()[0]})"
+        print(f"trickbox: stopped: {what}; the checkpoints written so far are intact: run the same command with "
+              "--resume and the same train.run_name to continue", file=sys.stderr)
+        return EXIT_LOADER
     except KeyboardInterrupt:
         print("trickbox: interrupted", file=sys.stderr)
         return 130

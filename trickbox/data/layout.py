@@ -147,7 +147,12 @@ def _shard_split(root: Path, pattern: str, key: str) -> ShardSplit:
     """The shards matching ``pattern`` (a glob or brace range) and their samples' class indices."""
     from webdataset.shardlists import expand_urls
 
-    shards = sorted({p for part in expand_urls(pattern) for p in glob.glob(str(root / part))})
+    parts = expand_urls(pattern)
+    missing = [p for p in parts if not any(c in p for c in "*?[") and not (root / p).is_file()]
+    if missing and len(missing) < len(parts):
+        raise DataError(f"data.{key}={pattern!r}: shard {missing[0]} is missing under {root} ({len(missing)} of "
+                        f"{len(parts)} missing); restore it or give a pattern that names only the shards there")
+    shards = sorted({p for part in parts for p in glob.glob(str(root / part))})
     if not shards:
         raise DataError(f"data.{key}={pattern!r} matches no tar shard under {root}: give a pattern such as "
                         "train-{000000..000127}.tar or train-*.tar")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .config import DataConfig
 from .layout import SHARD_IMAGE_KEYS, ShardSplit
-from .stream import BadImages, Item, OnDevice, Transform, default_workers, loader_options
+from .stream import BadImages, Item, OnDevice, Transform, default_workers, loader_options, worker_guard
 from ..errors import DataError
 from ..seeding import derive_seed, generator
 
@@ -66,7 +66,7 @@ class ShardTrainLoader:
         loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size, generator=generator(self.seed, "shards", self.epoch),
                             **options)
         read = 0
-        for b, (x, y, index, failures) in enumerate(loader):
+        for b, (x, y, index, failures) in enumerate(worker_guard(loader)):
             read += 1
             if b < start:
                 continue

@@ -27,7 +27,7 @@ from .config import DataConfig
 from .layout import FolderSplit, StreamLayout
 from .loader import _stats, epoch_order
 from .splits import add_label_noise, plan_splits
-from ..errors import DataError
+from ..errors import DataError, LoaderError
 from ..seeding import derive_seed
 
 DEFAULT_IMAGE_SIZE = 224
@@ -176,10 +176,26 @@ class OnDevice:
         return x.to(self.device, non_blocking=True).to(torch.float32).sub_(self._m).div_(self._s)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y, _index, failures in self.loader:
+        for x, y, _index, failures in worker_guard(self.loader):
             self.bad.add(failures)
             if len(y):
                 yield self.normalise(x), y.to(self.device, non_blocking=True)
+
+
+def worker_guard(loader: Any) -> Iterator[Any]:
+    """``loader``'s batches; a worker that dies (killed, out of memory) becomes one :class:`LoaderError` line."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            raise LoaderError(f"a data-loading worker died ({str(e).splitlines()[0].rstrip('. ')}); if it ran out of memory, "
+                              "lower data.workers or data.prefetch_factor") from None
+        yield batch
 
 
 class FolderTrainLoader:
@@ -207,7 +223,7 @@ class FolderTrainLoader:
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         self.sampler.epoch, self.sampler.skip = self.epoch, min(start * self.batch_size, math.ceil(len(self.images) / self.sampler.world_size))
         self.bad.new_epoch()
-        for x, y, index, failures in self.loader:
+        for x, y, index, failures in worker_guard(self.loader):
             self.bad.add(failures)
             if len(y):
                 yield self._device.normalise(x), y.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 
 HOST_ENV = "TRICKBOX_SWEEP_HOST"
 """Override the host name recorded as a trial's owner (containers that share a host name)."""
@@ -132,6 +132,44 @@ class StaleRetry:
         again = self.max_retry is None or done < self.max_retry
         print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; " + ("it is retried with the same parameters"
               if again else f"retried {done} times already, not again (retries: {self.max_retry})"), file=sys.stderr, flush=True)
+
+
+class JournalWatch:
+    """Notices a journal deleted, replaced or truncated under a running study, which Optuna would read on from
+    silently (a recreated file holds only the logs written after it); :meth:`check` raises one line then."""
+
+    def __init__(self, target: StorageTarget, study_dir: Path) -> None:
+        self.path, self.study_dir = (target.journal if target.kind == "journal" else None), study_dir
+        self.seen = self._stat()
+
+    def _stat(self) -> tuple[int, int, int, bytes] | None:
+        """``(device, inode, size, the 64 bytes before size)``: a file cut and written again differs in those."""
+        try:
+            with open(self.path, "rb") as f:  # type: ignore[arg-type]
+                st = os.fstat(f.fileno())
+                f.seek(max(0, st.st_size - 64))
+                return st.st_dev, st.st_ino, st.st_size, f.read(64)
+        except (FileNotFoundError, TypeError):
+            return None
+
+    def _same_prefix(self, now: tuple[int, int, int, bytes]) -> bool:
+        assert self.seen is not None
+        if now[2] < self.seen[2]:
+            return False
+        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+            f.seek(max(0, self.seen[2] - 64))
+            return f.read(len(self.seen[3])) == self.seen[3]
+
+    def check(self) -> None:
+        if self.path is None or self.seen is None:
+            return
+        now = self._stat()
+        if now is None or now[:2] != self.seen[:2] or not self._same_prefix(now):
+            what = "deleted" if now is None else ("replaced" if now[:2] != self.seen[:2] else "truncated")
+            raise OutputError(f"the study journal {self.path} was {what} while the sweep ran; the trials' run "
+                              f"directories under {self.study_dir} are intact but the study's record is not: restore "
+                              "the journal from a copy and run again, or start a new study with --study NAME")
+        self.seen = now
 
 
 def budget_used(trials: list[Any]) -> int:

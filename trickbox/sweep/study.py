@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..seeding import derive_seed
 from .spec import FIRST_DIR, SweepSpec
-from .storage import Lease, StaleRetry, StorageTarget, StudyLock, budget_used, open_storage, owner_gone, owner_record
+from .storage import JournalWatch, Lease, StaleRetry, StorageTarget, StudyLock, budget_used, open_storage, owner_gone, owner_record
 
 POLL_SECONDS = 1.0
 
@@ -107,6 +107,7 @@ class Coordinator:
         with self.lock.hold():
             self.study = self._create_or_join(build_sampler(spec, worker_index))
             self.study.sampler = build_sampler(spec, worker_index, len(self.trials()))
+            self.watch = JournalWatch(target, study_dir)
             self.reap()
 
     def _create_or_join(self, sampler: Any) -> Any:
@@ -146,6 +147,8 @@ class Coordinator:
         """Fail and retry RUNNING trials whose owner is gone (call with the lock held)."""
         from optuna.storages import fail_stale_trials
         from optuna.trial import TrialState
+
+        self.watch.check()
 
         if self.target.kind != "journal" and self.spec.heartbeat is not None:
             fail_stale_trials(self.study)  # RDB: Optuna's heartbeats; a worker that only waits must check them too

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from .distributed import Channel, LocalChannel, make_channel
 from .spec import FIRST_DIR, SweepSpec
 from .storage import StorageTarget, file_lock
@@ -197,7 +197,9 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
                 return 130
         return _Workers(coordinator, worker_args, pins, max_restarts).run()
     finally:
-        print_summary(spec, coordinator)
+        with contextlib.suppress(OutputError):  # no summary from a damaged journal
+            coordinator.watch.check()
+            print_summary(spec, coordinator)
         coordinator.close()
 
 
@@ -238,10 +240,11 @@ class _Workers:
                     if done[i] or p.poll() is None:
                         continue
                     rc = p.returncode
-                    if rc == 2:
-                        print(f"trickbox sweep: worker {i} stopped on a configuration error; stopping the others", file=sys.stderr)
+                    if rc in (2, 4):  # a configuration error, or a study record that a restart cannot mend
+                        why = "a configuration error" if rc == 2 else "damage to the study's storage"
+                        print(f"trickbox sweep: worker {i} stopped on {why}; stopping the others", file=sys.stderr)
                         self.terminate()
-                        return 2
+                        return rc
                     if rc in (130, -signal.SIGINT):
                         done[i], code = True, 130
                     elif rc != 0 and not self.restart(i, rc):
