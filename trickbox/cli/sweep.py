@@ -5,6 +5,7 @@ import argparse
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -61,6 +62,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     study_dir = Path(args.out_dir).resolve() / spec.study
     target = resolve_storage(args.storage, study_dir)
     deadline = args.deadline if args.deadline is not None else (time.time() + spec.timeout if spec.timeout else None)
+    try:
+        return _dispatch(args, spec, target, study_dir, deadline)
+    except Exception as exc:
+        from ..sweep.storage import journal_damage
+
+        damage = journal_damage(target, study_dir, exc)
+        if damage is None:
+            raise
+        raise damage from None
+
+
+def _dispatch(args: argparse.Namespace, spec: Any, target: Any, study_dir: Path, deadline: float | None) -> int:
+    """Run as a worker, as one rank of a distributed trial, or as the supervisor of ``--workers`` workers."""
     if args.as_worker is not None:
         from ..sweep.workers import run_worker
 

@@ -172,6 +172,34 @@ class JournalWatch:
         self.seen = now
 
 
+def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException) -> OutputError | None:
+    """The one-line error for ``exc`` when it comes from a deleted or damaged journal (Optuna's journal reader raising
+    on a cut line, or the file gone); ``None`` for anything else."""
+    if target.kind != "journal" or isinstance(exc, ConfigError):
+        return None
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 8:  # Optuna may raise again while handling the reader's error
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if not any(_from_the_journal(e, target) for e in chain):
+        return None
+    what = "deleted" if not target.journal.exists() else "damaged (a cut or garbled line)"  # type: ignore[union-attr]
+    return OutputError(f"the study journal {target.journal} was {what} while the sweep ran; the trials' run directories "
+                       f"under {study_dir} are intact but the study's record is not: restore the journal from a copy "
+                       "and run again, or start a new study with --study NAME")
+
+
+def _from_the_journal(exc: BaseException, target: StorageTarget) -> bool:
+    if not isinstance(exc, (ValueError, OSError)) or isinstance(exc, ConfigError):
+        return False
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    in_reader = any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames)
+    return in_reader or (isinstance(exc, FileNotFoundError) and str(target.journal) in str(exc))
+
+
 def budget_used(trials: list[Any]) -> int:
     """Trials that count against ``n_trials``: all but FAILED trials that a retry replaced."""
     from optuna.trial import TrialState

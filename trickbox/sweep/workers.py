@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError, OutputError
 from .distributed import Channel, LocalChannel, make_channel
 from .spec import FIRST_DIR, SweepSpec
-from .storage import StorageTarget, file_lock
+from .storage import StorageTarget, file_lock, journal_damage
 from .study import Coordinator
 from .trials import ScriptRunner, TrainRunner, follow_trials, run_trials
 
@@ -197,9 +197,12 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
                 return 130
         return _Workers(coordinator, worker_args, pins, max_restarts).run()
     finally:
-        with contextlib.suppress(OutputError):  # no summary from a damaged journal
+        try:
             coordinator.watch.check()
             print_summary(spec, coordinator)
+        except Exception as exc:  # no summary from a damaged journal
+            if not isinstance(exc, OutputError) and journal_damage(target, study_dir, exc) is None:
+                raise
         coordinator.close()
 
 
