@@ -225,7 +225,7 @@ def test_a_journal_deleted_or_truncated_under_a_running_sweep_stops_it_with_one_
     assert proc.returncode == 4, err[-3000:]
     assert "Traceback" not in err
     (line,) = [x for x in err.splitlines() if "study journal" in x]
-    assert any(f"was {w}" in line for w in ({"deleted": ("deleted", "replaced")}.get(damage, ("truncated", "damaged"))))
+    assert any(f"was {w}" in line for w in {"deleted": ("deleted", "replaced"), "truncated": ("replaced or cut", "damaged")}[damage])
     assert "run directories" in line and "--study NAME" in line
 
 

@@ -5,15 +5,8 @@ supervises the worker processes, :mod:`.study` is a worker's handle on the
 study (Optuna's ``study.optimize`` one trial at a time, under the study lock of
 :mod:`.storage`), :mod:`.trials` runs each trial (trickbox's loop, or your script),
 :mod:`.distributed` lets the ranks of one launch run a trial together, and
-``trickbox report STUDY`` is :mod:`trickbox.report`. Inside your own script, run by
-``trickbox sweep SPEC --script train.py``::
-
-    t = trickbox.sweep.current_trial()      # does nothing outside a sweep
-    tricks = trickbox.load_tricks(t.suggest({"<trick>": {"<param>": 0.2}}))
-    ...
-    if t.report(val_accuracy, epoch + 1):
-        break
-    t.finish(val_accuracy)
+``trickbox report STUDY`` is :mod:`trickbox.report`. Inside your own script run by
+``trickbox sweep SPEC --script train.py``, :func:`current_trial` is the trial (:mod:`.helper` shows how).
 """
 from __future__ import annotations
 

@@ -1,23 +1,14 @@
 """Trials spanning several processes (``accelerate launch train.py --sweep SPEC``): rank 0 owns each trial.
 
-Rank 0 asks the study for a trial and broadcasts its plan; every rank trains
-it; after each epoch the ranks exchange their status in one
-``all_gather_object`` (:class:`~trickbox.sweep.trials.EpochReporter`), so all
-of them prune or fail at the same point. A rank that fails *between* those
-points (inside a training step) leaves the others in a collective they can
-never finish: it writes its error to ``<run_dir>/ranks/rank-<r>.json`` and
-waits ``distributed.failure_wait`` seconds on a side gloo group for the
-others to leave the trial too. If they do (the error hit every rank at the
-same point) the trial is FAILED and the sweep goes on; if not, the failing
-rank exits, the others' collective fails (at once with gloo; with NCCL after
-``distributed.timeout``, the backstop), rank 0 marks the trial FAILED with
-the failing rank's message and the launch exits non-zero: run the same
-command again to continue the study.
+Rank 0 asks the study for a trial and broadcasts its plan; every rank trains it; after each epoch the ranks
+exchange their status in one ``all_gather_object`` (:class:`~trickbox.sweep.trials.EpochReporter`), so all prune
+or fail at the same point. A rank failing *inside* a step writes its error to ``<run_dir>/ranks/rank-<r>.json``
+and waits ``distributed.failure_wait`` seconds on a side gloo group: if every rank left the trial there, it is
+FAILED and the sweep goes on; if not, the failing rank exits, the others' collective fails (gloo at once, NCCL
+after ``distributed.timeout``), rank 0 fails the trial with that message and the launch exits non-zero.
 
-Why not optuna-integration's ``TorchDistributedTrial``: it broadcasts every
-``suggest_*`` call and every ``report``; trickbox's ranks need the whole plan
-once (parameters and the config they make) and one decision per epoch, which
-this small channel sends.
+Not optuna-integration's ``TorchDistributedTrial``: it broadcasts every ``suggest_*`` and ``report``; these ranks
+need the whole plan once and one decision per epoch.
 """
 from __future__ import annotations
 
@@ -25,7 +16,7 @@ import json
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 
 class TrialFailedOnRank(RuntimeError):
@@ -37,54 +28,33 @@ class TrialFailedOnRank(RuntimeError):
         self.config_error = config_error
 
 
-class LocalChannel:
-    """One process: every collective is trivial."""
+class Channel:
+    """Control messages between the ranks of one Accelerate launch (every collective trivial on one process)."""
 
-    rank = 0
-    world_size = 1
-
-    def broadcast(self, obj: Any) -> Any:
-        return obj
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        return [obj]
-
-    def all_left(self, run_dir: str, message: str) -> bool:
-        return True
-
-    def peer_errors(self, run_dir: str) -> dict[int, str]:
-        return {}
-
-
-class ProcessGroupChannel:
-    """Control messages between the ranks of one Accelerate launch."""
-
-    def __init__(self, accelerator: Any, failure_wait: float) -> None:
+    def __init__(self, accelerator: Any = None, failure_wait: float = 30.0) -> None:
         import torch.distributed as dist
 
-        self.rank = accelerator.process_index
-        self.world_size = accelerator.num_processes
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.world_size = accelerator.num_processes if accelerator is not None else 1
         # A side group with a short timeout: the failure exchange must not wait for the main group's.
-        self.ctl = dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait))
+        self.ctl = dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait)) if self.world_size > 1 else None
 
     def broadcast(self, obj: Any) -> Any:
-        import torch.distributed as dist
+        from accelerate.utils import broadcast_object_list
 
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
+        return obj if self.world_size == 1 else broadcast_object_list([obj], from_process=0)[0]
 
     def all_gather(self, obj: Any) -> list[Any]:
-        import torch.distributed as dist
+        from accelerate.utils import gather_object
 
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
+        return [obj] if self.world_size == 1 else list(gather_object([obj]))
 
     def all_left(self, run_dir: str, message: str) -> bool:
         """After an error: tell the others, and wait (``failure_wait``) until every rank has left the trial."""
         import torch.distributed as dist
 
+        if self.world_size == 1:
+            return True
         write_rank_file(run_dir, self.rank, {"error": message, "time": time.time()})
         try:
             dist.all_gather_object([None] * self.world_size, (self.rank, message), group=self.ctl)
@@ -94,17 +64,7 @@ class ProcessGroupChannel:
 
     def peer_errors(self, run_dir: str) -> dict[int, str]:
         """Errors other ranks wrote for this trial (same machine or shared file system)."""
-        found = {r: read_rank_file(run_dir, r).get("error") for r in range(self.world_size) if r != self.rank}
-        return {r: str(e) for r, e in found.items() if e}
-
-
-Channel = Union[LocalChannel, ProcessGroupChannel]
-
-
-def make_channel(accelerator: Any, failure_wait: float) -> Channel:
-    if accelerator is None or accelerator.num_processes == 1:
-        return LocalChannel()
-    return ProcessGroupChannel(accelerator, failure_wait)
+        return {r: str(e) for r in range(self.world_size) if r != self.rank and (e := read_rank_file(run_dir, r).get("error"))}
 
 
 def rank_file(run_dir: str, rank: int) -> Path:

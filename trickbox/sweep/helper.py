@@ -11,10 +11,8 @@
             break
     t.finish(val_accuracy)
 
-The worker that started the script names the trial in ``TRICKBOX_TRIAL`` (a
-JSON file). The script never opens the study: rank 0 sends each report to its
-worker over a local authenticated connection and gets the pruner's decision
-back; under ``accelerate launch`` it broadcasts that decision to the others.
+The worker names the trial in ``TRICKBOX_TRIAL`` (a JSON file); the script never opens the study: rank 0 asks
+its worker over a local authenticated connection and broadcasts the pruner's decision to the other ranks.
 """
 from __future__ import annotations
 

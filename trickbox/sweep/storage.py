@@ -135,69 +135,51 @@ class StaleRetry:
 
 
 class JournalWatch:
-    """Notices a journal deleted, replaced or truncated under a running study, which Optuna would read on from
-    silently (a recreated file holds only the logs written after it); :meth:`check` raises one line then."""
+    """Notices a journal deleted, replaced or cut under a running study, which Optuna reads on from silently (a
+    recreated file holds only the logs written after it): :meth:`check` compares the file's identity, its size and
+    the 64 bytes before the size last seen, and raises one line."""
 
     def __init__(self, target: StorageTarget, study_dir: Path) -> None:
-        self.path, self.study_dir = (target.journal if target.kind == "journal" else None), study_dir
-        self.seen = self._stat()
+        self.target, self.study_dir = target, study_dir
+        self.seen = self._look()
 
-    def _stat(self) -> tuple[int, int, int, bytes] | None:
-        """``(device, inode, size, the 64 bytes before size)``: a file cut and written again differs in those."""
+    def _look(self, at: int | None = None) -> tuple[int, int, int, bytes] | None:
         try:
-            with open(self.path, "rb") as f:  # type: ignore[arg-type]
+            with open(self.target.journal, "rb") as f:  # type: ignore[arg-type]
                 st = os.fstat(f.fileno())
-                f.seek(max(0, st.st_size - 64))
-                return st.st_dev, st.st_ino, st.st_size, f.read(64)
+                f.seek(max(0, (st.st_size if at is None else at) - 64))
+                return st.st_dev, st.st_ino, st.st_size, f.read(64 if at is None else min(64, at))
         except (FileNotFoundError, TypeError):
             return None
 
-    def _same_prefix(self, now: tuple[int, int, int, bytes]) -> bool:
-        assert self.seen is not None
-        if now[2] < self.seen[2]:
-            return False
-        with open(self.path, "rb") as f:  # type: ignore[arg-type]
-            f.seek(max(0, self.seen[2] - 64))
-            return f.read(len(self.seen[3])) == self.seen[3]
-
     def check(self) -> None:
-        if self.path is None or self.seen is None:
-            return
-        now = self._stat()
-        if now is None or now[:2] != self.seen[:2] or not self._same_prefix(now):
-            what = "deleted" if now is None else ("replaced" if now[:2] != self.seen[:2] else "truncated")
-            raise OutputError(f"the study journal {self.path} was {what} while the sweep ran; the trials' run "
-                              f"directories under {self.study_dir} are intact but the study's record is not: restore "
-                              "the journal from a copy and run again, or start a new study with --study NAME")
-        self.seen = now
+        if self.target.kind == "journal" and self.seen is not None:
+            now = self._look(self.seen[2])
+            if now is None or now[:2] != self.seen[:2] or now[2] < self.seen[2] or now[3] != self.seen[3]:
+                raise journal_error(self.target, self.study_dir, "deleted" if now is None else "replaced or cut")
+            self.seen = self._look()
 
 
-def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException) -> OutputError | None:
-    """The one-line error for ``exc`` when it comes from a deleted or damaged journal (Optuna's journal reader raising
-    on a cut line, or the file gone); ``None`` for anything else."""
-    if target.kind != "journal" or isinstance(exc, ConfigError):
-        return None
-    chain: list[BaseException] = []
-    while exc is not None and len(chain) < 8:  # Optuna may raise again while handling the reader's error
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    if not any(_from_the_journal(e, target) for e in chain):
-        return None
-    what = "deleted" if not target.journal.exists() else "damaged (a cut or garbled line)"  # type: ignore[union-attr]
+def journal_error(target: StorageTarget, study_dir: Path, what: str) -> OutputError:
     return OutputError(f"the study journal {target.journal} was {what} while the sweep ran; the trials' run directories "
                        f"under {study_dir} are intact but the study's record is not: restore the journal from a copy "
                        "and run again, or start a new study with --study NAME")
 
 
-def _from_the_journal(exc: BaseException, target: StorageTarget) -> bool:
-    if not isinstance(exc, (ValueError, OSError)) or isinstance(exc, ConfigError):
-        return False
-    frames, tb = [], exc.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    in_reader = any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames)
-    return in_reader or (isinstance(exc, FileNotFoundError) and str(target.journal) in str(exc))
+def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException | None) -> OutputError | None:
+    """The one-line error for ``exc`` when it, or an exception it was raised while handling, comes from Optuna's
+    journal reader (a cut line) or names the missing journal; ``None`` for anything else."""
+    for _ in range(8):
+        if exc is None or target.kind != "journal" or isinstance(exc, ConfigError):
+            return None
+        frames, tb = [], exc.__traceback__
+        while tb is not None:
+            frames, tb = frames + [tb.tb_frame.f_code.co_filename], tb.tb_next
+        if isinstance(exc, (ValueError, OSError)) and (any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames)
+                                                       or str(target.journal) in str(exc)):
+            return journal_error(target, study_dir, "damaged (a cut or garbled line)" if target.journal.exists() else "deleted")  # type: ignore[union-attr]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def budget_used(trials: list[Any]) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, OutputError
-from .distributed import Channel, LocalChannel, make_channel
+from .distributed import Channel
 from .spec import FIRST_DIR, SweepSpec
 from .storage import StorageTarget, file_lock, journal_damage
 from .study import Coordinator
@@ -147,7 +147,7 @@ def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index
     """The body of one worker process (``--as-worker I``)."""
     if script is None:
         accelerator = make_sweep_accelerator(spec, distributed=False)
-        return run_ranks(spec, target, study_dir, accelerator=accelerator, channel=LocalChannel(), worker=f"w{index}",
+        return run_ranks(spec, target, study_dir, accelerator=accelerator, channel=Channel(), worker=f"w{index}",
                          worker_index=index, deadline=deadline, wait_for_others=True, progress=progress)
     coordinator = Coordinator(spec, target, study_dir, worker=f"w{index}", worker_index=index, deadline=deadline)
     try:
@@ -159,7 +159,7 @@ def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index
 def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, deadline: float | None) -> int:
     """``accelerate launch train.py --sweep SPEC``: this process is one rank of every trial."""
     accelerator = make_sweep_accelerator(spec, distributed=True)
-    channel = make_channel(accelerator, spec.options.distributed.failure_wait)
+    channel = Channel(accelerator, spec.options.distributed.failure_wait)
     code = run_ranks(spec, target, study_dir, accelerator=accelerator, channel=channel, worker=f"rank{channel.rank}",
                      worker_index=0, deadline=deadline, wait_for_others=False, progress=True)
     if code == 0:
