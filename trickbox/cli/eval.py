@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
+from ..scalars import KIND_WORDS, Limits, check_scalar
 
 ATTACK_CHOICES = ("none", "fgsm", "ifgsm")
 DEFAULT_EPS = "1,2,4,8"
@@ -45,43 +46,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------
 
 
+PIXELS = Limits(low=0, low_open=True, high=255)
+"""ε and step sizes are in pixel units of 1/255: 8 means 8/255."""
+
+
+def _number(name: str, text: str, kind: type, limits: Limits, hint: str) -> Any:
+    """``text`` as a ``kind`` checked against ``limits`` by the shared scalar validator; one line naming ``name``."""
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be {KIND_WORDS[kind]} {limits.describe()}, got {text!r}; {hint}") from None
+    try:
+        return check_scalar(name, value, kind, limits)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; {hint}") from None
+
+
 def parse_eps(text: str) -> list[float]:
-    """``"1,2,4,8"`` → ``[1.0, 2.0, 4.0, 8.0]``; each must be a number in (0, 255]."""
+    """``"1,2,4,8"`` → ``[1.0, 2.0, 4.0, 8.0]``; each must be a number in (0, 255] (pixel units of 1/255)."""
     items = [t.strip() for t in str(text).split(",")]
     if not items or any(t == "" for t in items):
         raise ConfigError(f"--eps must be comma-separated numbers in (0, 255] (pixel units of 1/255), got {text!r}; e.g. --eps 1,2,4,8")
-    out: list[float] = []
-    for t in items:
-        try:
-            v = float(t)
-        except ValueError:
-            raise ConfigError(f"--eps value {t!r} is not a number; give numbers in (0, 255] (pixel units of 1/255), e.g. --eps 1,2,4,8") from None
-        if not math.isfinite(v) or not 0 < v <= 255:
-            raise ConfigError(f"--eps value {t} is outside (0, 255] (pixel units of 1/255: 8 means 8/255); e.g. --eps 1,2,4,8")
-        out.append(v)
-    return out
+    return [_number("--eps value", t, float, PIXELS, "pixel units of 1/255 (8 means 8/255), e.g. --eps 1,2,4,8") for t in items]
 
 
 def _parse_int(name: str, text: str, minimum: int) -> int:
-    try:
-        v = int(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-    if v < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {v}")
-    return v
+    return int(_number(name, text, int, Limits(low=minimum), f"e.g. {name} {max(minimum, 10)}"))
 
 
 def _parse_step(text: str | None) -> float | None:
     if text is None:
         return None
-    try:
-        v = float(text)
-    except ValueError:
-        raise ConfigError(f"--step-size must be a number > 0 (pixel units of 1/255), got {text!r}") from None
-    if not math.isfinite(v) or not 0 < v <= 255:
-        raise ConfigError(f"--step-size must be in (0, 255] (pixel units of 1/255), got {text}; or leave it out for eps/iterations")
-    return v
+    return float(_number("--step-size", text, float, PIXELS, "pixel units of 1/255, or leave it out for eps/iterations"))
 
 
 # ---------------------------------------------------------------------------
