@@ -16,7 +16,3 @@ class NonFiniteError(FloatingPointError):
 
 class OutputError(RuntimeError):
     """A file of the run could not be written (a full disk, a read-only folder); says what is intact and how to go on."""
-
-
-class LoaderError(RuntimeError):
-    """A DataLoader worker process died (killed, out of memory); the run stops and can be resumed."""

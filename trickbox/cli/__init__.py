@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import ConfigError, LoaderError, NonFiniteError, OutputError
+from ..errors import ConfigError, NonFiniteError, OutputError
 from . import eval as eval_command
 from . import list as list_command
 from . import new_plugin, report, sweep, train
@@ -42,12 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as exc:
         print(f"trickbox: stopped: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
-    except (LoaderError, RuntimeError) as exc:
-        if not isinstance(exc, LoaderError) and "DataLoader worker" not in str(exc):
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
             raise  # torch raises a worker's death from its SIGCHLD handler, wherever the main process is
-        what = str(exc) if isinstance(exc, LoaderError) else f"a data-loading worker died ({str(exc).splitlines()[0]})"
-        print(f"trickbox: stopped: {what}; the checkpoints written so far are intact: run the same command with "
-              "--resume and the same train.run_name to continue", file=sys.stderr)
+        print(f"trickbox: stopped: a data-loading worker died ({str(exc).splitlines()[0].rstrip('. ')}); if it ran out of "
+              "memory, lower data.workers or data.prefetch_factor. The checkpoints written so far are intact: run the "
+              "same command with --resume and the same train.run_name to continue", file=sys.stderr)
         return EXIT_LOADER
     except KeyboardInterrupt:
         print("trickbox: interrupted", file=sys.stderr)

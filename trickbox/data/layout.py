@@ -93,27 +93,16 @@ def _existing(root: Path, name: str, key: str) -> Path:
 
 
 def class_folders(split_dir: Path) -> list[str]:
-    """The sorted class folders of a split, each holding at least one image."""
+    """The sorted class folders of a split."""
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir} has no class folders: put each class's images in {split_dir}/<class>/")
-    for name in classes:
-        if not _holds_an_image(split_dir / name):
-            raise DataError(f"{split_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
-                            "add its images or remove the empty class folder")
     return classes
 
 
-def _holds_an_image(folder: Path) -> bool:
-    for _dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in filenames if not f.startswith(".")):
-            return True
-    return False
-
-
 def _folder_split(path: Path, index: dict[str, int]) -> FolderSplit:
-    """The split's images through timm's folder reader, after checking its classes against ``train/``'s."""
+    """The split's images through timm's folder reader, after checking its classes against ``train/``'s; a class
+    folder that yields no image is an error (timm would drop it silently and renumber nothing)."""
     from timm.data.readers.reader_image_folder import find_images_and_targets
 
     classes = class_folders(path)
@@ -122,6 +111,11 @@ def _folder_split(path: Path, index: dict[str, int]) -> FolderSplit:
         what = f"lacks {missing[:3]}" if missing else f"has {extra[:3]} that train/ lacks"
         raise DataError(f"{path} {what}: every split needs the same class folders as train/ ({len(index)} classes)")
     samples, _ = find_images_and_targets(str(path), types=tuple(IMAGE_EXTENSIONS), class_to_idx=index)
+    found = {int(t) for _, t in samples}
+    empty = [c for c, k in index.items() if k not in found]
+    if empty:
+        raise DataError(f"{path / empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) of its own: put the "
+                        "class's images directly in it, or remove the empty class folder")
     return FolderSplit(path, [(p, int(t)) for p, t in samples])
 
 

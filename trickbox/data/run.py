@@ -7,10 +7,10 @@ each split (metrics are summed over processes, so nothing is counted twice).
 """
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -21,15 +21,7 @@ from .load import load_dataset
 from .loader import InMemoryLoader, make_eval_loader
 from .run_data import EvalLoader, RunData, TrainLoader
 
-__all__ = ["EvalLoader", "RunData", "TrainLoader", "choose_path", "memory_budget", "open_run_data"]
-
-
-def decoded_bytes(arrays_or_shape: Any) -> int:
-    """Bytes of uint8 images: a DatasetArrays, or an ``(n, c, h, w)`` tuple."""
-    if isinstance(arrays_or_shape, DatasetArrays):
-        a = arrays_or_shape
-        return sum(t.numel() for t in (a.train_x, a.val_x, a.test_x))
-    return int(math.prod(arrays_or_shape))
+__all__ = ["EvalLoader", "EvalSplit", "RunData", "TrainLoader", "choose_path", "eval_split", "memory_budget", "open_run_data"]
 
 
 def open_run_data(
@@ -145,3 +137,34 @@ def memory_run_data(
         fit=part(arrays.train_x, arrays.train_y) if want_fit else None, arrays=arrays,
         sizes={"train": len(arrays.train_y), "val": len(arrays.val_y), "test": len(arrays.test_y)},
     )
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluation split of a run for ``trickbox eval``: uint8 batches on the CPU, on the run's data path."""
+
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]
+    images: int
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def eval_split(cfg: DataConfig, split: str, *, batch_size: int, progress: bool = False) -> EvalSplit:
+    """``split`` (``val`` or ``test``) of ``cfg``'s data, read the way training read it (memory or stream)."""
+    path, _, layout = _choose(cfg, torch.device("cpu"))
+    if path == "stream":
+        from .layout import find_layout
+        from .stream_run import mean_std, raw_split
+
+        layout = layout or find_layout(cfg)
+        batches, n = raw_split(cfg, layout, split, batch_size=batch_size)
+        return EvalSplit(batches, n, len(layout.classes), 3, *mean_std(cfg))
+    data = load_dataset(cfg, progress=progress)
+    x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        return ((x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(y), batch_size))
+
+    return EvalSplit(batches, len(y), data.num_classes, data.in_chans, tuple(data.mean), tuple(data.std))

@@ -20,9 +20,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .config import DataConfig
 from .layout import SHARD_IMAGE_KEYS, ShardSplit
-from .stream import BadImages, Item, OnDevice, Transform, default_workers, loader_options, worker_guard
+from .stream import BadImages, Item, OnDevice, Transform, default_workers, loader_options
 from ..errors import DataError
 from ..seeding import derive_seed, generator
+
+
+NO_RANDOM_ACCESS = ("tar shards have no random access, so tricks.mixup.pairing=knn cannot fetch partners; "
+                    "use pairing=random, or class folders (data.name=imagefolder)")
 
 
 class _Items(IterableDataset[Item]):
@@ -47,11 +51,10 @@ class ShardTrainLoader:
         self.dataset = create_dataset("wds/", root="/", split="::".join(split.shards) + f"|{split.num_samples}",
                                       is_training=True, batch_size=batch_size, seed=derive_seed(seed, "shards") % (1 << 31))
         self.dataset.transform = transform
-        self.workers = default_workers(cfg)
-        self.dataset.set_loader_cfg(num_workers=self.workers)
+        self.dataset.set_loader_cfg(num_workers=default_workers(cfg))
         self.labels = torch.tensor(split.labels, dtype=torch.int64, device=device)
         self.bad = BadImages(cfg.max_bad_fraction, math.ceil(split.num_samples / world_size))
-        self._norm = OnDevice(None, device, mean, std, self.bad)
+        self.mean, self.std = mean, std
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -65,23 +68,19 @@ class ShardTrainLoader:
         options = loader_options(self.cfg, self.device, persistent=False)
         loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size, generator=generator(self.seed, "shards", self.epoch),
                             **options)
-        read = 0
-        for b, (x, y, index, failures) in enumerate(worker_guard(loader)):
+        read = start
+        for batch in OnDevice(loader, self.device, self.mean, self.std, self.bad).batches(skip=start):
             read += 1
-            if b < start:
-                continue
-            self.bad.add(failures)
-            yield self._norm.normalise(x), y.to(self.device, non_blocking=True), index.to(self.device)
+            yield batch
         if read < len(self):  # timm's reader logs and skips shards it cannot open
             raise DataError(f"data: the tar shards gave {read} of this epoch's {len(self)} batches (see the webdataset "
                             f"errors above); check that every shard of {self.pattern!r} is readable")
 
     def fetch(self, indices: Tensor, *, epoch_step: int) -> Tensor:
-        raise DataError("tar shards have no random access, so tricks.mixup.pairing=knn cannot fetch partners; "
-                        "use pairing=random, or class folders (data.name=imagefolder)")
+        raise DataError(NO_RANDOM_ACCESS)
 
     def knn_features(self) -> tuple[Tensor, Tensor]:
-        return self.fetch(torch.zeros(0), epoch_step=0), self.labels
+        raise DataError(NO_RANDOM_ACCESS)
 
     def close(self) -> None:
         return None
@@ -102,8 +101,7 @@ class _EvalShards(IterableDataset[Item]):
             return
         keys = ";".join(SHARD_IMAGE_KEYS)
         samples = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
-        for sample in samples.decode("pil").to_tuple(keys, "cls", "__key__"):
-            image, label, key = sample
+        for image, label in samples.decode("pil").to_tuple(keys, "cls"):
             yield Item(self.transform(image.convert("RGB")), int(label), -1)
 
 

@@ -10,6 +10,7 @@ Tar shards go through timm's WebDataset reader (each rank and worker reads its o
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -27,7 +28,7 @@ from .config import DataConfig
 from .layout import FolderSplit, StreamLayout
 from .loader import _stats, epoch_order
 from .splits import add_label_noise, plan_splits
-from ..errors import DataError, LoaderError
+from ..errors import DataError
 from ..seeding import derive_seed
 
 DEFAULT_IMAGE_SIZE = 224
@@ -105,8 +106,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
         self.epoch, self.skip = 0, 0
 
+    @property
+    def per_rank(self) -> int:
+        """Keys of a whole epoch on this rank (equal on every rank)."""
+        return math.ceil(self.n / self.world_size)
+
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size) - self.skip
+        return self.per_rank - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
@@ -166,7 +172,7 @@ def loader_options(cfg: DataConfig, device: torch.device, *, persistent: bool) -
 
 
 class OnDevice:
-    """Normalised float images on the device from a loader of uint8 batches, failures counted."""
+    """Batches of a loader of uint8 images on the device, normalised, with unreadable images counted and dropped."""
 
     def __init__(self, loader: Any, device: torch.device, mean: Sequence[float], std: Sequence[float], bad: BadImages) -> None:
         self.loader, self.device, self.bad = loader, device, bad
@@ -175,58 +181,43 @@ class OnDevice:
     def normalise(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=True).to(torch.float32).sub_(self._m).div_(self._s)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y, _index, failures in worker_guard(self.loader):
+    def batches(self, *, skip: int = 0, normalise: bool = True) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(images, labels, positions)`` from batch ``skip`` on; ``normalise=False`` keeps uint8 images."""
+        for b, (x, y, index, failures) in enumerate(self.loader):
+            if b < skip:
+                continue
             self.bad.add(failures)
             if len(y):
-                yield self.normalise(x), y.to(self.device, non_blocking=True)
+                x = self.normalise(x) if normalise else x.to(self.device, non_blocking=True)
+                yield x, y.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
 
-
-def worker_guard(loader: Any) -> Iterator[Any]:
-    """``loader``'s batches; a worker that dies (killed, out of memory) becomes one :class:`LoaderError` line."""
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if "DataLoader worker" not in str(e):
-                raise
-            raise LoaderError(f"a data-loading worker died ({str(e).splitlines()[0].rstrip('. ')}); if it ran out of memory, "
-                              "lower data.workers or data.prefetch_factor") from None
-        yield batch
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return ((x, y) for x, y, _ in self.batches())
 
 
 class FolderTrainLoader:
     """Training batches of a folder split (the :class:`~trickbox.data.run.TrainLoader` methods)."""
 
-    def __init__(self, images: FolderImages, fetch_transform: Transform, cfg: DataConfig, *, batch_size: int,
-                 device: torch.device, mean: Sequence[float], std: Sequence[float], seed: int, rank: int,
-                 world_size: int) -> None:
-        self.images, self.fetch_transform, self.cfg, self.batch_size = images, fetch_transform, cfg, batch_size
-        self.device, self.mean, self.std, self.seed, self.rank = device, tuple(mean), tuple(std), seed, rank
+    def __init__(self, images: FolderImages, cfg: DataConfig, *, batch_size: int, device: torch.device,
+                 mean: Sequence[float], std: Sequence[float], seed: int, rank: int, world_size: int) -> None:
+        self.images, self.cfg, self.batch_size, self.device, self.seed, self.rank = images, cfg, batch_size, device, seed, rank
         self.labels = torch.tensor(images.labels, dtype=torch.int64, device=device)
         self.sampler = EpochSampler(len(images), seed=seed, rank=rank, world_size=world_size, shuffle=True)
-        self.bad = BadImages(cfg.max_bad_fraction, math.ceil(len(images) / world_size))
-        self.loader = DataLoader(images, batch_size=batch_size, sampler=self.sampler,
-                                 **loader_options(cfg, device, persistent=True))
-        self._device = OnDevice(self.loader, device, mean, std, self.bad)
+        self.bad = BadImages(cfg.max_bad_fraction, self.sampler.per_rank)
+        loader = DataLoader(images, batch_size=batch_size, sampler=self.sampler, **loader_options(cfg, device, persistent=True))
+        self._device = OnDevice(loader, device, mean, std, self.bad)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.images) / self.sampler.world_size) / self.batch_size)
+        return math.ceil(self.sampler.per_rank / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        self.sampler.epoch, self.sampler.skip = self.epoch, min(start * self.batch_size, math.ceil(len(self.images) / self.sampler.world_size))
+        self.sampler.epoch, self.sampler.skip = self.epoch, min(start * self.batch_size, self.sampler.per_rank)
         self.bad.new_epoch()
-        for x, y, index, failures in worker_guard(self.loader):
-            self.bad.add(failures)
-            if len(y):
-                yield self._device.normalise(x), y.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+        return self._device.batches()
 
     def fetch(self, indices: Tensor, *, epoch_step: int) -> Tensor:
         """Augmented images of ``indices``, read here in the training process (KNN partners)."""
@@ -234,7 +225,7 @@ class FolderTrainLoader:
         for i in indices.tolist():
             seed_sample(self.seed, "fetch", self.epoch, self.rank, epoch_step, i)
             with Image.open(self.images.paths[i]) as img:
-                out.append(self.fetch_transform(img.convert("RGB")))
+                out.append(self.images.transform(img.convert("RGB")))
         return self._device.normalise(torch.stack([torch.as_tensor(o) for o in out]))
 
     def knn_features(self) -> tuple[Tensor, Tensor]:
@@ -258,7 +249,7 @@ class FolderTrainLoader:
         return features, self.labels.cpu()
 
     def close(self) -> None:
-        self.loader = self._device.loader = None  # type: ignore[assignment]  # lets persistent workers exit
+        self._device.loader = None  # lets persistent workers exit
 
 
 def _compose(*steps: Callable[[Any], Any]) -> Transform:
@@ -287,8 +278,7 @@ def folder_run_parts(layout: StreamLayout, cfg: DataConfig) -> dict[str, tuple[l
     if layout.val is not None:
         assert isinstance(layout.val, FolderSplit)
         val_paths, val_y = of(layout.val)
-        carve = DataConfig(**{**cfg.__dict__, "val_fraction": 0.0})
-        plan = plan_splits(train_y, test_y, k, carve)
+        plan = plan_splits(train_y, test_y, k, dataclasses.replace(cfg, val_fraction=0.0))
     else:
         plan = plan_splits(train_y, test_y, k, cfg)
         val_paths, val_y = [train_paths[i] for i in plan.val.tolist()], train_y[plan.val]

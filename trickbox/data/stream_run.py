@@ -12,15 +12,18 @@ from .shards import ShardTrainLoader, shard_eval_loader
 from .stream import BadImages, FolderImages, FolderTrainLoader, Transform, eval_loader, folder_run_parts, transforms
 from ..errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def mean_std(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean`` / ``data.std``, else ImageNet's (timm's constants): the stream path has no decoded split to measure."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean and cfg.std else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 def stream_run_data(cfg: DataConfig, layout: StreamLayout, *, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
                     rank: int, world_size: int, want_fit: bool, reason: str) -> RunData:
     """Loaders that read, decode and augment images in worker processes; this process's part of every split."""
-    mean = tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN
-    std = tuple(cfg.std) if cfg.std else IMAGENET_STD
+    mean, std = mean_std(cfg)
     train_tf, eval_tf = transforms(cfg, mean, std)
     common = dict(device=device, mean=mean, std=std)
     if layout.kind == "wds":
@@ -28,8 +31,8 @@ def stream_run_data(cfg: DataConfig, layout: StreamLayout, *, batch_size: int, e
                            seed=seed, rank=rank, world_size=world_size, want_fit=want_fit, reason=reason, **common)
     parts = folder_run_parts(layout, cfg)
     train_paths, train_y = parts["train"]
-    train = FolderTrainLoader(FolderImages(train_paths, train_y, train_tf, seed, "train"), train_tf, cfg,
-                              batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, **common)
+    train = FolderTrainLoader(FolderImages(train_paths, train_y, train_tf, seed, "train"), cfg, batch_size=batch_size,
+                              seed=seed, rank=rank, world_size=world_size, **common)
 
     def split(name: str) -> object:  # this rank's disjoint share, in order
         paths, labels = parts[name]
@@ -51,7 +54,8 @@ def _shard_data(layout: StreamLayout, cfg: DataConfig, train_tf: Transform, eval
     if cfg.label_noise > 0 or cfg.train_subset or cfg.test_subset:
         raise DataError("data.label_noise, train_subset and test_subset need random access; tar shards have none: "
                         "write the subset as shards of its own, or use class folders")
-    val = layout.val if isinstance(layout.val, ShardSplit) else layout.test
+    val = layout.val  # the val shards, or the test shards themselves (find_layout)
+    assert isinstance(val, ShardSplit)
     train = ShardTrainLoader(layout.train, train_tf, cfg, batch_size=batch_size, device=device, mean=mean, std=std,
                              seed=seed, world_size=world_size)
 
@@ -65,32 +69,21 @@ def _shard_data(layout: StreamLayout, cfg: DataConfig, train_tf: Transform, eval
                    sizes={"train": layout.train.num_samples, "val": val.num_samples, "test": layout.test.num_samples})
 
 
-
-def raw_split(cfg: DataConfig, split: str, *, batch_size: int) -> tuple[Any, int, int, tuple[float, ...], tuple[float, ...]]:
-    """``(batches, images, classes, mean, std)`` of one evaluation split on the stream path, for ``trickbox eval``:
+def raw_split(cfg: DataConfig, layout: StreamLayout, split: str, *, batch_size: int) -> tuple[Any, int]:
+    """``(batches, images)`` of one evaluation split on the stream path, for ``trickbox eval``: a callable giving
     batches of uint8 ``(B, 3, H, W)`` images and labels on the CPU, after the evaluation transform."""
-    from .layout import find_layout
-
-    layout = find_layout(cfg)
-    mean = tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN
-    std = tuple(cfg.std) if cfg.std else IMAGENET_STD
+    mean, std = mean_std(cfg)
     _, eval_tf = transforms(cfg, mean, std)
-    bad = BadImages(cfg.max_bad_fraction, 1)
+    cpu = torch.device("cpu")
     if layout.kind == "wds":
-        shard_split = layout.test if split == "test" or layout.val is None else layout.val
-        loader = shard_eval_loader(shard_split, eval_tf, cfg, batch_size=batch_size, device=torch.device("cpu"),
-                                   mean=mean, std=std, rank=0, world_size=1).loader
-        count = shard_split.num_samples  # type: ignore[union-attr]
+        shards = layout.test if split == "test" else layout.val
+        assert isinstance(shards, ShardSplit)
+        stream = shard_eval_loader(shards, eval_tf, cfg, batch_size=batch_size, device=cpu, mean=mean, std=std,
+                                   rank=0, world_size=1)
+        count = shards.num_samples
     else:
         paths, labels = folder_run_parts(layout, cfg)[split]
-        loader = eval_loader(FolderImages(paths, labels, eval_tf, 0, split), [(0, i) for i in range(len(paths))], cfg,
-                             batch_size=batch_size, device=torch.device("cpu"), mean=mean, std=std, bad=bad).loader
+        stream = eval_loader(FolderImages(paths, labels, eval_tf, 0, split), [(0, i) for i in range(len(paths))], cfg,
+                             batch_size=batch_size, device=cpu, mean=mean, std=std, bad=BadImages(cfg.max_bad_fraction, 1))
         count = len(paths)
-
-    def batches() -> Any:
-        for x, y, _index, failures in loader:
-            bad.add(failures)
-            if len(y):
-                yield x, y
-
-    return batches, count, len(layout.classes), mean, std
+    return (lambda: ((x, y) for x, y, _ in stream.batches(normalise=False))), count

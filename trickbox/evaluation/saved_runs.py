@@ -60,33 +60,33 @@ def evaluate_run(
     from ..build import load_trained
     from ..checkpoint import read_card
     from ..config import load_config
+    from ..data.run import eval_split
     from .attacks import attack_metrics, make_normalize
 
     cfg = load_config([run_dir / "config.yaml"])
     bs = batch_size or cfg.train.eval_batch_size
-    split_data = _split_batches(cfg, split, bs, progress)
-    num_classes, in_chans, n = split_data["classes"], split_data["in_chans"], split_data["n"]
-    card = read_card(run_dir) if checkpoint is None else {"name": cfg.model.name, "num_classes": num_classes,
-                                                          "in_chans": in_chans}
-    if num_classes != card["num_classes"]:
-        raise ConfigError(f"the model in {str(run_dir)!r} has {card['num_classes']} classes but its data now has {num_classes}; was data.root changed?")
-    if n == 0:
+    data = eval_split(cfg.data, split, batch_size=bs, progress=progress)
+    card = read_card(run_dir) if checkpoint is None else {"name": cfg.model.name, "num_classes": data.num_classes,
+                                                          "in_chans": data.in_chans}
+    if data.num_classes != card["num_classes"]:
+        raise ConfigError(f"the model in {str(run_dir)!r} has {card['num_classes']} classes but its data now has {data.num_classes}; was data.root changed?")
+    if data.images == 0:
         raise ConfigError(f"the run's {split} split is empty (data.val_fraction=0?); use --split test")
-    mean = card.get("mean") or list(split_data["mean"])
-    std = card.get("std") or list(split_data["std"])
+    mean = card.get("mean") or list(data.mean)
+    std = card.get("std") or list(data.std)
     normalize = make_normalize(mean, std)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint is None:
         model = load_trained(str(run_dir), num_classes=card["num_classes"], in_chans=card["in_chans"])
     else:
-        model = _from_checkpoint(cfg, checkpoint, num_classes=num_classes, in_chans=in_chans)
+        model = _from_checkpoint(cfg, checkpoint, num_classes=data.num_classes, in_chans=data.in_chans)
     model = model.to(device).eval()
 
     def batches(desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from tqdm.auto import tqdm
 
-        for x, y in tqdm(split_data["batches"](), desc=desc, unit="batch", file=sys.stderr, disable=not progress,
-                         leave=False, dynamic_ncols=True, total=-(-n // bs)):
+        for x, y in tqdm(data.batches(), desc=desc, unit="batch", file=sys.stderr, disable=not progress,
+                         leave=False, dynamic_ncols=True, total=-(-data.images // bs)):
             yield x.to(device, torch.float32) / 255.0, y.to(device)
 
     clean = _clean_metrics(model, batches("clean"), normalize)
@@ -100,7 +100,7 @@ def evaluate_run(
         "model": card["name"],
         "data": cfg.data.name,
         "split": split,
-        "n": int(n),
+        "n": int(data.images),
         "attack": attack,
         "iterations": iterations if attack == "ifgsm" else (1 if attack == "fgsm" else None),
         "step_size": step_size if attack == "ifgsm" else None,
@@ -155,24 +155,3 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<8} {r['eps']:>6g} {r['top1_error']:>10.4f} {r['top5_error']:>10.4f}")
     return "\n".join(lines)
 
-
-def _split_batches(cfg: Any, split: str, bs: int, progress: bool) -> dict[str, Any]:
-    """The run's ``split`` as uint8 batches on the CPU, on the path the run's data takes (memory or stream)."""
-    import torch
-
-    from ..data import load_dataset
-    from ..data.run import choose_path
-
-    if choose_path(cfg.data, device=torch.device("cpu"))[0] == "stream":
-        from ..data.stream_run import raw_split
-
-        batches, n, classes, mean, std = raw_split(cfg.data, split, batch_size=bs)
-        return dict(batches=batches, n=n, classes=classes, in_chans=3, mean=mean, std=std)
-    data = load_dataset(cfg.data, progress=progress)
-    x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for s in range(0, len(y), bs):
-            yield x[s : s + bs], y[s : s + bs]
-
-    return dict(batches=batches, n=len(y), classes=data.num_classes, in_chans=data.in_chans, mean=data.mean, std=data.std)
