@@ -126,7 +126,7 @@ def table(args: argparse.Namespace, loaders: dict[str, float], small: dict[str, 
     ratio = loaders["trickbox"] / loaders["timm"]
     rss = full["main"] / small["main"]
     lines = [
-        f"Command: `python benchmarks/streaming.py {args.data} --out docs/performance.md` ({minutes:.1f} min)",
+        f"Command: `python benchmarks/streaming.py {' '.join(sys.argv[1:])}` ({minutes:.1f} min)",
         *machine_lines(load_start=args.load_start),
         "",
         "| measure | trickbox | reference | ratio | target |",
