@@ -92,7 +92,7 @@ def test_paper_specs_cover_the_issue_rows():
     assert rows["alpha"][0].startswith("ERM") and len(rows["alpha"]) == 7
     assert len(rows["ablation"]) == 16 and {"mixup AC+KNN", "mixup SC+RP", "mix hidden layer 3", "3-way mixup"} <= set(rows["ablation"])
     assert load_spec(PAPER / "labels.yaml").dimension("data.label_noise").choices == (0.2, 0.5, 0.8)
-    assert load_spec(PAPER / "capacity.yaml").dimension("model.name").choices == ("cifar_resnet8", "cifar_resnet20")
+    assert load_spec(PAPER / "capacity.yaml").dimension("model.kwargs.width").choices == (16, 32)
 
 
 def test_eval_each_epoch_is_checked_and_at_best_val_picks_by_validation():
@@ -141,6 +141,19 @@ def test_train_logs_test_and_train_metrics_every_epoch(tmp_path):
     # half the training labels are random: fitting them is harder than the clean validation labels after 2 epochs
     assert summary["train/top1"] < summary["val/top1"]
     assert summary["at_best_val/epoch"] in (1.0, 2.0)
+
+
+def test_eval_at_end_fits_the_training_set_once(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.eval_at_end must be a list of splits from \[train\]"):
+        load_config(base={"train": {"eval_at_end": ["test"]}})
+    proc = subprocess.run([sys.executable, "train.py", "train.epochs=2", "train.tracker=none", "train.progress=false",
+                           f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_at_end=[train]", "data.label_noise=0.5"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+    assert len(epochs) == 2 and not any("train/top1" in e for e in epochs)  # no pass over the training set per epoch
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert 0 < summary["train/top1"] < summary["val/top1"] and summary["train/n"] > 0  # half the labels are random
 
 
 @pytest.mark.slow

@@ -100,6 +100,9 @@ class TrainConfig:
     """Splits evaluated after every epoch besides ``val``: ``test`` (logged as ``test/*``, for curves; model
     selection still uses ``val``) and ``train`` (the training images as trained on, labels included, without
     augmentation: ``train/top1`` is how well the labels, noisy ones too, are fitted)."""
+    eval_at_end: list[str] = field(default_factory=list)
+    """Splits evaluated once more after the last epoch, besides ``test``: ``train`` gives the final ``train/*``
+    (the fit to the training labels) in the summary without the cost of a pass over the training set every epoch."""
 
 
 @dataclass
@@ -130,6 +133,9 @@ class RunConfig:
         t = self.train
         if not isinstance(t.eval_each_epoch, list) or any(s not in ("test", "train") for s in t.eval_each_epoch):
             raise ConfigError(f"train.eval_each_epoch must be a list of splits from [test, train], got {t.eval_each_epoch!r}; e.g. train.eval_each_epoch=[test]")
+        if not isinstance(t.eval_at_end, list) or any(s != "train" for s in t.eval_at_end):
+            raise ConfigError(f"train.eval_at_end must be a list of splits from [train] (test is always evaluated at the end), "
+                              f"got {t.eval_at_end!r}; e.g. train.eval_at_end=[train]")
         if t.run_name is not None and (t.run_name in ("", ".", "..") or "/" in t.run_name or "\\" in t.run_name
                                        or t.run_name != t.run_name.strip() or "\0" in t.run_name):
             raise ConfigError(f"train.run_name must be one folder name under train.out_dir (no '/', not '..'), got {t.run_name!r}; "

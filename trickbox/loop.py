@@ -204,7 +204,7 @@ def load_data(run: Run) -> Any:
     with acc.main_process_first():
         run.data = open_run_data(run.cfg.data, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
                                  device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
-                                 progress=tc.progress and run.main, want_fit="train" in tc.eval_each_epoch)
+                                 progress=tc.progress and run.main, want_fit="train" in tc.eval_each_epoch + tc.eval_at_end)
     if run.main and tc.progress:
         print(f"trickbox: {run.data.describe()}", file=sys.stderr)
     return run.data
@@ -370,7 +370,7 @@ def evaluate_epoch(run: Run, model: torch.nn.Module, data: Any, epoch: int) -> d
     metrics.update({f"val/{k}": v for k, v in run.tricks.evaluate(model, "val").items()})
     if "test" in each:
         metrics.update({f"test/{k}": v for k, v in evaluate(model, data.test, acc).items()})
-    if data.fit is not None:
+    if data.fit is not None and "train" in each:
         metrics.update({f"train/{k}": v for k, v in evaluate(model, data.fit, acc).items()})
     metrics["epoch"] = epoch + 1
     return metrics
@@ -433,6 +433,10 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
     test = evaluate(model, data.test, acc)
     test.update(run.tricks.evaluate(model, "test"))
     final = {f"test/{k}": v for k, v in test.items()}
+    if data.fit is not None and "train" in run.cfg.train.eval_at_end and "train" not in run.cfg.train.eval_each_epoch and run.history:
+        fit = {f"train/{k}": v for k, v in evaluate(model, data.fit, acc).items()}
+        final.update(fit)
+        run.history[-1].update(fit)  # the last epoch's weights, as if evaluated every epoch: sweeps and summaries see it there
     run.tracking.log(final, step=run.ctx.step)
     from .run_dir import writing
 
