@@ -6,6 +6,7 @@
     python experiments/paper.py adversarial                 # FGSM / I-FGSM on the alpha grid's ERM and α=1 models
     python experiments/paper.py labels                      # corrupted labels: best / last test error
     python experiments/paper.py ablation                    # the ablation table
+    python experiments/paper.py regression                  # the short table CI retrains (experiments/regression.py)
     python experiments/paper.py erm_mixup                   # ERM against mixup (α=1): the two headline rows, with test curves
     python experiments/paper.py alpha --profile full        # PreAct ResNet-18, 200 epochs, all of CIFAR-10 (GPUs)
 
@@ -578,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
                           columns=columns or info.get("columns"))
         if args.table == "alpha":
             alpha_plot(rows, out / f"{stem}.png")
-        elif args.table in ("labels", "regression"):
+        elif args.table == "labels":
             curves_plot(study, rows, [("test/top1", "test error (%)")], "data.label_noise", out / f"{stem}.png")
         elif args.table == "erm_mixup":
             curves_plot(study, rows, [("test/top1", "test error (%)")], None, out / f"{stem}.png")
