@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "results" / "paper_regression.json"
 KEEP = 0.5
 """The share of the committed effect that must remain (same sign, at least this fraction of its size)."""
-EFFECTS = (  # metric, row a, row b, what a − b > 0 (or < 0, as committed) means
+# metric, row a, row b, what a − b means. Only effects far beyond the seeds' spread belong here: the committed
+# test-error gap of this short table (1.2 points, std ~1) is not one of them, the fit to the noisy labels (59 points) is.
+EFFECTS = (
     ("train/top1", "ERM", "mixup (α=8)", "ERM fits more of the noisy training labels than mixup (accuracy on them)"),
-    ("test/top1", "mixup (α=8)", "ERM", "mixup's test accuracy against ERM's under 50 % label noise"),
 )
 
 

@@ -238,11 +238,36 @@ def all_claims() -> list[Claim]:
     return classification() + labels() + adversarial() + ablation()
 
 
+CPU_TABLES = ("erm_mixup", "alpha", "adversarial", "capacity", "stack", "labels", "ablation", "regression")
+
+
+def times() -> list[str]:
+    """The compute behind the CPU tables, read from each page's wall-time line (written by paper.py)."""
+    import re
+
+    lines = ["| table | wall time (min) | trials' own time, summed (min) |", "|---|---|---|"]
+    wall_total = own_total = 0.0
+    for name in CPU_TABLES:
+        page = RESULTS / f"paper_{name}.md"
+        text = page.read_text() if page.is_file() else ""
+        wall = re.search(r"- Wall time: ([0-9.]+) min", text)
+        own = re.search(r"add up to ([0-9.]+) min", text)
+        if not wall:
+            lines.append(f"| {name} | not run | |")
+            continue
+        w, o = float(wall.group(1)), float(own.group(1)) if own else float(wall.group(1))
+        wall_total, own_total = wall_total + w, own_total + o
+        lines.append(f"| [{name}](paper_{name}.md) | {w:.1f} | {o:.1f} |")
+    lines.append(f"| **all** | **{wall_total:.1f}** ({wall_total / 60:.1f} h) | **{own_total:.1f}** ({own_total / 60:.1f} h) |")
+    return lines
+
+
 def render() -> str:
     claims = all_claims()
     gpu = erm_against_mixup(GPU_ERM_MIXUP)
     lines = table_block(claims)
     lines += ["", f"Counts ({len(claims)} claims, CPU regime): {counts(claims)}."]
+    lines += ["", "Compute (2-core CPU, 2 workers x 1 thread; the adversarial row: its attack evaluations only):", "", *times()]
     if gpu:
         lines += ["", "Earlier H100 runs of the full profile (2 seeds each, so a test has little power; not counted above):", ""]
         lines += table_block(gpu)

@@ -182,28 +182,83 @@ def test_paper_runner_end_to_end_on_digits(tmp_path):
 
     proc = paper("alpha", "--rerun", "α=1", "--seed", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "reproduced within the stated std" in proc.stdout
+    assert "(a committed seed" in proc.stdout and "inside the committed seeds' prediction interval on every metric" in proc.stdout
+    proc = paper("alpha", "--rerun", "α=1", "--seed", "7")  # a seed the grid never trained: judged by the interval alone
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(a seed the table never trained)" in proc.stdout and "95 % prediction interval" in proc.stdout
+    assert ("inside the committed" in proc.stdout) == (proc.returncode == 0)
 
     bad = paper("alpha", "--rerun", "α=3")
     assert bad.returncode == 2 and "is not a row of alpha" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_verdict_rule_can_say_each_of_its_words():
+def experiments_module(name: str):
     sys.path.insert(0, str(REPO / "experiments"))
     try:
-        import verdicts
+        return __import__(name)
     finally:
         sys.path.pop(0)
-    low, high = {"0": 10.0, "1": 11.0}, {"0": 20.0, "1": 21.0}
-    near = {"0": 10.5, "1": 12.5}
-    assert verdicts.better(low, high) == "reproduced" and verdicts.better(high, low) == "not reproduced"
-    assert verdicts.better(low, near) == "inconclusive" and verdicts.better(low, {"0": 1.0}) == "not run"
-    assert verdicts.better(high, low, lower=False) == "reproduced"
-    assert verdicts.no_gain(near, low) == "reproduced" and verdicts.no_gain(low, high) == "not reproduced"
-    block = verdicts.render()  # whatever is committed: every claim gets one of the words
-    rows = [line for line in block.splitlines() if line.startswith("| ") and "experiment" not in line]
+
+
+def test_stats_agree_with_scipy_and_the_interval_formula():
+    from scipy import stats as sp
+
+    st = experiments_module("stats")
+    a, b = [10.0, 11.0, 12.5], [14.0, 15.5, 13.0, 16.0]
+    c = st.welch(a, b, higher=False)  # claim: a is lower
+    assert c.p == pytest.approx(sp.ttest_ind(a, b, equal_var=False).pvalue) and c.diff == pytest.approx(14.625 - 11.1666667)
+    assert c.low < c.diff < c.high and c.verdict == "reproduced" and "Welch t" in c.describe() and "p = " in c.describe()
+    assert st.welch(a, b, higher=True).verdict == "not reproduced"  # significant against the claim
+    x, y = [1.0, 2.0, 4.0], [0.5, 1.0, 2.5]
+    d = st.paired([i - j for i, j in zip(x, y)])
+    assert d.p == pytest.approx(sp.ttest_rel(x, y).pvalue)
+    lo, hi = st.prediction_interval([1.0, 2.0, 3.0])  # 2 ± t(0.975, 2)·1·√(4/3)
+    assert (lo, hi) == pytest.approx((2 - 4.302653 * 1.154701, 2 + 4.302653 * 1.154701), rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 committed seeds"):
+        st.prediction_interval([1.0])
+
+
+def test_verdict_rule_can_say_each_of_its_words():
+    verdicts = experiments_module("verdicts")
+    low, high = {"0": 10.0, "1": 11.0, "2": 10.5}, {"0": 20.0, "1": 21.0, "2": 20.2}
+    near = {"0": 10.5, "1": 12.5, "2": 9.0}
+    assert verdicts.lower(low, high).verdict == "reproduced" and verdicts.lower(high, low).verdict == "not reproduced"
+    assert verdicts.lower(low, near).verdict == "inconclusive" and verdicts.lower(low, {"0": 1.0}).verdict == "not run"
+    assert verdicts.higher(high, low).verdict == "reproduced"
+    assert verdicts.no_gain(verdicts.lower(near, low))[0] == "reproduced"
+    assert verdicts.no_gain(verdicts.lower(low, high))[0] == "not reproduced"
+    assert verdicts.both(verdicts.lower(low, high), verdicts.lower(low, near))[0] == "inconclusive"
+    assert verdicts.both(verdicts.lower(low, high), verdicts.lower(high, low))[0] == "not reproduced"
+    block = verdicts.render()  # whatever is committed: every claim gets one of the words and names its test
+    rows = [line for line in block.splitlines() if line.startswith("| ") and line.count(" | ") == 5 and "experiment" not in line]
     assert len(rows) >= 25
     assert all(any(w in line for w in ("reproduced", "inconclusive", "not run")) for line in rows)
+    assert all(("Welch t" in line or "paired t" in line) and "p = " in line for line in rows if "not run" not in line)
+
+
+def test_regression_compare_fails_when_an_effect_is_gone():
+    reg = experiments_module("regression")
+
+    def table(erm_fit: float, mix_fit: float, erm_acc: float, mix_acc: float) -> dict:
+        return {json.dumps({"variant": "ERM"}): {s: {"train/top1": erm_fit, "test/top1": erm_acc} for s in "01"},
+                json.dumps({"variant": "mixup (α=8)"}, ensure_ascii=False): {s: {"train/top1": mix_fit, "test/top1": mix_acc} for s in "01"}}
+
+    committed = table(0.9, 0.5, 0.30, 0.34)
+    assert reg.compare(table(0.85, 0.55, 0.31, 0.34), committed) == []
+    gone = reg.compare(table(0.6, 0.6, 0.31, 0.34), committed)  # the rows train alike: mixup does nothing
+    assert len(gone) == 1 and "ERM fits more of the noisy training labels" in gone[0]
+    flipped = reg.compare(table(0.5, 0.9, 0.31, 0.34), committed)  # mixup fits the noise, ERM does not
+    assert len(flipped) == 1 and "-40.0 pt now, +40.0 pt committed" in flipped[0]
+    assert len(reg.compare(table(0.65, 0.5, 0.31, 0.34), committed)) == 1  # the right sign, but less than half the size
+
+
+@pytest.mark.slow
+def test_regression_table_keeps_the_committed_effects(tmp_path, cifar_zip):
+    """The short corrupted-label table, retrained from scratch: its effects keep their committed direction."""
+    proc = subprocess.run([sys.executable, "experiments/regression.py", "--keep", str(tmp_path), f"data.root={cifar_zip}"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("kept  ") == len(experiments_module("regression").EFFECTS) and (tmp_path / "docs" / "paper_regression.md").is_file()
 
 
 @pytest.mark.slow
