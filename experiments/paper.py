@@ -190,7 +190,7 @@ def rerun(args: argparse.Namespace) -> int:
         for d in spec.search:
             if d.name not in params:
                 raise ConfigError(f"--rerun needs the row's {d.name}: add --at {d.name}=VALUE (one of {list(d.choices or ())})")
-            if d.choices is not None and params[d.name] not in d.choices:
+            if d.choices is not None and params[d.name] not in d.choices and d.name != "train.seed":  # any seed may be rerun
                 raise ConfigError(f"{d.name}={params[d.name]!r} is not a row of {args.table}; choose from {list(d.choices)}")
         unknown = set(params) - {d.name for d in spec.search}
         if unknown:
@@ -247,6 +247,8 @@ def compare_rerun(args: argparse.Namespace, params: dict[str, Any], summary: dic
             continue
         m, sd = statistics.mean(vals), statistics.stdev(vals)
         lo, hi = prediction_interval(vals)
+        if all(0.0 <= v <= 1.0 for v in vals) and k.rsplit("/", 1)[-1].startswith("top"):
+            lo, hi = max(lo, 0.0), min(hi, 1.0)  # an accuracy stays in [0, 1]
         inside = lo - 1e-12 <= mine <= hi + 1e-12
         ok = ok and inside
         print(f"{k:<26} {mine:>9.4f} {theirs_s:>10} {m:>9.4f} ± {sd:.4f} {f'[{lo:.4f}, {hi:.4f}]':>22}  {'yes' if inside else 'NO'}")

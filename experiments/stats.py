@@ -4,7 +4,8 @@ Every comparison is over training seeds (one number per seed and row). Two rows 
 seeds' runs are compared with Welch's t-test (unequal variances); two numbers of the same runs (the
 last epoch against the epoch validation picks, or a gain computed seed by seed) with the paired
 t-test. The level is :data:`LEVEL` for all of them, two-sided, so the opposite of a claim can be
-significant too. scipy is here through scikit-learn; its t distribution gives the p-values.
+significant too. The tests are scipy's (here through scikit-learn); this module only turns their
+results to the claimed direction and adds the prediction interval, which scipy has no function for.
 """
 from __future__ import annotations
 
@@ -49,50 +50,47 @@ class Comparison:
         return f"{self.test}: Δ {self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}], p = {p}"
 
 
-def _t_ppf(q: float, df: float) -> float:
-    from scipy.stats import t
+def _from_scipy(test: str, result: object, sign: float, n_a: int, n_b: int) -> Comparison:
+    """A scipy t-test result (difference a − b, or mean of differences) turned to the claimed direction."""
+    import warnings
 
-    return float(t.ppf(q, df))
-
-
-def _t_sf(x: float, df: float) -> float:
-    from scipy.stats import t
-
-    return float(t.sf(x, df))
+    with warnings.catch_warnings():  # identical seeds on a side: scipy warns, and the interval is exact or nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = result.confidence_interval(1 - LEVEL)  # type: ignore[attr-defined]
+    low, high = sorted((sign * float(ci.low), sign * float(ci.high)))
+    diff = (low + high) / 2 if math.isfinite(low + high) else float("nan")
+    return Comparison(test, diff, low, high, float(result.pvalue), n_a, n_b)  # type: ignore[attr-defined]
 
 
 def welch(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Comparison:
-    """Welch's t-test of mean(a) against mean(b); ``higher``: the claim is a > b, else a < b."""
+    """Welch's t-test of mean(a) against mean(b) (scipy's ``ttest_ind(equal_var=False)``); ``higher``: the claim is a > b."""
+    from scipy.stats import ttest_ind
+
     a, b = list(a), list(b)
     sign = 1.0 if higher else -1.0
     if len(a) < 2 or len(b) < 2:
         d = sign * (statistics.mean(a) - statistics.mean(b)) if a and b else float("nan")
         return Comparison("Welch t", d, float("nan"), float("nan"), float("nan"), len(a), len(b))
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     d = sign * (statistics.mean(a) - statistics.mean(b))
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # identical seeds on both sides: any difference is exact, none is no difference
-        p = 0.0 if d != 0 else 1.0
-        return Comparison("Welch t", d, d, d, p, len(a), len(b))
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = _t_ppf(1 - LEVEL / 2, df) * se
-    p = min(1.0, 2 * _t_sf(abs(d) / se, df))
-    return Comparison("Welch t", d, d - half, d + half, p, len(a), len(b))
+    if statistics.variance(a) == statistics.variance(b) == 0.0:  # every seed alike on both sides: the difference is exact
+        return Comparison("Welch t", d, d, d, 0.0 if d != 0 else 1.0, len(a), len(b))
+    c = _from_scipy("Welch t", ttest_ind(a, b, equal_var=False), sign, len(a), len(b))
+    return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
 
 
 def paired(diffs: Sequence[float]) -> Comparison:
-    """Paired t-test of per-seed differences (already in the claimed direction) against 0."""
+    """Paired t-test of per-seed differences (already in the claimed direction) against 0 (scipy's ``ttest_1samp``)."""
+    from scipy.stats import ttest_1samp
+
     x = list(diffs)
     if len(x) < 2:
         d = statistics.mean(x) if x else float("nan")
         return Comparison("paired t", d, float("nan"), float("nan"), float("nan"), len(x), len(x))
-    d, sd = statistics.mean(x), statistics.stdev(x)
-    se = sd / math.sqrt(len(x))
-    if se == 0.0:
+    d = statistics.mean(x)
+    if statistics.variance(x) == 0.0:
         return Comparison("paired t", d, d, d, 0.0 if d != 0 else 1.0, len(x), len(x))
-    half = _t_ppf(1 - LEVEL / 2, len(x) - 1) * se
-    p = min(1.0, 2 * _t_sf(abs(d) / se, len(x) - 1))
-    return Comparison("paired t", d, d - half, d + half, p, len(x), len(x))
+    c = _from_scipy("paired t", ttest_1samp(x, 0.0), 1.0, len(x), len(x))
+    return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
 
 
 def prediction_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -101,6 +99,8 @@ def prediction_interval(values: Sequence[float]) -> tuple[float, float]:
     v = list(values)
     if len(v) < 2:
         raise ValueError(f"a prediction interval needs at least 2 committed seeds, got {len(v)}")
+    from scipy.stats import t
+
     m, s = statistics.mean(v), statistics.stdev(v)
-    half = _t_ppf(1 - LEVEL / 2, len(v) - 1) * s * math.sqrt(1 + 1 / len(v))
+    half = float(t.ppf(1 - LEVEL / 2, len(v) - 1)) * s * math.sqrt(1 + 1 / len(v))
     return m - half, m + half
