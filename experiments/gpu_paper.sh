@@ -43,16 +43,18 @@ if [ -n "${EPOCHS:-}" ]; then epochs=$EPOCHS; else
 python3 experiments/paper.py "${common[@]}" train.epochs=2 --out-dir "$CAL" --docs-dir "$CAL/docs" >> "$OUT/calibrate.log" 2>&1 \
   || { echo "calibration sweep failed after $(elapsed) s"; tail -30 "$OUT/calibrate.log"; exit 1; }
 cal_wall=$(elapsed)
-epochs=$(python3 - "$BUDGET_S" "$cal_wall" "$MAX_EPOCHS" "$CAL" <<'EOF'
-import glob, json, sys
+epochs=$(python3 - "$BUDGET_S" "$cal_wall" "$MAX_EPOCHS" "$CAL" "$WORKERS" <<'EOF'
+import glob, json, math, sys
 budget, used, cap = (float(a) for a in sys.argv[1:4])
 secs = [json.load(open(f))["seconds"] for f in glob.glob(f"{sys.argv[4]}/paper_erm_mixup-full/trial-*/summary.json")]
+workers = int(sys.argv[5]) if sys.argv[5].isdigit() else len(secs)
+rounds = math.ceil(len(secs) / max(1, workers))  # 3 seeds x 2 rows: more trials than workers train in turns
 per_epoch = max(secs) / 2                      # under contention, first-epoch warm-up included: an upper bound
 overhead = 60.0                                # worker start, data load, rendering, the tarball
 left = budget - used - overhead
-print(max(0, min(int(cap), int(0.9 * left / per_epoch))))
-print(f"calibration: {len(secs)} trials, {per_epoch:.2f} s per epoch per trial (the slowest) under contention; "
-      f"{left:.0f} s left for training -> epochs", file=sys.stderr)
+print(max(0, min(int(cap), int(0.9 * left / (per_epoch * rounds)))))
+print(f"calibration: {len(secs)} trials on {workers} workers ({rounds} rounds), {per_epoch:.2f} s per epoch per trial "
+      f"(the slowest) under contention; {left:.0f} s left for training -> epochs", file=sys.stderr)
 EOF
 )
 fi

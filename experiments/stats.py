@@ -9,10 +9,12 @@ results to the claimed direction and adds the prediction interval, which scipy h
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 LEVEL = 0.05
 """Two-sided significance level of every test, and 1 − coverage of every interval."""
@@ -50,13 +52,17 @@ class Comparison:
         return f"{self.test}: Δ {self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}], p = {p}"
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Nearly identical seeds on a side make scipy warn about precision; the numbers it returns are still right."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def _from_scipy(test: str, result: object, sign: float, n_a: int, n_b: int) -> Comparison:
     """A scipy t-test result (difference a − b, or mean of differences) turned to the claimed direction."""
-    import warnings
-
-    with warnings.catch_warnings():  # identical seeds on a side: scipy warns, and the interval is exact or nan
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ci = result.confidence_interval(1 - LEVEL)  # type: ignore[attr-defined]
+    ci = result.confidence_interval(1 - LEVEL)  # type: ignore[attr-defined]
     low, high = sorted((sign * float(ci.low), sign * float(ci.high)))
     diff = (low + high) / 2 if math.isfinite(low + high) else float("nan")
     return Comparison(test, diff, low, high, float(result.pvalue), n_a, n_b)  # type: ignore[attr-defined]
@@ -74,7 +80,8 @@ def welch(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Com
     d = sign * (statistics.mean(a) - statistics.mean(b))
     if statistics.variance(a) == statistics.variance(b) == 0.0:  # every seed alike on both sides: the difference is exact
         return Comparison("Welch t", d, d, d, 0.0 if d != 0 else 1.0, len(a), len(b))
-    c = _from_scipy("Welch t", ttest_ind(a, b, equal_var=False), sign, len(a), len(b))
+    with _quiet():
+        c = _from_scipy("Welch t", ttest_ind(a, b, equal_var=False), sign, len(a), len(b))
     return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
 
 
@@ -89,7 +96,8 @@ def paired(diffs: Sequence[float]) -> Comparison:
     d = statistics.mean(x)
     if statistics.variance(x) == 0.0:
         return Comparison("paired t", d, d, d, 0.0 if d != 0 else 1.0, len(x), len(x))
-    c = _from_scipy("paired t", ttest_1samp(x, 0.0), 1.0, len(x), len(x))
+    with _quiet():
+        c = _from_scipy("paired t", ttest_1samp(x, 0.0), 1.0, len(x), len(x))
     return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
 
 

@@ -183,13 +183,14 @@ def adversarial() -> list[Claim]:
         return []
     data = json.loads(path.read_text())
     out: list[Claim] = []
+    # the paper's ε = 4 and 8 (of 255) saturate a network with ~57 % clean error; 1 and 2 are where it still differs
+    points = [("1.0", "top1"), ("2.0", "top1"), ("4.0", "top1"), ("8.0", "top1"), ("4.0", "top5"), ("8.0", "top5")]
     for attack in ("fgsm", "ifgsm"):
-        for eps in ("4.0", "8.0"):
-            for k in ("top1", "top5"):
-                erm = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("ERM (α=0)", {}).get(attack, [])) if eps in r}
-                mix = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("α=1", {}).get(attack, [])) if eps in r}
-                out.append(claim("3 adversarial", f"mixup (α=1) lowers the {attack.upper()} top-{k[-1]} error at ε={float(eps):g}/255",
-                                 lower(mix, erm), f"{fmt(mix)} % vs ERM {fmt(erm)} %", "paper_adversarial.md"))
+        for eps, k in points:
+            erm = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("ERM (α=0)", {}).get(attack, [])) if eps in r}
+            mix = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("α=1", {}).get(attack, [])) if eps in r}
+            out.append(claim("3 adversarial", f"mixup (α=1) lowers the {attack.upper()} top-{k[-1]} error at ε={float(eps):g}/255",
+                             lower(mix, erm), f"{fmt(mix)} % vs ERM {fmt(erm)} %", "paper_adversarial.md"))
     return out
 
 
