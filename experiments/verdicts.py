@@ -201,7 +201,7 @@ def ablation() -> list[Claim]:
 
     def add(text: str, a: str, b: str, gain_claim: bool = False) -> None:
         c = lower(e(a), e(b))
-        out.append(claim("4 ablation", text, no_gain(lower(e(a), e(b))) if gain_claim else c,
+        out.append(claim("4 ablation", text, no_gain(c) if gain_claim else c,
                          f"{a}: {fmt(e(a))} % vs {b}: {fmt(e(b))} %", "paper_ablation.md"))
 
     add("mixup (AC+RP) beats ERM", "mixup AC+RP", "ERM")
