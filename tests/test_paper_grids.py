@@ -92,7 +92,7 @@ def test_paper_specs_cover_the_issue_rows():
     assert rows["alpha"][0].startswith("ERM") and len(rows["alpha"]) == 7
     assert len(rows["ablation"]) == 16 and {"mixup AC+KNN", "mixup SC+RP", "mix hidden layer 3", "3-way mixup"} <= set(rows["ablation"])
     assert load_spec(PAPER / "labels.yaml").dimension("data.label_noise").choices == (0.2, 0.5, 0.8)
-    assert load_spec(PAPER / "capacity.yaml").dimension("model.kwargs.width").choices == (8, 16)
+    assert load_spec(PAPER / "capacity.yaml").dimension("model.kwargs.width").choices == (16, 32)
 
 
 def test_eval_each_epoch_is_checked_and_at_best_val_picks_by_validation():
@@ -170,8 +170,8 @@ def test_paper_runner_end_to_end_on_digits(tmp_path):
     proc = paper("alpha")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = (tmp_path / "docs" / "paper_alpha.md").read_text()
-    table = [line for line in doc.splitlines() if line.startswith("| ")]
-    assert table[2].startswith("| ERM (α=0) |") and "| α=8 |" in doc and "- Command: `python experiments/paper.py alpha" in doc
+    table = [line for line in doc.splitlines() if line.startswith("| ")]  # header, then rows ("|---|" is not "| ")
+    assert table[0].startswith("| variant |") and table[1].startswith("| ERM (α=0) |") and "| α=8 |" in doc and "- Command: `python experiments/paper.py alpha" in doc
     assert "**Why these settings.**" in doc and "**ERM's final training error" in doc  # the regime, measured
     assert (tmp_path / "docs" / "paper_alpha.png").stat().st_size > 5000
     per_seed = json.loads((tmp_path / "docs" / "paper_alpha.json").read_text())
