@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ def cifar_zip() -> Path:
     if not path.is_file():
         pytest.skip(f"CIFAR-10 zip not found at {path}")
     return path
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now, for ``accelerate launch --main_process_port``: two launches that
+    run at once (pytest-xdist workers) must not both take torchrun's default 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from trickbox.config import load_config
 from trickbox.functional import sgdr_lr
 from trickbox.loop import train
 
-from .conftest import REPO, subprocess_env
+from .conftest import REPO, free_port, subprocess_env
 
 TRAIN_PY = str(REPO / "train.py")
 EPOCHS = 3
@@ -329,7 +329,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_pat
     f = fault("SIGTERM to one of 2 ranks (accelerate launch)")
     run_dir = tmp_path / "mp"
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     proc = subprocess.Popen([*launch, *_cli(cfg_file, tmp_path, "mp")[1:]], cwd=tmp_path,
                             env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ranks: dict[int, int] = {}
@@ -432,7 +432,8 @@ def test_a_rank_that_dies_mid_step_stops_the_others_promptly(cfg_file, tmp_path,
     accelerate = str(Path(sys.executable).parent / "accelerate")
     start = time.time()
     proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", *_cli(cfg_file, tmp_path, "dies")[1:],
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                           *_cli(cfg_file, tmp_path, "dies")[1:],
                            "tricks.signal_at.where=die", "tricks.signal_at.rank=1", "tricks.signal_at.at=5"],
                           cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", **PLUGINS), capture_output=True,
                           text=True, timeout=400)

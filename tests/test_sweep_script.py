@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, subprocess_env
+from .conftest import REPO, free_port, subprocess_env
 from .test_sweep import load_study
-from .test_sweep_distributed import _free_port
 from .wandb_reader import config_value, offline_runs, read_run
 
 SCRIPT = REPO / "tests" / "fixtures" / "sweep_script.py"
@@ -60,7 +59,7 @@ def test_script_under_accelerate_launch_shares_params_and_prune_decisions(tmp_pa
     spec.write_text(yaml.safe_dump(raw))
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     launch = (f"{accelerate} launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-              f"--dynamo_backend no --main_process_port {_free_port()}")
+              f"--dynamo_backend no --main_process_port {free_port()}")
     proc = sweep(tmp_path, spec, "--launch", launch, ACCELERATE_USE_CPU="1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = load_study("script", tmp_path / "out" / "script" / "journal.log")

@@ -15,7 +15,7 @@ from trickbox import ConfigError, load_tricks
 from trickbox.config import default_config_path, load_config
 from trickbox.loop import train
 
-from ..conftest import REPO, subprocess_env
+from ..conftest import REPO, free_port, subprocess_env
 
 K = 10
 
@@ -70,7 +70,7 @@ def test_one_and_two_processes_with_the_same_global_batch_train_at_the_same_rate
     two.mkdir()
     r2 = subprocess.run(
         [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(REPO / "train.py"), *ARGS, "train.batch_size=32"],
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO / "train.py"), *ARGS, "train.batch_size=32"],
         cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     one = train(load_config([default_config_path()], [*ARGS, "train.batch_size=64", f"train.out_dir={tmp_path / 'one'}"]))
