@@ -90,3 +90,9 @@ def imagenet_like(tmp_path_factory, cifar_zip) -> Path:
                         "--workers", "1"])
     assert code == 0
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """End-to-end (``slow``) tests first: with one pytest-xdist worker per core the long runs start early and the
+    many short tests fill the gaps, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
