@@ -45,6 +45,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def launch_two_ranks() -> list[str]:
+    """``accelerate launch`` for 2 ranks on this machine (gloo; run it with ``ACCELERATE_USE_CPU=1``), fp32, no
+    dynamo, on a free port: the command every multi-process test puts in front of its script and arguments."""
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for CLI subprocesses: offline, W&B disabled unless a test enables it."""
     env = dict(os.environ)

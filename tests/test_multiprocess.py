@@ -10,9 +10,8 @@ import pytest
 
 from trickbox.functional import sgdr_lr
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 ARGS = ["train.epochs=3", "train.batch_size=64", "tricks.sgdr.t0=1", "tricks.sgdr.t_mult=2", "tricks.mixup.alpha=0.2",
         "train.log_every=1", "train.run_name=r", "optim.lr=0.05"]
 
@@ -35,8 +34,7 @@ def test_two_processes_match_one(tmp_path):
                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-2000:]
     r2 = subprocess.run(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO / "train.py"), *ARGS],
+        [*launch_two_ranks(), str(REPO / "train.py"), *ARGS],
         cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
     )
     assert r2.returncode == 0, r2.stderr[-3000:]

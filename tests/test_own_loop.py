@@ -15,11 +15,10 @@ import pytest
 
 from trickbox.functional import sgdr_lr
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 from .wandb_reader import offline_runs, read_run
 
 EXAMPLES = REPO / "examples"
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 MAX_CHANGED_LINES = 12
 
 
@@ -110,8 +109,7 @@ def test_own_loop_one_process_with_the_four_tricks(teacher, tmp_path):
 @pytest.mark.slow
 def test_own_loop_two_cpu_processes_with_the_four_tricks(teacher, tmp_path):
     res = subprocess.run(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(EXAMPLES / "own_loop.py"), "--epochs", "2", "--teacher", str(teacher), "--tracker", "wandb"],
+        [*launch_two_ranks(), str(EXAMPLES / "own_loop.py"), "--epochs", "2", "--teacher", str(teacher), "--tracker", "wandb"],
         cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -29,7 +29,7 @@ from trickbox.loop import train
 from trickbox.registry import Catalog, discover, hook_problems
 from trickbox.trick import ConfigError, NonFiniteError, Param, Trick, hookimpl
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 
 TRAIN_PY = str(REPO / "train.py")
 KEY = "secret-test-key-123"
@@ -577,11 +577,8 @@ def test_nan_on_one_rank_stops_every_rank_without_a_hang(tmp_path, fault):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tbx-nan-rank\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[trickbox.tricks]\nnan_rank1 = tbx_nan_rank:NanOnRankOne\n")
-    accelerate = str(Path(sys.executable).parent / "accelerate")
     res = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), TRAIN_PY, *SMALL, "train.tracker=none", "train.run_name=r",
-         "tricks.nan_rank1={}"],
+        [*launch_two_ranks(), TRAIN_PY, *SMALL, "train.tracker=none", "train.run_name=r", "tricks.nan_rank1={}"],
         cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", PYTHONPATH=str(site)), capture_output=True, text=True,
         timeout=240,
     )

@@ -33,7 +33,7 @@ from trickbox.config import load_config
 from trickbox.functional import sgdr_lr
 from trickbox.loop import train
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 
 TRAIN_PY = str(REPO / "train.py")
 EPOCHS = 3
@@ -328,9 +328,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_pat
     """A scheduler may signal one worker only: both must checkpoint at the same step instead of deadlocking."""
     f = fault("SIGTERM to one of 2 ranks (accelerate launch)")
     run_dir = tmp_path / "mp"
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    proc = subprocess.Popen([*launch, *_cli(cfg_file, tmp_path, "mp")[1:]], cwd=tmp_path,
+    proc = subprocess.Popen([*launch_two_ranks(), *_cli(cfg_file, tmp_path, "mp")[1:]], cwd=tmp_path,
                             env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ranks: dict[int, int] = {}
     try:
@@ -429,11 +427,8 @@ def test_a_signal_during_the_final_evaluation_still_finishes_the_run(cfg_file, t
 @pytest.mark.slow
 def test_a_rank_that_dies_mid_step_stops_the_others_promptly(cfg_file, tmp_path, fault):
     fault("one of two ranks exits mid-step (os._exit)")
-    accelerate = str(Path(sys.executable).parent / "accelerate")
     start = time.time()
-    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                           *_cli(cfg_file, tmp_path, "dies")[1:],
+    proc = subprocess.run([*launch_two_ranks(), *_cli(cfg_file, tmp_path, "dies")[1:],
                            "tricks.signal_at.where=die", "tricks.signal_at.rank=1", "tricks.signal_at.at=5"],
                           cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", **PLUGINS), capture_output=True,
                           text=True, timeout=400)

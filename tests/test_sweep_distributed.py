@@ -8,15 +8,13 @@ FAILED. Each trial is one W&B run, whose file we read back.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 from .test_sweep import load_study
 from .wandb_reader import config_value, offline_runs, read_run
 
@@ -31,9 +29,7 @@ def fault(**where: object) -> dict[str, str]:
 
 
 def launch(cwd: Path, *extra: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO / "train.py"), "--sweep", str(SPEC),
+    cmd = [*launch_two_ranks(), str(REPO / "train.py"), "--sweep", str(SPEC),
            "--out-dir", str(cwd / "out"), *extra, *env.pop("overrides", "").split()]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(ACCELERATE_USE_CPU="1", **env), capture_output=True, text=True, timeout=timeout)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, free_port, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env
 from .test_sweep import load_study
 from .wandb_reader import config_value, offline_runs, read_run
 
@@ -57,9 +57,7 @@ def test_script_under_accelerate_launch_shares_params_and_prune_decisions(tmp_pa
     raw["n_trials"] = 1
     spec = tmp_path / "prune.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    launch = (f"{accelerate} launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-              f"--dynamo_backend no --main_process_port {free_port()}")
+    launch = shlex.join(launch_two_ranks())
     proc = sweep(tmp_path, spec, "--launch", launch, ACCELERATE_USE_CPU="1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = load_study("script", tmp_path / "out" / "script" / "journal.log")

@@ -20,7 +20,7 @@ from trickbox.data.run import choose_path
 from trickbox.errors import DataError
 from trickbox.loop import train
 
-from ..conftest import REPO, free_port, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
 
 TRICKS = ["tricks.mixup.alpha=0.4", "tricks.mixup.grid=false", "tricks.label_smoothing.eps=0.1", "tricks.sgdr.t0=1",
           "tricks.sgdr.plot=false"]
@@ -86,9 +86,7 @@ def test_two_cpu_ranks_on_the_stream_path_read_disjoint_parts_whose_union_is_the
 
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT)
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script),
-           str(imagenet_like / "folder"), str(tmp_path)]
+    cmd = [*launch_two_ranks(), str(script), str(imagenet_like / "folder"), str(tmp_path)]
     proc = subprocess.run(cmd, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from trickbox import ConfigError, load_tricks
 from trickbox.config import default_config_path, load_config
 from trickbox.loop import train
 
-from ..conftest import REPO, free_port, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
 
 K = 10
 
@@ -54,7 +53,6 @@ def test_needs_the_batch_size():
         tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=3)
 
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 ARGS = ["data.train_subset=256", "train.epochs=1", "optim.lr=0.2", "tricks.sgdr={}", "tricks.linear_scaling={}",
         "train.tracker=none", "train.progress=false", "train.run_name=r"]
 
@@ -69,8 +67,7 @@ def test_one_and_two_processes_with_the_same_global_batch_train_at_the_same_rate
     two = tmp_path / "two"
     two.mkdir()
     r2 = subprocess.run(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO / "train.py"), *ARGS, "train.batch_size=32"],
+        [*launch_two_ranks(), str(REPO / "train.py"), *ARGS, "train.batch_size=32"],
         cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     one = train(load_config([default_config_path()], [*ARGS, "train.batch_size=64", f"train.out_dir={tmp_path / 'one'}"]))
