@@ -103,3 +103,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """End-to-end (``slow``) tests first: with one pytest-xdist worker per core the long runs start early and the
     many short tests fill the gaps, instead of one long test running alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+SMALL_RUN = ["data.name=digits", "data.train_subset=256", "data.test_subset=100", "train.epochs=1", "train.batch_size=64",
+             "train.progress=false", "train.tracker=none", "model.name=cifar_resnet8"]
+"""A run of a few seconds: 4 optimizer steps per epoch on 256 digits."""
+
+
+def runs_in_one_launch(tmp_path: Path, runs: list[dict[str, Any]], *, env: dict[str, str] | None = None,
+                       timeout: float = 300) -> tuple[list[dict[str, Any]], Any]:
+    """Train ``runs`` (``{"overrides": [...], "resume": bool}``) one after another on 2 CPU ranks in ONE launch
+    (``tests/fixtures/runs_in_one_launch.py``); returns rank 0's results and the finished process."""
+    import subprocess
+
+    plan, out = tmp_path / "plan.json", tmp_path / "results.json"
+    plan.write_text(json.dumps({"runs": runs}))
+    script = REPO / "tests" / "fixtures" / "runs_in_one_launch.py"
+    merged = subprocess_env(ACCELERATE_USE_CPU="1", PYTHONPATH=str(REPO / "tests" / "fixtures"), **(env or {}))
+    res = subprocess.run([*launch_two_ranks(), str(script), str(plan), str(out)], cwd=tmp_path, env=merged,
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0 and out.is_file(), res.stderr[-4000:]
+    return json.loads(out.read_text()), res
+
+
+def weights(run_dir: Path | str) -> dict[str, Any]:
+    """A run's final ``model.safetensors``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "model.safetensors"))
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

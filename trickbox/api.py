@@ -287,6 +287,14 @@ class TrickSet:
             out.update(result or {})
         return out
 
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Every trick's extra state that is evaluated or saved (:func:`~trickbox.hookspecs.trickbox_state_tensors`)."""
+        out: dict[str, Tensor] = {}
+        if self.ctx is not None:
+            for result in self.pm.hook.trickbox_state_tensors(ctx=self.ctx):
+                out.update(result or {})
+        return out
+
     def report_epochs(self) -> list[int] | None:
         """Epochs (1-based) at whose end every trick allows a fair comparison (``None``: any epoch); the last
         epoch is always one of them."""

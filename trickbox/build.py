@@ -237,15 +237,15 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
     return model
 
 
-def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over :func:`param_groups`; fused kernels where torch has them.
+def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over :func:`param_groups`; fused kernels unless ``fused`` is false (a run passes
+    its resolved :class:`~trickbox.device_defaults.DeviceDefaults`; None: ``optim.fused``, else on).
 
     Every parameter decays by ``optim.weight_decay``, as in plain PyTorch; the ``no_bias_decay`` trick exempts
     biases and normalisation parameters.
     """
     groups = param_groups(model, cfg)
-    kind = device.type if device is not None else "cpu"
-    fused = cfg.fused if cfg.fused is not None else kind in ("cpu", "cuda")
+    fused = fused if fused is not None else cfg.fused is not False
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, fused=fused or None)

@@ -39,10 +39,14 @@ class ModelConfig:
     reads; a trickbox run's ``model.safetensors`` too), loaded by timm through ``pretrained_cfg_overlay=dict(file=…)``.
     Implies ``pretrained``."""
     channels_last: bool | None = None
-    """Channels-last memory format; None: on CUDA (faster convolutions with tensor cores), off elsewhere."""
+    """Channels-last memory format; None: the device profile's (on for CUDA, off for the CPU:
+    :mod:`trickbox.device_defaults`)."""
     compile: bool | None = None
-    """``torch.compile`` the model; None: on CUDA, off elsewhere. A graph torch cannot compile runs eagerly (a
-    warning says so); false skips the attempt."""
+    """``torch.compile`` the model; None: the device profile's (on for CUDA, off for the CPU). A graph torch cannot
+    compile runs eagerly (a warning says so); false skips the attempt."""
+    compile_backend: str = "inductor"
+    """``torch.compile``'s backend (timm's ``--torchcompile``): ``inductor``, or e.g. ``aot_eager`` (no code
+    generation, quick to start)."""
 
 
 @dataclass
@@ -60,7 +64,8 @@ class OptimConfig:
     """Layer-wise LR decay (BEiT, timm's ``param_groups_layer_decay``): the layer n steps below the head trains at
     ``layer_decay**n`` times the rate. Multiplies with ``lr_mult``. None: off."""
     fused: bool | None = None
-    """Fused optimizer kernels (they skip a non-finite step on the device); None: on where torch has them (CPU, CUDA)."""
+    """Fused optimizer kernels (they skip a non-finite step on the device); None: the device profile's (on where torch
+    has them: CPU, CUDA)."""
 
 
 @dataclass
@@ -75,6 +80,10 @@ class TrainConfig:
     """``no``, ``bf16`` or ``fp16``; unset (the default), Accelerate's own setting applies: ``accelerate config``,
     ``accelerate launch --mixed_precision bf16`` or ``ACCELERATE_MIXED_PRECISION``."""
     deterministic: bool = False
+    device_defaults: str = bounded("auto", choices=("auto", "cuda", "cpu"))
+    """Whose defaults fill the device-dependent keys left unset (``model.channels_last``, ``model.compile``,
+    ``optim.fused``, ``data.pin_memory``): ``auto``, the training device's; ``cuda`` runs CUDA's on any device (how
+    CI tests them on a CPU); ``cpu``. See :mod:`trickbox.device_defaults`."""
     out_dir: str = "runs"
     run_name: str | None = None
     tracker: str = bounded("wandb", choices=("wandb", "none"))

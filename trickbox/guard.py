@@ -22,7 +22,7 @@ before backward.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -117,3 +117,29 @@ class FiniteGuard:
             raise NonFiniteError(f"{kind} is not finite at step {first} ({detail or 'on another process'}); "
                                  "no update from that step on was applied")
         return sig or None
+
+
+def first_nonfinite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The name of the first floating tensor of ``tensors`` holding a NaN or an infinity (one host read), or None."""
+    floats = [(n, t) for n, t in tensors.items() if t.is_floating_point() or t.is_complex()]
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(floats[0][1].device) for _, t in floats]).tolist()
+    return next((n for (n, _), ok in zip(floats, finite) if not ok), None)
+
+
+def check_state(tensors: Mapping[str, Tensor], accelerator: Any, what: str) -> None:
+    """Raise :class:`NonFiniteError` on every process when any process holds a non-finite tensor in ``tensors``
+    (weights, buffers, a trick's state): the processes agree in one all-reduce, so none waits for another in a
+    collective while the others stop. ``what`` says when (``"after step 8, before its checkpoint"``)."""
+    bad = first_nonfinite(tensors)
+    anywhere = bad is not None
+    if accelerator is not None and accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(anywhere)], device=accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        anywhere = bool(flag.item())
+    if anywhere:
+        where = bad if bad is not None else "on another process"
+        raise NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or save it")

@@ -132,6 +132,13 @@ def trickbox_evaluate(model: torch.nn.Module, split: str, ctx: RunContext) -> di
 
 
 @hookspec
+def trickbox_state_tensors(ctx: RunContext) -> dict[str, Tensor] | None:
+    """Tensors beyond the model's own that this trick evaluates or writes to disk (an EMA's averaged weights), by
+    name. The loop checks them with the model's weights and buffers, on every process, before each evaluation,
+    checkpoint and final save: one non-finite value anywhere stops the run (exit 3) before it is evaluated or saved."""
+
+
+@hookspec
 def trickbox_epoch_end(metrics: dict[str, Any], ctx: RunContext) -> None:
     """After each epoch's evaluation, with that epoch's metrics."""
 

@@ -10,6 +10,7 @@ exact resume, evaluation over every process, tracking.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -24,6 +25,7 @@ from .api import TrickSet, load_tricks
 from .batch import LossParts
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from .config import RunConfig, dump_config
+from .device_defaults import DeviceDefaults, resolve
 from .errors import ConfigError, NonFiniteError
 from .seeding import seed_global
 
@@ -65,6 +67,7 @@ def train(
         data = load_data(run)
         start_outputs(run, data, tracking_kwargs or {}, extra_config or {})
         model, optimizer = build_model(run, data)
+        model, optimizer = prepare(run, model, optimizer, restore(run, model, optimizer))
         for epoch in range(run.start_epoch, cfg.train.epochs):
             seen = train_epoch(run, model, optimizer, data.train, epoch)
             metrics = evaluate_epoch(run, model, data, epoch) | seen
@@ -84,6 +87,8 @@ class Run:
     accelerator: Any
     own_accelerator: bool
     resume: bool
+    device: DeviceDefaults
+    """The device-dependent settings, resolved once (:mod:`trickbox.device_defaults`)."""
     resume_from: Path | None = None
     t_start: float = field(default_factory=time.perf_counter)
     run_dir: Path = Path()
@@ -128,7 +133,8 @@ class Run:
         """Signals caught, then, whatever happens: tricks torn down, tracking ended with the run's state."""
         self.stop.install()
         try:
-            yield
+            with _eager_fallback(self.device.compile):
+                yield
         except BaseException as exc:
             self.status = getattr(exc, "trickbox_state", "preempted" if isinstance(exc, Preempted) else "failed")
             raise
@@ -167,6 +173,26 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def _eager_fallback(compiling: bool) -> Iterator[None]:
+    """While a compiled run trains, a graph torch cannot compile runs eagerly (dynamo warns) instead of failing;
+    dynamo's setting is restored when the run ends."""
+    if not compiling:
+        yield
+        return
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(suppress_errors=True):
+        yield
+
+
+def bare(accelerator: Any, model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose state is saved: without DDP's wrapper and without ``torch.compile``'s (whose state-dict
+    keys carry an ``_orig_mod.`` prefix that a plain model would not load)."""
+    inner = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(inner, "_orig_mod", inner)  # compiled before DDP wrapped it: Accelerate unwraps only the outer layer
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -185,7 +211,7 @@ def start_run(cfg: RunConfig, *, resume: bool, tricks: TrickSet | None, accelera
     accelerator = accelerator or make_accelerator(cfg)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    return Run(cfg, tricks, accelerator, own, resume)
+    return Run(cfg, tricks, accelerator, own, resume, resolve(cfg, accelerator.device))
 
 
 def make_accelerator(cfg: RunConfig, **kwargs: Any) -> Any:
@@ -202,7 +228,7 @@ def load_data(run: Run) -> Any:
 
     tc, acc = run.cfg.train, run.accelerator
     with acc.main_process_first():
-        run.data = open_run_data(run.cfg.data, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
+        run.data = open_run_data(dataclasses.replace(run.cfg.data, pin_memory=run.device.pin_memory), batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
                                  device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
                                  progress=tc.progress and run.main, want_fit="train" in tc.eval_each_epoch + tc.eval_at_end)
     if run.main and tc.progress:
@@ -229,7 +255,7 @@ def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_co
                 print(f"trickbox: resuming with a changed setting (train.resume_allow): {change}", file=sys.stderr)
         run.start_epoch, run.start_batch = run.checkpoint.epoch, run.checkpoint.batch_in_epoch
         run.history = list(run.checkpoint.state.get("history", []))
-    resolved = resolved_config(cfg, acc, data, run.tricks)
+    resolved = resolved_config(cfg, acc, data, run.tricks, run.device)
     if run.main:
         with writing(run.run_dir / "config.yaml", "nothing was trained yet: free space and run the same command again"):
             (run.run_dir / "config.yaml").write_text(dump_config(resolved))
@@ -240,7 +266,7 @@ def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_co
                           "system_metrics": cfg.train.system_metrics, **tracking_kwargs})
 
 
-def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSet) -> RunConfig:
+def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSet, device: DeviceDefaults) -> RunConfig:
     """The config as the run really trains: every trick parameter with its default, the effective precision and
     data path, and where it ran."""
     import copy
@@ -250,7 +276,8 @@ def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSe
     out.train.mixed_precision = str(accelerator.mixed_precision)
     out.data.loader = data.path
     out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
-                   "precision": str(accelerator.mixed_precision), "data_path": data.path}
+                   "precision": str(accelerator.mixed_precision), "data_path": data.path,
+                   "device_defaults": device.as_dict()}
     return out
 
 
@@ -276,18 +303,17 @@ def claim_run_dir(run: Run) -> Path:
 
 
 def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
-    """Model and optimizer, the tricks' setup and configure hooks, the resumed state, then ``accelerator.prepare``."""
+    """The timm model in the device's memory format, its optimizer, then the tricks' setup and configure hooks."""
     from .build import create_optimizer, model_from_config
 
     cfg, acc, tc = run.cfg, run.accelerator, run.cfg.train
     seed_global(acc.device, tc.seed, "init")
     model = model_from_config(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
-    on_cuda = acc.device.type == "cuda"
-    if cfg.model.channels_last if cfg.model.channels_last is not None else on_cuda:
+    if run.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(acc.device)
-    optimizer = create_optimizer(model, cfg.optim, device=acc.device)
-    model, optimizer = run.tricks.setup(
+    optimizer = create_optimizer(model, cfg.optim, fused=run.device.fused)
+    return run.tricks.setup(
         model, optimizer, num_classes=data.num_classes, epochs=tc.epochs,
         steps_per_epoch=math.ceil(len(data.train) / tc.grad_accum), accelerator=acc, base_lr=cfg.optim.lr, seed=tc.seed,
         log_every=tc.log_every, finite_check_every=tc.finite_check_every, batch_size=tc.batch_size,
@@ -296,17 +322,24 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
         train_loader=data.train, log=run.tracking.log, log_images=run.tracking.log_images,
         evaluate=lambda m, split: evaluate(m, {"val": data.val, "test": data.test}[split], acc),
     )
-    step = None
-    if run.checkpoint is not None:
-        model_state, optim_state = load_checkpoint(run.checkpoint)
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        step = run.checkpoint.step
-    if cfg.model.compile if cfg.model.compile is not None else on_cuda:
-        import torch._dynamo
 
-        torch._dynamo.config.suppress_errors = True  # what torch cannot compile runs eagerly, with its warning
-        model = torch.compile(model)
+
+def restore(run: Run, model: torch.nn.Module, optimizer: Any) -> int | None:
+    """The weights and optimizer state of the checkpoint being resumed; its optimizer step (None: a new run)."""
+    if run.checkpoint is None:
+        return None
+    model_state, optim_state = load_checkpoint(run.checkpoint)
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+    return run.checkpoint.step
+
+
+def prepare(run: Run, model: torch.nn.Module, optimizer: Any, step: int | None) -> tuple[torch.nn.Module, Any]:
+    """``torch.compile`` (as the device defaults say), ``accelerator.prepare``, the tricks pointed at the prepared
+    optimizer at ``step``, and the progress bar."""
+    acc, tc = run.accelerator, run.cfg.train
+    if run.device.compile:
+        model = torch.compile(model, backend=run.device.compile_backend)
     model, optimizer = acc.prepare(model, optimizer)
     run.tricks.attach(optimizer, step=step)
     if run.main and tc.progress:
@@ -326,7 +359,9 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
     first = run.start_batch if epoch == run.start_epoch else 0
     loss_sum, images, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
     model.train()
+    layout = torch.channels_last if run.device.channels_last else torch.contiguous_format
     for i, (x, labels, index) in enumerate(loader.batches(first), start=first):
+        x = x.contiguous(memory_format=layout)
         seed_global(acc.device, tc.seed, "torch", epoch, i, acc.process_index)
         group_start = i // tc.grad_accum * tc.grad_accum
         group_end = min(group_start + tc.grad_accum, n_batches)
@@ -365,7 +400,7 @@ def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:
 def evaluate_epoch(run: Run, model: torch.nn.Module, data: Any, epoch: int) -> dict[str, Any]:
     """Validation (and, as configured, test and training-set) metrics after ``epoch``, plus the tricks' own."""
     acc, each = run.accelerator, run.cfg.train.eval_each_epoch
-    run.tricks.check()  # nothing non-finite is evaluated or checkpointed
+    check_finite(run, model, f"evaluation of epoch {epoch + 1}")
     metrics: dict[str, Any] = {f"val/{k}": v for k, v in evaluate(model, data.val, acc).items()}
     metrics.update({f"val/{k}": v for k, v in run.tricks.evaluate(model, "val").items()})
     if "test" in each:
@@ -407,12 +442,8 @@ def save(run: Run, model: torch.nn.Module, optimizer: Any, epoch: int, batch_in_
     """A checkpoint of every rank's agreed state, written by rank 0; never one with a non-finite weight."""
     acc = run.accelerator
     acc.wait_for_everyone()
-    run.tricks.check()
-    unwrapped = acc.unwrap_model(model)
-    # every rank checks (the weights are the same on all), so all stop together instead of waiting for rank 0
-    bad = [n for n, p in unwrapped.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise NonFiniteError(f"weights are not finite after step {run.ctx.step} ({bad[0]}, …); refusing to checkpoint them")
+    check_finite(run, model, "checkpoint")
+    unwrapped = bare(acc, model)
     if run.main:
         from .run_dir import writing
 
@@ -430,6 +461,7 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
     from .build import model_card
 
     acc = run.accelerator
+    check_finite(run, model, "final evaluation")
     test = evaluate(model, data.test, acc)
     test.update(run.tricks.evaluate(model, "test"))
     final = {f"test/{k}": v for k, v in test.items()}
@@ -444,17 +476,28 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
                                                 f"--resume train.run_name={run.run_dir.name}"):
         run.tracking.summary({**run.history[-1], **final, **at_best_val(run.history), "val/best_top1": run.best,
                               "steps": run.ctx.step, "seconds": time.perf_counter() - run.t_start})
+    check_finite(run, model, "final save of model.safetensors")
     if run.main:
         card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
                           mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
         with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run again "
                                                         f"with --resume train.run_name={run.run_dir.name}"):
-            save_model(acc.unwrap_model(model), run.run_dir, card)
+            save_model(bare(acc, model), run.run_dir, card)
     acc.wait_for_everyone()
     if run.stop.signum is not None and run.main:
         print(f"trickbox: signal {run.stop.signum} arrived after the last training step; the run is complete "
               "(model.safetensors written), nothing to resume", file=sys.stderr)
     return run.result(test, status="complete")
+
+
+def check_finite(run: Run, model: torch.nn.Module, what: str) -> None:
+    """Nothing non-finite is evaluated or saved, whatever hook wrote it: the guard's flag, then the model's weights
+    and buffers and every trick's state (:func:`trickbox.guard.check_state`), agreed over the processes."""
+    from .guard import check_state
+
+    run.tricks.check()
+    check_state({**bare(run.accelerator, model).state_dict(), **run.tricks.state_tensors()}, run.accelerator,
+                f"after step {run.ctx.step}, before the {what}")
 
 
 def at_best_val(history: list[dict[str, Any]]) -> dict[str, float]:

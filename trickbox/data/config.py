@@ -89,6 +89,8 @@ class DataConfig:
     """Normalisation std per channel; None as for ``mean``."""
     workers: int | None = bounded(None, low=0)
     """stream path: DataLoader worker processes per training process; None: the CPU cores of this process's share."""
+    pin_memory: bool | None = None
+    """stream path: page-locked batches for faster copies to a GPU; None: the device profile's (on for CUDA)."""
     prefetch_factor: int = bounded(2, low=1)
     """stream path: batches each worker prepares ahead."""
     max_bad_fraction: float = bounded(0.01, low=0, high=1)

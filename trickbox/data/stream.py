@@ -165,7 +165,10 @@ def default_workers(cfg: DataConfig) -> int:
 def loader_options(cfg: DataConfig, device: torch.device, *, persistent: bool) -> dict[str, Any]:
     """DataLoader keyword arguments: workers, pinned memory, prefetching."""
     workers = default_workers(cfg)
-    options: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate)
+    pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
+    # torch pins only where there is an accelerator to pin for (it warns and skips on a CPU-only machine)
+    options: dict[str, Any] = dict(num_workers=workers, pin_memory=pin and torch.accelerator.is_available(),
+                                   collate_fn=collate)
     if workers:
         options.update(prefetch_factor=cfg.prefetch_factor, persistent_workers=persistent)
     return options

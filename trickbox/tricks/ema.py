@@ -20,7 +20,7 @@ import torch
 
 from ..context import RunContext
 from ..functional import ema_decay, ema_update_
-from ..trick import ConfigError, Param, Search, Trick, hookimpl
+from ..trick import ConfigError, NonFiniteError, Param, Search, Trick, hookimpl
 
 EMA_FILE = "ema.safetensors"
 
@@ -84,6 +84,12 @@ class ModelEMA(Trick):
         return {f"ema_{k}": v for k, v in ctx.evaluate(self.ema_model, split).items()}
 
     @hookimpl
+    def trickbox_state_tensors(self, ctx: RunContext) -> dict[str, torch.Tensor] | None:
+        if self.ema_model is None:
+            return None
+        return {f"ema.{k}": v for k, v in self.ema_model.state_dict().items()}
+
+    @hookimpl
     def trickbox_epoch_end(self, metrics: dict[str, Any], ctx: RunContext) -> None:
         if metrics.get("epoch") == ctx.epochs and self.save and ctx.is_main and ctx.run_dir is not None:
             self.write(ctx.run_dir)
@@ -94,9 +100,15 @@ class ModelEMA(Trick):
 
         if self.ema_model is None:
             raise RuntimeError("tricks.ema: no average yet (trickbox_configure_model was not called)")
+        from ..guard import first_nonfinite
+
+        state = self.ema_model.state_dict()
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise NonFiniteError(f"tricks.ema: the averaged weights are not finite ({bad}); {EMA_FILE} is not written")
         target = os.path.join(directory, EMA_FILE)
         tmp = os.path.join(directory, f".{EMA_FILE}.tmp")
-        save_file({k: v.detach().contiguous() for k, v in self.ema_model.state_dict().items()}, tmp)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
         os.replace(tmp, target)
         return target
 
