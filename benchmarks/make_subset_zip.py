@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover - trickbox not installed; use the checko
 
 def make_subset_zip(src: str | Path, dst: str | Path, *, per_class: int, test_per_class: int | None = None) -> dict[str, int]:
     """Write the subset zip ``dst``; return image counts ``{"train": n, "test": m, "classes": k}``."""
-    from trickbox.data.imagefolder import list_zip
+    from trickbox.data import DataConfig
+    from trickbox.data.layout import find_layout
 
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
@@ -36,23 +37,20 @@ def make_subset_zip(src: str | Path, dst: str | Path, *, per_class: int, test_pe
     counts = {"train": 0, "test": 0}
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
+    layout = find_layout(DataConfig(name="imagefolder", root=str(src)))
     with zipfile.ZipFile(src) as zin:
-        listing = list_zip(zin, str(src))
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zout:
-            for split, names, labels, quota in (
-                ("train", listing.train, listing.train_y.tolist(), per_class),
-                ("test", listing.test, listing.test_y.tolist(), test_n),
-            ):
-                taken = [0] * len(listing.classes)
-                for name, label in zip(names, labels):
+            for split, samples, quota in (("train", layout.train.samples, per_class), ("test", layout.test.samples, test_n)):
+                taken = [0] * len(layout.classes)
+                for name, label in samples:  # type: ignore[union-attr]
                     if taken[label] >= quota:
                         continue
                     taken[label] += 1
                     base = name.rsplit("/", 1)[-1]
-                    zout.writestr(f"{split}/{listing.classes[label]}/{base}", zin.read(name))
+                    zout.writestr(f"{split}/{layout.classes[label]}/{base}", zin.read(name))
                     counts[split] += 1
     tmp.replace(dst)
-    return {**counts, "classes": len(listing.classes)}
+    return {**counts, "classes": len(layout.classes)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,10 @@ def loader_pair(folder: Path, *, batch_size: int, workers: int) -> dict[str, Cal
     """Fresh epochs of trickbox's stream loader and timm's loader over ``folder/train``."""
     from timm.data import create_dataset, create_loader
 
-    from trickbox.data import DataConfig, open_run_data
+    from trickbox.data import DataConfig, LoaderOptions, open_run_data
 
     cfg = DataConfig(name="imagefolder", root=str(folder), loader="stream", image_size=224, workers=workers)
-    ours = open_run_data(cfg, batch_size=batch_size, eval_batch_size=batch_size, seed=0, device=torch.device("cpu"),
-                         progress=False).train
+    ours = open_run_data(cfg, LoaderOptions(batch_size=batch_size, eval_batch_size=batch_size, seed=0)).train
     dataset = create_dataset("", root=str(folder / "train"), is_training=True)
     theirs = create_loader(dataset, input_size=(3, 224, 224), batch_size=batch_size, is_training=True,
                            use_prefetcher=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, color_jitter=0.0,
@@ -102,12 +101,12 @@ def peak_rss(folder: Path, work: Path, subset: int | None, *, workers: int) -> d
 
 def bench_cifar_auto(zip_path: Path, *, rounds: int) -> dict[str, Any]:
     """The path ``auto`` takes for the CIFAR-10 zip, and its median data-open time against ``loader=memory``."""
-    from trickbox.data import DataConfig, open_run_data
+    from trickbox.data import DataConfig, LoaderOptions, open_run_data
 
     def open_with(loader: str) -> tuple[str, float]:
         cfg = DataConfig(name="imagefolder", root=str(zip_path), loader=loader)
         t0 = time.perf_counter()
-        data = open_run_data(cfg, batch_size=128, eval_batch_size=256, seed=0, device=torch.device("cpu"), progress=False)
+        data = open_run_data(cfg, LoaderOptions(batch_size=128, eval_batch_size=256, seed=0))
         return data.path, time.perf_counter() - t0
 
     open_with("memory")  # fills the decode cache both then read

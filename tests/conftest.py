@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -137,3 +138,12 @@ def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+ANNOUNCE = re.compile(r"^trickbox: \d+ process(es)? on .*\n?", re.MULTILINE)
+
+
+def told(stderr: str) -> str:
+    """``stderr`` without the run's first line (processes, device, precision, data path: :func:`trickbox.loop.announce`),
+    so that a test of a one-line message sees only the message."""
+    return ANNOUNCE.sub("", stderr)

@@ -20,11 +20,12 @@ from trickbox.data import (
     channel_stats,
     denormalize,
     load_dataset,
+    LoaderOptions,
     make_eval_loader,
-    make_train_loader,
     normalize,
-    open_source,
+    train_loader,
 )
+from trickbox.data.sources import tensor_source
 from trickbox.data.splits import plan_splits, stratified_take
 from trickbox.seeding import generator
 
@@ -63,7 +64,8 @@ def test_digits_shapes_dtypes_and_sizes(digits: DatasetArrays) -> None:
 
 
 def test_splits_are_disjoint_stratified_and_seeded() -> None:
-    source = open_source(DataConfig())
+    _, _, train_y, _, test_y = tensor_source(DataConfig())
+    source = type("Labels", (), {"train_y": train_y, "test_y": test_y})
     plans = {s: plan_splits(source.train_y, source.test_y, 10, DataConfig(split_seed=s)) for s in (0, 0, 1)}
     plan = plans[0]
     assert len(set(plan.val.tolist()) & set(plan.train.tolist())) == 0
@@ -296,7 +298,7 @@ def test_loader_rejects_bad_arguments() -> None:
 
 
 def test_make_train_loader_uses_dataset_defaults(digits: DatasetArrays) -> None:
-    loader = make_train_loader(digits, DataConfig(), batch_size=64, device="cpu")
+    loader = train_loader(digits, DataConfig().resolved((8, 8)), LoaderOptions(batch_size=64, eval_batch_size=64, seed=0))
     assert (loader.flip, loader.crop_padding, loader.augment) == (False, 1, True)
     assert DataConfig(name="cifar10").effective_crop_padding(32) == 4
     assert DataConfig(name="cifar10").effective_flip() is True
@@ -404,16 +406,21 @@ def test_real_cifar10_zip_subset(tmp_path: Path) -> None:
     assert elapsed < 20
 
 
-def test_parallel_decode_and_worker_errors(tmp_path: Path) -> None:
+def test_parallel_decode_and_worker_errors(tmp_path: Path, capsys) -> None:
     buf = io.BytesIO()
     Image.fromarray(np.full((4, 4, 3), 7, dtype=np.uint8)).save(buf, format="PNG")
     files = {f"train/c{i % 3}/{i:05d}.png": buf.getvalue() for i in range(2100)}
-    files["test/c0/0.png"] = buf.getvalue()
+    files.update({f"test/c{k}/0.png": buf.getvalue() for k in range(3)})  # every split has every class
     good = load_dataset(folder_cfg(write_zip(tmp_path / "many.zip", files), tmp_path / "c1"), progress=False)
     assert good.train_x.shape == (2100, 3, 4, 4) and bool((good.train_x == 7).all())
     files["train/c1/99999.png"] = b"not a png"
-    with pytest.raises(DataError, match="99999.png"):
-        load_dataset(folder_cfg(write_zip(tmp_path / "bad.zip", files), tmp_path / "c2"), progress=False)
+    bad = write_zip(tmp_path / "bad.zip", files)
+    with pytest.raises(DataError, match="99999.png"):  # above the limit: the run stops, naming the file
+        load_dataset(folder_cfg(bad, tmp_path / "c2", max_bad_fraction=0.0), progress=False)
+    capsys.readouterr()
+    skipped = load_dataset(folder_cfg(bad, tmp_path / "c3"), progress=False)  # 1 of 2101: skipped and named
+    assert len(skipped.train_y) == 2100 and "99999.png" not in " ".join(skipped.files["train"])
+    assert "skipped unreadable image" in capsys.readouterr().err
 
 
 def test_val_fraction_leaving_no_training_images(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from trickbox.loop import train
 from trickbox.registry import Catalog, discover, hook_problems
 from trickbox.trick import ConfigError, NonFiniteError, Param, Trick, hookimpl
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
+from .conftest import REPO, launch_two_ranks, subprocess_env, told
 
 TRAIN_PY = str(REPO / "train.py")
 KEY = "secret-test-key-123"
@@ -47,7 +47,7 @@ def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None, wrap: list[st
 
 
 def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in told(stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
 

@@ -347,10 +347,10 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_pat
                 except ProcessLookupError:
                     pass
             proc.wait()
-    assert err.count("trickbox: preempted (signal 15)") == 2, err[-3000:]
+    assert err.count("trickbox: preempted (signal 15)") == 1, err[-3000:]  # said once, by the main process
     assert "exitcode: 143" in err
     found = latest_checkpoint(run_dir / "checkpoints")
-    assert found is not None and found.batch_in_epoch > 0
+    assert found is not None and found.step >= 3  # where both agreed: mid-epoch, or the epoch's end if that came first
     f.update(checkpoint_step=found.step)
 
 

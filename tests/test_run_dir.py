@@ -16,7 +16,7 @@ from trickbox.cli import main as cli_main
 from trickbox.config import load_config
 from trickbox.loop import train
 
-from .conftest import REPO, subprocess_env
+from .conftest import REPO, subprocess_env, told
 from .test_resume import CONFIG, assert_same_weights
 
 TRAIN = [sys.executable, str(REPO / "train.py")]
@@ -43,7 +43,7 @@ def test_two_runs_started_at_the_same_moment_get_two_directories(tmp_path, fault
 
 def _refused(tmp_path: Path, capsys, *args: str) -> str:
     code = cli_main(["train", f"train.out_dir={tmp_path / 'out'}", "train.tracker=none", *args])
-    err = capsys.readouterr().err.strip()
+    err = told(capsys.readouterr().err).strip()
     assert code == 2 and "\n" not in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "something was written"
     return err
@@ -81,7 +81,7 @@ def test_an_unwritable_or_file_out_dir_is_one_line(tmp_path, capsys, fault):
         if os.access(ro, os.W_OK):
             pytest.skip("running as a user who can write anywhere (root): a read-only folder is not read-only")
         code = cli_main(["train", f"train.out_dir={ro / 'runs'}", "train.tracker=none", *FAST])
-        err = capsys.readouterr().err.strip()
+        err = told(capsys.readouterr().err).strip()
         assert code == 2 and "cannot create the run directory" in err and "\n" not in err
     finally:
         ro.chmod(stat.S_IRWXU)
@@ -91,7 +91,7 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, capsys, fault):
     fault("train.out_dir is a file")
     (tmp_path / "afile").write_text("x")
     code = cli_main(["train", f"train.out_dir={tmp_path / 'afile'}", "train.tracker=none", *FAST])
-    err = capsys.readouterr().err.strip()
+    err = told(capsys.readouterr().err).strip()
     assert code == 2 and "cannot create the run directory" in err and "\n" not in err
 
 
@@ -133,7 +133,7 @@ def test_resume_refuses_a_changed_seed_or_learning_rate_and_allows_what_it_is_to
     capsys.readouterr()
     for change, key in (("train.seed=5", "train.seed: 0 -> 5"), ("optim.lr=0.01", "optim.lr: 0.05 -> 0.01")):
         assert cli_main(["train", *base, "--resume", change]) == 2
-        err = capsys.readouterr().err.strip()
+        err = told(capsys.readouterr().err).strip()
         assert key in err and "\n" not in err, err
     assert cli_main(["train", *base, "--resume", "train.epochs=4", "train.resume_allow=[train.epochs]"]) == 0
     err = capsys.readouterr().err
@@ -164,7 +164,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resume_then_ends_identi
 
     monkeypatch.setattr(ckpt, "save_file", full)
     code = cli_main(["train", "-c", str(cfg), f"train.out_dir={out}", "train.run_name=r"])
-    err = capsys.readouterr().err.strip()
+    err = told(capsys.readouterr().err).strip()
     assert code == 4 and "\n" not in err and "No space left on device" in err, err
     assert "checkpoints of earlier steps" in err and "--resume train.run_name=r" in err
     monkeypatch.setattr(ckpt, "save_file", real)

@@ -16,3 +16,18 @@ class NonFiniteError(FloatingPointError):
 
 class OutputError(RuntimeError):
     """A file of the run could not be written (a full disk, a read-only folder); says what is intact and how to go on."""
+
+
+def on_every_rank(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as raised by every process after they agreed on it (one all-reduce): the command line says it
+    once, on the main process, instead of once per process."""
+    exc.on_every_rank = True  # type: ignore[attr-defined]
+    return exc
+
+
+def warn(message: str) -> None:
+    """One line on stderr, ``trickbox: warning: …``, whatever the message holds (a file name with a newline is shown
+    with its escapes): Python's warning format takes two lines and names trickbox's source instead of the problem."""
+    import sys
+
+    print(f"trickbox: warning: {' '.join(message.splitlines())}", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .errors import NonFiniteError
+from .errors import NonFiniteError, on_every_rank
 
 
 def can_skip_steps(optimizer: Any) -> bool:
@@ -114,8 +114,8 @@ class FiniteGuard:
             first = int(-flags[2]) if flags[2] > -1e18 else -1
         if bad:
             kind = "the gradient norm" if detail.startswith("grad_norm") else "loss"
-            raise NonFiniteError(f"{kind} is not finite at step {first} ({detail or 'on another process'}); "
-                                 "no update from that step on was applied")
+            raise on_every_rank(NonFiniteError(f"{kind} is not finite at step {first} ({detail or 'on another process'}); "
+                                               "no update from that step on was applied"))
         return sig or None
 
 
@@ -142,4 +142,4 @@ def check_state(tensors: Mapping[str, Tensor], accelerator: Any, what: str) -> N
         anywhere = bool(flag.item())
     if anywhere:
         where = bad if bad is not None else "on another process"
-        raise NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or save it")
+        raise on_every_rank(NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or save it"))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -26,12 +27,17 @@ from .batch import LossParts
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from .config import RunConfig, dump_config
 from .device_defaults import DeviceDefaults, resolve
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError, NonFiniteError, warn
 from .seeding import seed_global
 
 
 class Preempted(SystemExit):
-    """Raised after a checkpoint was written because SIGTERM or SIGUSR1 arrived."""
+    """SIGTERM or SIGUSR1 arrived: raised after a checkpoint was written, or at once while the run was still being set
+    up (``checkpointed`` false: nothing was trained, the same command starts it again)."""
+
+    def __init__(self, code: int, *, checkpointed: bool = True) -> None:
+        super().__init__(code)
+        self.checkpointed = checkpointed
 
 
 @dataclass
@@ -72,6 +78,8 @@ def train(
             seen = train_epoch(run, model, optimizer, data.train, epoch)
             metrics = evaluate_epoch(run, model, data, epoch) | seen
             end_epoch(run, model, optimizer, metrics)
+            if run.tricks.stop_signal is not None and epoch + 1 < cfg.train.epochs:  # agreed at the epoch's end
+                raise Preempted(128 + run.tricks.stop_signal)
             if run.stops_after(epoch):
                 return run.result(status="stopped")
         return finish(run, model, data)
@@ -158,6 +166,9 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.setting_up = True
+        """Until training begins a signal stops the run at once: listing, decoding or a trick's setup can take long,
+        and there is nothing to checkpoint yet."""
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -167,6 +178,8 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        if self.setting_up:
+            raise Preempted(128 + signum, checkpointed=False)
 
     def restore(self) -> None:
         for sig, old in self._old.items():
@@ -224,16 +237,44 @@ def make_accelerator(cfg: RunConfig, **kwargs: Any) -> Any:
 
 def load_data(run: Run) -> Any:
     """The run's loaders for this process, on the memory or the stream path (``data.loader``)."""
-    from .data import open_run_data
+    from .data import LoaderOptions, open_run_data
 
     tc, acc = run.cfg.train, run.accelerator
+    options = LoaderOptions(batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed, device=acc.device,
+                            rank=acc.process_index, world_size=acc.num_processes, progress=tc.progress and run.main,
+                            want_fit="train" in tc.eval_each_epoch + tc.eval_at_end)
     with acc.main_process_first():
-        run.data = open_run_data(dataclasses.replace(run.cfg.data, pin_memory=run.device.pin_memory), batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
-                                 device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
-                                 progress=tc.progress and run.main, want_fit="train" in tc.eval_each_epoch + tc.eval_at_end)
-    if run.main and tc.progress:
-        print(f"trickbox: {run.data.describe()}", file=sys.stderr)
+        run.data = open_run_data(dataclasses.replace(run.cfg.data, pin_memory=run.device.pin_memory), options)
+    if run.main:
+        announce(run.accelerator, run.data)
     return run.data
+
+
+def announce(accelerator: Any, data: Any) -> None:
+    """The first lines of a run (also with ``train.progress=false``): how many processes on which device, the
+    precision, the data path and why; then a warning for each launch that is not what was asked."""
+    n, device, precision = int(accelerator.num_processes), accelerator.device, str(accelerator.mixed_precision)
+    print(f"trickbox: {n} process{'es' if n > 1 else ''} on {device}, precision {precision}; {data.describe()}",
+          file=sys.stderr)
+    for line in launch_warnings(n, device.type, precision, os.environ):
+        warn(line)
+
+
+def launch_warnings(processes: int, device_type: str, precision: str, env: Mapping[str, str]) -> list[str]:
+    """What the launch did that was probably not meant: fewer processes than the launcher was asked for, or autocast
+    on a CPU."""
+    out = []
+    world = env.get("WORLD_SIZE", "")
+    if "MASTER_ADDR" in env and not world and processes == 1:
+        # accelerate launch sets MASTER_ADDR for --num_processes > 1, but starts them only with --multi_gpu
+        out.append("the launcher was asked for several processes but 1 started: add --multi_gpu to accelerate "
+                   "launch (with ACCELERATE_USE_CPU=1 on a CPU)")
+    elif world.isdigit() and int(world) != processes:
+        out.append(f"WORLD_SIZE={world} but {processes} process{'es' if processes > 1 else ''} joined the run")
+    if device_type == "cpu" and precision in ("bf16", "fp16"):
+        out.append(f"{precision} autocast on a CPU is usually slower than fp32 there; set train.mixed_precision=no "
+                   "unless this CPU is known to be faster with it")
+    return out
 
 
 def start_outputs(run: Run, data: Any, tracking_kwargs: dict[str, Any], extra_config: dict[str, Any]) -> None:
@@ -274,9 +315,9 @@ def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSe
     out = copy.deepcopy(cfg)
     out.tricks = tricks.resolved()
     out.train.mixed_precision = str(accelerator.mixed_precision)
-    out.data.loader = data.path
+    out.data = dataclasses.replace(data.config, loader=data.path, pin_memory=cfg.data.pin_memory)
     out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
-                   "precision": str(accelerator.mixed_precision), "data_path": data.path,
+                   "precision": str(accelerator.mixed_precision), "data_path": data.path, "data_path_reason": data.reason,
                    "device_defaults": device.as_dict()}
     return out
 
@@ -347,6 +388,7 @@ def prepare(run: Run, model: torch.nn.Module, optimizer: Any, step: int | None) 
 
         run.progress = tqdm(total=tc.epochs * run.ctx.steps_per_epoch, initial=run.ctx.step, desc="train", unit="step",
                             dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+    run.stop.setting_up = False  # from here a signal is a flag the processes agree on, then a checkpoint
     return model, optimizer
 
 
@@ -382,8 +424,10 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
         if signum is not None:  # every process agreed on it; this step is finished
             save(run, model, optimizer, epoch, i + 1)
             raise Preempted(128 + signum)
-    batches = max(1, n_batches - first)
-    return {"train/loss": float(loss_sum) / batches, "train/images_per_s": images / max(time.perf_counter() - t0, 1e-9)}
+    seen = {"train/loss": float(loss_sum) / max(1, n_batches - first),
+            "train/images_per_s": images / max(time.perf_counter() - t0, 1e-9)}
+    skipped = _skipped(loader, acc)
+    return seen | ({"train/skipped_images": float(skipped)} if skipped else {})
 
 
 def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:
@@ -426,7 +470,18 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
         acc.update(logits.float(), y)
     acc.all_reduce(accelerator)
     inner.train(was_training)
-    return acc.compute()
+    out = acc.compute()
+    skipped = _skipped(loader, accelerator)
+    if skipped:
+        out["skipped_images"] = float(skipped)
+    return out
+
+
+def _skipped(loader: Any, accelerator: Any) -> int:
+    """Unreadable images the pass over ``loader`` skipped on every process; the run stops (every process, one
+    line) when they exceed ``data.max_bad_fraction`` of the split. The memory path has none: it skipped at decode."""
+    bad = getattr(loader, "bad", None)
+    return bad.check(accelerator) if bad is not None else 0
 
 
 def end_epoch(run: Run, model: torch.nn.Module, optimizer: Any, metrics: dict[str, Any]) -> None:
@@ -495,7 +550,7 @@ def check_finite(run: Run, model: torch.nn.Module, what: str) -> None:
     and buffers and every trick's state (:func:`trickbox.guard.check_state`), agreed over the processes."""
     from .guard import check_state
 
-    run.tricks.check()
+    run.tricks.check(run.stop.signum)  # a pending stop signal is agreed here too: the run stops at the epoch's end
     check_state({**bare(run.accelerator, model).state_dict(), **run.tricks.state_tensors()}, run.accelerator,
                 f"after step {run.ctx.step}, before the {what}")
 

@@ -9,7 +9,7 @@ import pytest
 from trickbox.checkpoint import list_checkpoints, load_checkpoint, verify
 from trickbox.cli import main as cli_main
 
-from ..conftest import REPO, SMALL_RUN, runs_in_one_launch
+from ..conftest import REPO, SMALL_RUN, runs_in_one_launch, told
 
 POISON = [*SMALL_RUN, "train.epochs=2", "tricks.ema.decay=0.5"]
 
@@ -51,7 +51,7 @@ def test_nan_written_at_an_epoch_end_stops_the_run_before_it_is_evaluated_or_sav
     err = capsys.readouterr().err
     run = tmp_path / "runs" / "r"
     assert code == 3, err
-    assert "not finite" in err and err.count("\n") == 1, err
+    assert "not finite" in err and told(err).count("\n") == 1, err
     assert not (run / "model.safetensors").exists() and not (run / "summary.json").exists()
     assert _finite_checkpoints(run)
     assert list_checkpoints(run / "checkpoints")  # the epochs before are kept

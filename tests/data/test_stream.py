@@ -15,8 +15,8 @@ import yaml
 
 from trickbox.config import default_config_path, load_config
 from trickbox.data import DataConfig
-from trickbox.data.loader import epoch_order
-from trickbox.data.run import choose_path
+from trickbox.data import choose
+from trickbox.data.splits import epoch_order
 from trickbox.errors import DataError
 from trickbox.loop import train
 
@@ -67,11 +67,11 @@ def test_every_rank_gets_a_disjoint_part_and_the_union_is_the_epoch():
 RANKS_SCRIPT = """
 import json, sys, torch
 from accelerate import Accelerator
-from trickbox.data import DataConfig, open_run_data
+from trickbox.data import DataConfig, LoaderOptions, open_run_data
 acc = Accelerator(cpu=True)
 cfg = DataConfig(name="imagefolder", root=sys.argv[1], loader="stream", image_size=16, workers=1)
-data = open_run_data(cfg, batch_size=8, eval_batch_size=8, seed=3, device=acc.device, rank=acc.process_index,
-                     world_size=acc.num_processes, progress=False)
+data = open_run_data(cfg, LoaderOptions(batch_size=8, eval_batch_size=8, seed=3, device=acc.device, rank=acc.process_index,
+                                        world_size=acc.num_processes))
 data.train.set_epoch(1)
 seen = [i for _, _, idx in data.train.batches() for i in idx.tolist()]
 val = [int(y) for _, ys in data.val for y in ys]
@@ -121,15 +121,16 @@ def _folder_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_truncated_jpeg_is_skipped_with_a_warning_that_names_it(imagenet_like, tmp_path, fault):
+def test_a_truncated_jpeg_is_skipped_with_a_warning_that_names_it(imagenet_like, tmp_path, fault, capsys):
     fault("a truncated JPEG in the training split")
     fault("more unreadable images than data.max_bad_fraction")
     root = _folder_copy(imagenet_like, tmp_path / "data")
     victim = sorted((root / "train").rglob("*.jpg"))[5]
     victim.write_bytes(victim.read_bytes()[:300])
     data = ["data.name=imagefolder", "data.loader=stream", f"data.root={root}", "train.epochs=1"]
-    with pytest.warns(UserWarning, match=victim.name):
-        res = _train(tmp_path, *data, "data.max_bad_fraction=0.05")
+    res = _train(tmp_path, *data, "data.max_bad_fraction=0.05")
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "skipped unreadable image" in line]
+    assert victim.name in warning
     n = len(list((root / "train").rglob("*.jpg")))
     assert res.steps == math.ceil((n - round(0.1 * n)) / 16)  # the skipped image leaves a batch one short
     with pytest.raises(DataError, match=r"data.max_bad_fraction=0.0 .*" + victim.name):
@@ -138,7 +139,7 @@ def test_a_truncated_jpeg_is_skipped_with_a_warning_that_names_it(imagenet_like,
 
 def _layout_error(cfg: DataConfig) -> str:
     with pytest.raises(DataError) as info:  # a DataError is one line and exit 2 at the CLI (ConfigError)
-        choose_path(cfg, device=torch.device("cpu"))
+        choose(cfg, torch.device("cpu"))
     assert "\n" not in str(info.value)
     return str(info.value)
 
@@ -179,18 +180,24 @@ def test_a_bad_layout_exits_2_with_one_line_before_anything_is_written(imagenet_
 
 def test_auto_holds_the_cifar_zip_and_small_same_size_folders_in_memory_and_streams_the_rest(imagenet_like, cifar_zip, tmp_path):
     cpu = torch.device("cpu")
-    path, why = choose_path(DataConfig(name="imagefolder", root=str(cifar_zip)), device=cpu)
+    path, why = _path(DataConfig(name="imagefolder", root=str(cifar_zip)))
     assert path == "memory" and ".zip" in why
     mixed = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"))
-    assert choose_path(mixed, device=cpu) == ("stream", "the images differ in size and data.image_size is unset")
-    sized = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"), image_size=64)
-    path, why = choose_path(sized, device=cpu)
+    assert _path(mixed) == ("stream", "the images differ in size, and the resized crop samples from each whole image")
+    sized = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"), image_size=64, crop="pad")
+    path, why = _path(sized)  # the pad crop resizes every image first: the memory path holds them
     assert path == "memory" and "96 images" in why and "fits" in why
-    tight = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"), image_size=64, memory_budget_gb=0.001)
-    path, why = choose_path(tight, device=cpu)
+    tight = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"), image_size=64, crop="pad",
+                       memory_budget_gb=0.001)
+    path, why = _path(tight)
     assert path == "stream" and "exceeds data.memory_budget_gb=0.001" in why
-    assert choose_path(DataConfig(name="digits"), device=cpu)[0] == "memory"
-    assert choose_path(DataConfig(name="digits", loader="memory"), device=cpu) == ("memory", "data.loader=memory")
+    assert _path(DataConfig(name="digits"))[0] == "memory"
+    assert _path(DataConfig(name="digits", loader="memory")) == ("memory", "data.loader=memory")
+
+
+def _path(cfg: DataConfig) -> tuple[str, str]:
+    choice = choose(cfg, torch.device("cpu"))
+    return choice.path, choice.reason
 
 
 @pytest.mark.slow
@@ -210,14 +217,16 @@ def test_knn_on_tar_shards_is_refused_with_one_line(imagenet_like, tmp_path):
 def test_timm_augmentation_strings_are_accepted_and_a_bad_one_is_one_line():
     from PIL import Image
 
-    from trickbox.data.stream import transforms
+    from trickbox.data.streaming import transforms
 
     image = Image.new("RGB", (300, 200), (120, 60, 30))
     for aa in ("rand-m9-mstd0.5", "augmix-m5-w3"):
-        train_tf, eval_tf = transforms(DataConfig(name="imagefolder", root="x", image_size=48, auto_augment=aa), (0.5,) * 3, (0.2,) * 3)
-        assert tuple(train_tf(image).shape) == (3, 48, 48) and tuple(eval_tf(image).shape) == (3, 48, 48)
+        for crop in ("resized", "pad"):
+            cfg = DataConfig(name="imagefolder", root="x", image_size=48, auto_augment=aa, crop=crop).resolved(None)
+            train_tf, eval_tf = transforms(cfg, (0.5,) * 3, (0.2,) * 3)
+            assert tuple(train_tf(image).shape) == (3, 48, 48) and tuple(eval_tf(image).shape) == (3, 48, 48)
     with pytest.raises(DataError, match="data.auto_augment='rand-x9' is not a timm augmentation string"):
-        transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9"), (0.5,) * 3, (0.2,) * 3)
+        transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9").resolved(None), (0.5,) * 3, (0.2,) * 3)
 
 
 def _children(pid: int) -> list[int]:

@@ -34,13 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:  # DataError too
-        print(f"trickbox: error: {exc}", file=sys.stderr)
+        _say(exc, f"trickbox: error: {exc}")
         return EXIT_USAGE
     except NonFiniteError as exc:
-        print(f"trickbox: stopped: {exc}; no optimizer step or checkpoint was written with it", file=sys.stderr)
+        _say(exc, f"trickbox: stopped: {exc}; no optimizer step or checkpoint was written with it")
         return EXIT_NONFINITE
     except OutputError as exc:
-        print(f"trickbox: stopped: {exc}", file=sys.stderr)
+        _say(exc, f"trickbox: stopped: {exc}")
         return EXIT_OUTPUT
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _say(exc: BaseException, line: str) -> None:
+    """``line`` on stderr: once for an error every process raised together (on the main one), else here."""
+    if not getattr(exc, "on_every_rank", False) or os.environ.get("RANK", "0") == "0":
+        print(" ".join(line.splitlines()), file=sys.stderr)
+
+
 def run() -> None:
     """Console-script entry point."""
     from ..loop import Preempted
@@ -61,7 +67,11 @@ def run() -> None:
     try:
         code = main()
     except Preempted as exc:
-        print(f"trickbox: preempted (signal {int(exc.code) - 128}); checkpoint written, resume with --resume", file=sys.stderr)
+        signum = int(exc.code) - 128
+        if os.environ.get("RANK", "0") == "0":
+            print(f"trickbox: preempted (signal {signum}); checkpoint written, resume with --resume" if exc.checkpointed
+                  else f"trickbox: stopped by signal {signum} before training began; nothing was trained: run the "
+                  "same command again", file=sys.stderr)
         code = int(exc.code)
     except BrokenPipeError:  # `trickbox list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,20 +1,32 @@
-"""A run's data: :func:`open_run_data` picks the memory path (uint8 tensors on the device, :class:`InMemoryLoader`)
-or the stream path (timm's pipeline in DataLoader workers) and returns the loaders of this process."""
+"""A run's data. :func:`open_run_data` lists the images, settles the augmentation and picks the path that reads
+them: the memory path (uint8 tensors on the device, :class:`InMemoryLoader`) or the stream path (timm's pipeline in
+DataLoader workers). The path changes speed, never the run.
+
+=================  ==========================================================================================
+module             what it holds
+=================  ==========================================================================================
+``config``         :class:`DataConfig`, the ``data.*`` keys, and how a config is settled for its images
+``layout``         the one listing rule: class folders (a directory or a .zip) and tar shards
+``splits``         seeded stratified splits, label noise, the planned files of each split, epoch orders
+``opening``        :func:`open_run_data`: the choice of path and why; ``trickbox eval``'s splits
+``loaders``        what both paths give the loop: :class:`RunData`, :class:`TrainLoader`, :class:`LoaderOptions`
+``memory``         the memory path: batched pad and resized crops on the device, evaluation views
+``sources``        the memory path's sources: digits, CIFAR, class folders decoded once and cached
+``arrays``         :class:`DatasetArrays`, the decoded splits, and their statistics
+``streaming``      what the stream path shares: transforms, worker records, unreadable images, worker settings
+``folders``        class folders on the stream path
+``shards``         WebDataset shards on the stream path
+=================  ==========================================================================================
+"""
 from __future__ import annotations
 
+from ..errors import DataError
 from .arrays import DatasetArrays, channel_stats
 from .config import DATASET_NAMES, DataConfig
-from ..errors import DataError
-from .run import RunData, TrainLoader, open_run_data
-from .load import load_dataset, open_source
-from .loader import (
-    InMemoryLoader,
-    augment_batch,
-    denormalize,
-    make_eval_loader,
-    make_train_loader,
-    normalize,
-)
+from .loaders import LoaderOptions, RunData, TrainLoader
+from .memory import InMemoryLoader, augment_batch, denormalize, make_eval_loader, normalize, train_loader
+from .opening import choose, eval_split, open_run_data
+from .sources import load_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -22,15 +34,17 @@ __all__ = [
     "DataError",
     "DatasetArrays",
     "InMemoryLoader",
-    "augment_batch",
-    "channel_stats",
-    "denormalize",
-    "load_dataset",
-    "make_eval_loader",
-    "make_train_loader",
-    "normalize",
-    "open_run_data",
-    "open_source",
+    "LoaderOptions",
     "RunData",
     "TrainLoader",
+    "augment_batch",
+    "channel_stats",
+    "choose",
+    "denormalize",
+    "eval_split",
+    "load_dataset",
+    "make_eval_loader",
+    "normalize",
+    "open_run_data",
+    "train_loader",
 ]

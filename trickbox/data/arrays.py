@@ -1,7 +1,7 @@
 """The loaded dataset: uint8 image tensors and int64 labels for train, val and test."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,6 +28,8 @@ class DatasetArrays:
     test_y: Tensor
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    files: dict[str, list[str]] = field(default_factory=dict)
+    """Class folders: the image names of each split (``train``, ``val``, ``test``) in the order of the arrays."""
 
     @property
     def num_classes(self) -> int:
@@ -64,17 +66,20 @@ def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images ``x`` in [0, 1] units (exact, from 256-bin histograms)."""
     if x.ndim != 4 or x.dtype != torch.uint8:
         raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
-    c = x.shape[1]
     if x.numel() == 0:
-        return (0.5,) * c, (0.5,) * c
+        return (0.5,) * x.shape[1], (0.5,) * x.shape[1]
+    return histogram_stats(torch.stack([torch.bincount(x[:, k].reshape(-1), minlength=256) for k in range(x.shape[1])]))
+
+
+def histogram_stats(hist: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std in [0, 1] units of each channel's ``(C, 256)`` pixel-value counts."""
     values = torch.arange(256, dtype=torch.float64)
     means: list[float] = []
     stds: list[float] = []
-    for k in range(c):
-        hist = torch.bincount(x[:, k].reshape(-1), minlength=256).to(torch.float64)
-        n = hist.sum()
-        mean = (hist * values).sum() / n
-        var = ((hist * (values - mean).square()).sum() / n).clamp_min(0.0)
+    for counts in hist.to(torch.float64):
+        n = counts.sum().clamp_min(1)
+        mean = (counts * values).sum() / n
+        var = ((counts * (values - mean).square()).sum() / n).clamp_min(0.0)
         means.append(float(mean) / 255.0)
         stds.append(max(float(var.sqrt()) / 255.0, 1e-3))
     return tuple(means), tuple(stds)

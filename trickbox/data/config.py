@@ -1,6 +1,7 @@
 """The data section of a run configuration (``data.*`` keys)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,9 @@ SHARED_CIFAR10_ZIP = "../shared/datasets/cifar10-jpeg.zip"
 MEMORY_ONLY = ("digits", "cifar10", "cifar100")
 """Datasets that exist only in memory (small, loaded whole by scikit-learn or torchvision)."""
 STREAM_ONLY = ("wds",)
+PAD_CROP_MAX_SIZE = 64
+"""``data.crop=auto`` pads and crops images of one size up to this many pixels a side (CIFAR-like), else resizes."""
+DEFAULT_RESIZED_SIZE = 224
 """Datasets that can only be streamed (WebDataset shards are read in order, never all at once)."""
 
 
@@ -32,9 +36,10 @@ class DataConfig:
     download: bool = False
     """cifar10/100 only: let torchvision download the files (needs internet)."""
     loader: str = bounded("auto", choices=LOADERS)
-    """``memory``: decode every image once and keep the split on the training device (batched crop and flip there);
-    ``stream``: read and augment images in DataLoader worker processes with timm's transforms (memory bounded by
-    workers x prefetch x batch); ``auto``: memory when the decoded data fits ``memory_budget_gb``, else stream."""
+    """How images are read; it changes speed, never the run. ``memory``: decode every image once and keep the splits
+    on the training device (crops and flips on whole batches there); ``stream``: read and augment images in
+    DataLoader worker processes (memory bounded by workers x prefetch x batch); ``auto``: memory when the decoded
+    data fits ``memory_budget_gb`` and the memory path can do the augmentation asked for, else stream."""
     memory_budget_gb: float | None = bounded(None, low=0, low_open=True)
     """``auto``'s limit on the decoded training, validation and test images of one process, in GiB. Unset: a quarter
     of the memory available to each local process, and on a GPU at most a third of its memory."""
@@ -55,13 +60,18 @@ class DataConfig:
     noise_seed: int = bounded(0, low=0)
     """Seed of the label noise."""
     image_size: int | None = bounded(None, low=1)
-    """memory path (imagefolder): resize every image to this square size; None keeps the size, which must then be
-    the same for all images. stream path: the training crop and the evaluation size (default 224)."""
+    """The training and evaluation image size. Pad crop: every image is first resized to this square (None: the
+    images' own size, which must then be one size); resized crop: RandomResizedCrop's output and the evaluation
+    centre crop (None: 224)."""
     augment: bool = True
-    """Training augmentation: memory path, random crop with zero padding and horizontal flip; stream path, timm's
-    RandomResizedCrop and flip (plus ``auto_augment``)."""
+    """Training augmentation (``crop`` and ``flip``, and ``auto_augment``); false trains on the evaluation view."""
+    crop: str = bounded("auto", choices=("auto", "pad", "resized"))
+    """The training crop, the same on both data paths. ``pad``: a random ``image_size`` window of the image padded by
+    ``crop_padding`` zeros (CIFAR's); evaluation sees the whole image. ``resized``: timm's RandomResizedCrop with
+    ``scale``, ``ratio`` and ``interpolation`` (ImageNet's); evaluation resizes to ``image_size / crop_pct`` and takes
+    the centre. ``auto``: ``pad`` for digits, CIFAR and images of one size up to 64 px, else ``resized``."""
     crop_padding: int | None = bounded(None, low=0)
-    """memory path: padding of the random crop; 0 disables the crop; None: 1 for digits, else image_size // 8."""
+    """Pad crop: the padding; 0 disables the crop; None: 1 for digits, else image_size // 8."""
     flip: bool | None = None
     """Random horizontal flip; None: off for digits (not flip-invariant), on otherwise."""
     cache_dir: str | None = None
@@ -74,17 +84,19 @@ class DataConfig:
     test_split: str | None = None
     """stream path: the split reported at the end; None: ``test/``, else ``val/`` (ImageNet's layout)."""
     crop_pct: float = bounded(0.875, low=0, low_open=True, high=1)
-    """stream path: evaluation resizes to ``image_size / crop_pct`` and takes the centre crop (timm's ``crop_pct``)."""
+    """Resized crop: evaluation resizes to ``image_size / crop_pct`` and takes the centre crop (timm's ``crop_pct``)."""
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    """stream path: RandomResizedCrop's area range."""
+    """Resized crop: RandomResizedCrop's area range."""
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    """stream path: RandomResizedCrop's aspect-ratio range."""
+    """Resized crop: RandomResizedCrop's aspect-ratio range."""
     interpolation: str = bounded("bilinear", choices=("bilinear", "bicubic", "random"))
-    """stream path: resize interpolation."""
+    """Resize interpolation (the memory path resizes bilinearly; other choices take the stream path)."""
     auto_augment: str | None = None
-    """stream path: a timm augmentation string, e.g. ``rand-m9-mstd0.5`` (RandAugment) or ``augmix-m5-w3``."""
+    """A timm augmentation string, e.g. ``rand-m9-mstd0.5`` (RandAugment) or ``augmix-m5-w3``; it runs on single
+    images in the stream path's workers, so ``data.loader=auto`` streams and ``memory`` is refused."""
     mean: list[float] | None = None
-    """Normalisation mean per channel in [0, 1] units; None: the training split's (memory) or ImageNet's (stream)."""
+    """Normalisation mean per channel in [0, 1] units; None: the training split's with the pad crop, ImageNet's with
+    the resized crop (on either path)."""
     std: list[float] | None = None
     """Normalisation std per channel; None as for ``mean``."""
     workers: int | None = bounded(None, low=0)
@@ -94,8 +106,8 @@ class DataConfig:
     prefetch_factor: int = bounded(2, low=1)
     """stream path: batches each worker prepares ahead."""
     max_bad_fraction: float = bounded(0.01, low=0, high=1)
-    """stream path: unreadable images are skipped with a warning naming the file; above this fraction of an epoch's
-    images the run stops."""
+    """Unreadable images are skipped with a warning naming the file, on either path; above this fraction of a split's
+    images (counted over every process) the run stops."""
 
     def validate(self) -> None:
         """Check every field; raise :class:`DataError` naming the first bad one."""
@@ -134,6 +146,22 @@ class DataConfig:
                             "(use data.loader=auto or memory)")
         if self.loader == "memory" and self.name in STREAM_ONLY:
             raise DataError(f"data.name={self.name} (WebDataset shards) can only be streamed; use data.loader=auto or stream")
+
+    def resolved(self, native: tuple[int, int] | None) -> DataConfig:
+        """This config with its augmentation settled for images of ``native`` ``(h, w)`` (None: sizes differ):
+        ``crop``, ``image_size`` (resized crop), ``crop_padding`` (pad crop) and ``flip``. Both data paths train the
+        config this returns, and ``config.yaml`` records it."""
+        crop = self.crop
+        if crop == "auto":
+            small = native is not None and max(native) <= PAD_CROP_MAX_SIZE
+            crop = "pad" if self.name in MEMORY_ONLY or small else "resized"
+        if crop == "pad" and native is None and self.image_size is None:
+            raise DataError("data.crop=pad needs images of one size, and these differ: set data.image_size=N (each image "
+                            "is resized to NxN first) or use data.crop=resized")
+        size = self.image_size or (DEFAULT_RESIZED_SIZE if crop == "resized" else None)
+        side = size or min(native or (1, 1))
+        padding = self.effective_crop_padding(side) if crop == "pad" else self.crop_padding
+        return dataclasses.replace(self, crop=crop, image_size=size, crop_padding=padding, flip=self.effective_flip())
 
     def effective_flip(self) -> bool:
         """``flip``, or the dataset default (False for digits, True otherwise)."""

@@ -7,23 +7,27 @@ steps. Workers are started afresh each epoch with seeds from ``(seed, epoch)``: 
 same samples in the same order, and the batches before the resume point are read and dropped.
 
 Evaluation reads rank ``r``'s shards ``shards[r::world]`` in order, each sample exactly once (timm's reader
-pads validation across ranks instead), so metrics summed over ranks count every image once.
+pads validation across ranks instead), so metrics summed over ranks count every image once; an image that cannot
+be decoded is skipped and named, as in training.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Iterator, Sequence
+import io
+import logging
+from typing import Any, Iterator
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from .config import DataConfig
-from .layout import SHARD_IMAGE_KEYS, ShardSplit
-from .stream import BadImages, Item, OnDevice, Transform, default_workers, loader_options
 from ..errors import DataError
 from ..seeding import derive_seed, generator
-
+from .arrays import histogram_stats
+from .config import DataConfig
+from .layout import SHARD_IMAGE_KEYS, Layout, ShardSplit
+from .loaders import LoaderOptions, RunData
+from .streaming import READ_ERRORS, BadImages, Item, OnDevice, Transform, default_workers, loader_options
 
 NO_RANDOM_ACCESS = ("tar shards have no random access, so tricks.mixup.pairing=knn cannot fetch partners; "
                     "use pairing=random, or class folders (data.name=imagefolder)")
@@ -41,20 +45,27 @@ class _Items(IterableDataset[Item]):
 
 
 class ShardTrainLoader:
-    """Training batches of tar shards (the :class:`~trickbox.data.run.TrainLoader` methods, without random access)."""
+    """Training batches of tar shards (the :class:`~trickbox.data.loaders.TrainLoader` methods, no random access)."""
 
-    def __init__(self, split: ShardSplit, transform: Transform, cfg: DataConfig, *, batch_size: int,
-                 device: torch.device, mean: Sequence[float], std: Sequence[float], seed: int, world_size: int) -> None:
+    def __init__(self, split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions) -> None:
         from timm.data import create_dataset
 
-        self.cfg, self.batch_size, self.device, self.seed, self.pattern = cfg, batch_size, device, seed, split.pattern
-        self.dataset = create_dataset("wds/", root="/", split="::".join(split.shards) + f"|{split.num_samples}",
-                                      is_training=True, batch_size=batch_size, seed=derive_seed(seed, "shards") % (1 << 31))
+        self.cfg, self.batch_size, self.device, self.seed, self.pattern = cfg, options.batch_size, options.device, \
+            options.seed, split.pattern
+        quiet = logging.getLogger("timm.data.readers.reader_wds")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # no "dataset info file not found" on every run: trickbox lists the shards itself
+        try:
+            self.dataset = create_dataset("wds/", root="/", split="::".join(split.shards) + f"|{split.num_samples}",
+                                          is_training=True, batch_size=options.batch_size,
+                                          seed=derive_seed(options.seed, "shards") % (1 << 31))
+        finally:
+            quiet.setLevel(level)
         self.dataset.transform = transform
         self.dataset.set_loader_cfg(num_workers=default_workers(cfg))
-        self.labels = torch.tensor(split.labels, dtype=torch.int64, device=device)
-        self.bad = BadImages(cfg.max_bad_fraction, math.ceil(split.num_samples / world_size))
-        self.mean, self.std = mean, std
+        self.labels = torch.tensor(split.labels, dtype=torch.int64, device=options.device)
+        self.bad = BadImages(cfg.max_bad_fraction, split.num_samples, "train")
+        self.mean, self.std = cfg.mean or (), cfg.std or ()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -66,8 +77,9 @@ class ShardTrainLoader:
 
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         options = loader_options(self.cfg, self.device, persistent=False)
-        loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size, generator=generator(self.seed, "shards", self.epoch),
-                            **options)
+        loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size,
+                            generator=generator(self.seed, "shards", self.epoch), **options)
+        self.bad.new_epoch()
         read = start
         for batch in OnDevice(loader, self.device, self.mean, self.std, self.bad).batches(skip=start):
             read += 1
@@ -87,7 +99,8 @@ class ShardTrainLoader:
 
 
 class _EvalShards(IterableDataset[Item]):
-    """The samples of some shards in order, each once; DataLoader workers take every ``workers``-th shard."""
+    """The samples of some shards in order, each once, decoded here (a bad image is an :class:`Item` without one);
+    DataLoader workers take every ``workers``-th shard."""
 
     def __init__(self, shards: list[str], transform: Transform) -> None:
         self.shards, self.transform = shards, transform
@@ -96,19 +109,58 @@ class _EvalShards(IterableDataset[Item]):
         import webdataset as wds
 
         info = torch.utils.data.get_worker_info()
-        mine = self.shards[info.id :: info.num_workers] if info else self.shards
+        mine = self.shards[info.id::info.num_workers] if info else self.shards
         if not mine:
             return
-        keys = ";".join(SHARD_IMAGE_KEYS)
-        samples = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
-        for image, label in samples.decode("pil").to_tuple(keys, "cls"):
-            yield Item(self.transform(image.convert("RGB")), int(label), -1)
+        for sample in wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False):
+            key = next(k for k in SHARD_IMAGE_KEYS if k in sample)
+            label = int(sample["cls"])
+            name = f"{sample.get('__url__', '?')}:{sample['__key__']}.{key}"
+            try:
+                with Image.open(io.BytesIO(sample[key])) as img:
+                    yield Item(self.transform(img.convert("RGB")), label, -1)
+            except READ_ERRORS as e:
+                yield Item(None, label, -1, f"{name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
-def shard_eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, *, batch_size: int, device: torch.device,
-                      mean: Sequence[float], std: Sequence[float], rank: int, world_size: int) -> OnDevice:
-    """Rank ``rank``'s shards of an evaluation split, in order, on the device."""
+def _eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, device: torch.device, batch_size: int,
+                 rank: int, world_size: int, name: str) -> OnDevice:
     options = loader_options(cfg, device, persistent=False)
-    options["num_workers"] = min(options["num_workers"], max(1, len(split.shards[rank::world_size])))
-    loader = DataLoader(_EvalShards(split.shards[rank::world_size], transform), batch_size=batch_size, **options)
-    return OnDevice(loader, device, mean, std, BadImages(1.0, split.num_samples))
+    mine = split.shards[rank::world_size]
+    options["num_workers"] = min(options["num_workers"], max(1, len(mine)))
+    loader = DataLoader(_EvalShards(mine, transform), batch_size=batch_size, **options)
+    return OnDevice(loader, device, cfg.mean or (), cfg.std or (), BadImages(cfg.max_bad_fraction, split.num_samples, name))
+
+
+def eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions, name: str) -> OnDevice:
+    """This process's shards of an evaluation split, in order, on the device."""
+    return _eval_loader(split, transform, cfg, options.device, options.eval_batch_size, options.rank, options.world_size,
+                        name)
+
+
+def training_stats(split: ShardSplit, cfg: DataConfig, eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pad crop's normalisation: the mean and std of the training shards' images, from histograms in one pass."""
+    counts = torch.zeros(3, 256, dtype=torch.float64)
+    for x, _y, _i, _f in _eval_loader(split, eval_tf, cfg, torch.device("cpu"), 64, 0, 1, "train").loader:
+        for c in range(3 if len(x) else 0):
+            counts[c] += torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+    return histogram_stats(counts)
+
+
+def shard_run_data(layout: Layout, cfg: DataConfig, train_tf: Transform, eval_tf: Transform, options: LoaderOptions,
+                   reason: str) -> RunData:
+    """Loaders over tar shards: ``val`` shards, else the test shards stand in for validation too."""
+    assert isinstance(layout.train, ShardSplit) and isinstance(layout.test, ShardSplit)
+    if cfg.label_noise > 0 or cfg.train_subset or cfg.test_subset:
+        raise DataError("data.label_noise, train_subset and test_subset need random access; tar shards have none: "
+                        "write the subset as shards of its own, or use class folders")
+    val = layout.val
+    assert isinstance(val, ShardSplit)
+    shared = " (val/ is also the test split)" if val is layout.test else ""
+    return RunData(path="stream", reason=reason + shared, config=cfg, classes=list(layout.classes), in_chans=3,
+                   train=ShardTrainLoader(layout.train, train_tf, cfg, options),
+                   val=eval_loader(val, eval_tf, cfg, options, "val"),
+                   test=eval_loader(layout.test, eval_tf, cfg, options, "test"),
+                   fit=eval_loader(layout.train, eval_tf, cfg, options, "train") if options.want_fit else None,
+                   sizes={"train": layout.train.num_samples, "val": val.num_samples, "test": layout.test.num_samples})
+

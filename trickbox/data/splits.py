@@ -1,12 +1,15 @@
-"""Seeded, stratified index splits and label noise (pure functions of labels and seeds)."""
+"""Seeded, stratified index splits and label noise (pure functions of labels and seeds), and the planned files of
+a folder layout's splits: what both data paths train, validate and test on."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .config import DataConfig
+from .layout import FolderSplit, Layout
 from ..errors import DataError
 from ..seeding import generator
 
@@ -52,13 +55,16 @@ def stratified_take(labels: Tensor, n: int, num_classes: int, g: torch.Generator
     return chosen, keep.nonzero().flatten()
 
 
-def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConfig) -> SplitPlan:
-    """Validation first from the full train split, then ``train_subset`` from the rest, then ``test_subset``."""
-    n_val = round(cfg.val_fraction * len(train_y))
+def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConfig,
+                val_fraction: float | None = None) -> SplitPlan:
+    """Validation first from the full train split (``val_fraction``, default ``cfg.val_fraction``; 0 when the data
+    has a validation split of its own), then ``train_subset`` from the rest, then ``test_subset``."""
+    fraction = cfg.val_fraction if val_fraction is None else val_fraction
+    n_val = round(fraction * len(train_y))
     val, rest = stratified_take(train_y, n_val, num_classes, generator(cfg.split_seed, "val"))
     if len(rest) == 0:
         raise DataError(
-            f"data.val_fraction={cfg.val_fraction} leaves no training images out of {len(train_y)}; "
+            f"data.val_fraction={fraction} leaves no training images out of {len(train_y)}; "
             "lower data.val_fraction"
         )
     if cfg.train_subset is not None:
@@ -85,3 +91,48 @@ def add_label_noise(labels: Tensor, fraction: float, num_classes: int, seed: int
     out = labels.clone()
     out[where] = torch.randint(0, num_classes, (n,), generator=g, dtype=labels.dtype)
     return out
+
+
+@dataclass(frozen=True)
+class PlannedSplit:
+    """The images of one split of a folder layout, by name, with their labels (noisy ones for ``train``)."""
+
+    names: list[str]
+    labels: Tensor
+    clean: Tensor
+    """The labels before ``data.label_noise`` (equal to ``labels`` outside ``train``)."""
+
+
+def plan_folders(layout: Layout, cfg: DataConfig) -> dict[str, PlannedSplit]:
+    """``train``, ``val`` and ``test`` of a folder layout: its own splits, or ``val`` carved from ``train`` (seeded,
+    stratified), then ``train_subset``, ``test_subset`` and label noise, as :func:`plan_splits` does for any source."""
+    assert isinstance(layout.train, FolderSplit) and isinstance(layout.test, FolderSplit)
+    k = len(layout.classes)
+
+    def of(split: FolderSplit) -> tuple[list[str], Tensor]:
+        return [p for p, _ in split.samples], torch.tensor([y for _, y in split.samples], dtype=torch.int64)
+
+    train_names, train_y = of(layout.train)
+    test_names, test_y = of(layout.test)
+    if isinstance(layout.val, FolderSplit):
+        val_names, val_y = of(layout.val)
+        plan = plan_splits(train_y, test_y, k, cfg, val_fraction=0.0)
+    else:
+        plan = plan_splits(train_y, test_y, k, cfg)
+        val_names, val_y = [train_names[i] for i in plan.val.tolist()], train_y[plan.val]
+    clean = train_y[plan.train]
+    labels = add_label_noise(clean, cfg.label_noise, k, cfg.noise_seed) if cfg.label_noise > 0 else clean
+    return {"train": PlannedSplit([train_names[i] for i in plan.train.tolist()], labels, clean),
+            "val": PlannedSplit(val_names, val_y, val_y),
+            "test": PlannedSplit([test_names[i] for i in plan.test.tolist()], test_y[plan.test], test_y[plan.test])}
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> Tensor:
+    """Rank ``rank``'s indices of one epoch: the ``(seed, epoch)`` permutation of ``range(n)``, padded by wrapping
+    around to a multiple of ``world_size``, then every ``world_size``-th entry. Ranks get disjoint parts of equal
+    length whose union is the epoch (plus at most ``world_size - 1`` repeats). Both data paths use it."""
+    perm = torch.randperm(n, generator=generator(seed, "perm", epoch)) if shuffle else torch.arange(n)
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        perm = torch.cat([perm, perm.repeat(math.ceil((total - n) / n))[: total - n]])
+    return perm[rank::world_size]

@@ -60,7 +60,7 @@ def evaluate_run(
     from ..build import load_trained
     from ..checkpoint import read_card
     from ..config import load_config
-    from ..data.run import eval_split
+    from ..data.opening import eval_split
     from .attacks import attack_metrics, make_normalize
 
     cfg = load_config([run_dir / "config.yaml"])

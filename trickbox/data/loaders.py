@@ -1,12 +1,31 @@
-"""What a run's data gives the loop on either path: :class:`RunData` and the :class:`TrainLoader` protocol."""
+"""What a run's data gives the loop on either path: :class:`RunData`, the :class:`TrainLoader` protocol both training
+loaders implement, and the :class:`LoaderOptions` every loader is built with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol
 
+import torch
 from torch import Tensor
 
 from .arrays import DatasetArrays
+from .config import DataConfig
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How this process's loaders are built: batch sizes, the seed, where batches go and which part is its own."""
+
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    progress: bool = False
+    """A progress bar while images are decoded or measured (the main process)."""
+    want_fit: bool = False
+    """Also an evaluation loader over the training images (``train.eval_each_epoch=[train]``)."""
 
 
 class TrainLoader(Protocol):
@@ -42,11 +61,11 @@ class RunData:
     path: str
     """``memory`` or ``stream``."""
     reason: str
-    """Why that path (printed at the start of the run)."""
+    """Why that path (printed at the start of the run, recorded in ``config.yaml``)."""
+    config: DataConfig
+    """The data config as trained: augmentation and normalisation settled (``DataConfig.resolved``)."""
     classes: list[str]
     in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     train: Any
     """A :class:`TrainLoader`."""
     val: EvalLoader
@@ -57,14 +76,28 @@ class RunData:
     """The decoded splits on the memory path; ``None`` when streaming."""
     sizes: dict[str, int] = field(default_factory=dict)
     """Images per split over all processes: ``train``, ``val``, ``test``."""
+    files: dict[str, list[str]] = field(default_factory=dict)
+    """Class folders: the image names of each split (the same on both paths)."""
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.config.mean or ())
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.config.std or ())
+
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v:,}" for k, v in self.sizes.items())
         return f"data: {self.path} path ({self.reason}); {counts} images, {self.num_classes} classes"
+
+    def bad_images(self) -> Any:
+        """The training loader's count of unreadable images (None on the memory path: they were skipped at decode)."""
+        return getattr(self.train, "bad", None)
 
     def close(self) -> None:
         for loader in (self.train, self.val, self.test, self.fit):

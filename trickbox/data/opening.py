@@ -1,0 +1,211 @@
+"""Opening a run's data: the listing, the augmentation settled from the images, the path that reads them, and why.
+
+:func:`open_run_data` is what the training loop calls. The path changes speed, never the run: both paths list
+the images by :mod:`~trickbox.data.layout`'s rule, split them by :func:`~trickbox.data.splits.plan_folders`, crop
+and flip them with the settled :meth:`DataConfig.resolved` parameters, normalise them with the same statistics and
+skip unreadable images up to the same limit. ``data.loader=auto`` takes the memory path when the decoded images fit
+the budget and the memory path can do the augmentation asked for; an option the forced path cannot honour is one
+line naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .config import MEMORY_ONLY, DataConfig
+from .layout import Layout, find_layout
+from .loaders import LoaderOptions, RunData
+from .memory import eval_view, memory_run_data
+from .sources import load_dataset
+from .splits import plan_folders
+from .streaming import mean_std, transforms
+
+NATIVE = {"digits": (8, 8), "cifar10": (32, 32), "cifar100": (32, 32)}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which path reads the data and why, with the settled config and the listing it was settled on."""
+
+    path: str
+    reason: str
+    config: DataConfig
+    layout: Layout | None
+    native: tuple[int, int] | None
+
+
+def open_run_data(cfg: DataConfig, options: LoaderOptions) -> RunData:
+    """The run's data on the path ``cfg.loader`` chooses (``auto``: memory when it fits and can, else stream)."""
+    choice = choose(cfg, options.device)
+    if choice.path == "memory":
+        arrays = load_dataset(choice.config, progress=options.progress, layout=choice.layout)
+        settled = _normalised(choice.config, arrays.mean, arrays.std)
+        return memory_run_data(arrays, settled, options, choice.reason)
+    return _stream_run_data(choice, options)
+
+
+def choose(cfg: DataConfig, device: torch.device) -> Choice:
+    """``memory`` or ``stream`` for ``cfg``, and why; every layout check runs here, before anything is decoded."""
+    cfg.validate()
+    if cfg.name in MEMORY_ONLY:
+        settled = cfg.resolved(NATIVE[cfg.name])
+        refusal = memory_refusal(settled, NATIVE[cfg.name])
+        if refusal:
+            raise DataError(f"{refusal}, and data.name={cfg.name} is held in memory; use data.name=imagefolder on the "
+                            "images as class folders")
+        why = "data.loader=memory" if cfg.loader == "memory" else f"data.name={cfg.name} is held in memory"
+        return Choice("memory", why, settled, None, NATIVE[cfg.name])
+    layout = find_layout(cfg)
+    native = layout.probe_size()
+    settled = cfg.resolved(native)
+    refusal = memory_refusal(settled, native)
+    if cfg.loader == "memory":
+        if refusal:
+            raise DataError(f"data.loader=memory cannot honour this config: {refusal}; use data.loader=auto or stream")
+        return Choice("memory", "data.loader=memory", settled, layout, native)
+    if layout.kind == "zip":
+        if cfg.loader == "stream" or refusal:
+            why = refusal or "data.loader=stream"
+            raise DataError(f"{why}, which needs the stream path, and the stream path reads a directory: extract "
+                            f"data.root={cfg.root!r} and point data.root at the folder")
+        return Choice("memory", "a .zip is decoded into memory; extract it to stream it", settled, layout, native)
+    if cfg.loader == "stream" or layout.kind == "wds":
+        why = "data.loader=stream" if cfg.loader == "stream" else "tar shards are always streamed"
+        return Choice("stream", why, settled, layout, native)
+    if refusal:
+        return Choice("stream", refusal, settled, layout, native)
+    return _by_budget(settled, layout, native, device)
+
+
+def memory_refusal(cfg: DataConfig, native: tuple[int, int] | None) -> str | None:
+    """Why the memory path cannot train settled config ``cfg`` as the stream path would (None: it can)."""
+    if cfg.augment and cfg.auto_augment:
+        return f"data.auto_augment={cfg.auto_augment!r} runs on single images in the stream path's workers"
+    if cfg.crop == "resized" and native is None:
+        return "the images differ in size, and the resized crop samples from each whole image"
+    if cfg.crop == "resized" and cfg.interpolation != "bilinear":
+        return f"data.interpolation={cfg.interpolation} (the memory path resamples bilinearly)"
+    if cfg.crop == "pad" and cfg.image_size and cfg.interpolation == "random":
+        return "data.interpolation=random (the memory path resizes each image once)"
+    return None
+
+
+def memory_budget(cfg: DataConfig, device: torch.device) -> int:
+    """``data.memory_budget_gb`` in bytes, else a quarter of this machine's memory per local process, and on a GPU
+    at most a third of its memory."""
+    if cfg.memory_budget_gb is not None:
+        return int(cfg.memory_budget_gb * 2**30)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 // local
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 3)
+    return int(budget)
+
+
+def _by_budget(cfg: DataConfig, layout: Layout, native: tuple[int, int] | None, device: torch.device) -> Choice:
+    images = sum(len(s.samples) for s in (layout.train, layout.val, layout.test) if s is not None)  # type: ignore[union-attr]
+    h, w = (cfg.image_size, cfg.image_size) if cfg.crop == "pad" and cfg.image_size else native or (0, 0)
+    need, budget = images * 3 * h * w, memory_budget(cfg, device)
+    where = f"data.memory_budget_gb={cfg.memory_budget_gb}" if cfg.memory_budget_gb else "the default budget"
+    verdict = "fits" if need <= budget else "exceeds"
+    reason = f"{images:,} images, {need / 2**30:.2f} GiB decoded, {verdict} {where} of {budget / 2**30:.1f} GiB"
+    return Choice("memory" if need <= budget else "stream", reason, cfg, layout, native)
+
+
+def _normalised(cfg: DataConfig, train_mean: tuple[float, ...], train_std: tuple[float, ...]) -> DataConfig:
+    """``cfg`` with its normalisation settled: as set; else the training split's with the pad crop, ImageNet's with
+    the resized crop."""
+    if cfg.mean and cfg.std:
+        return cfg
+    mean, std = (train_mean, train_std) if cfg.crop == "pad" else mean_std(cfg)
+    return dataclasses.replace(cfg, mean=[float(v) for v in mean], std=[float(v) for v in std])
+
+
+def _stream_run_data(choice: Choice, options: LoaderOptions) -> RunData:
+    from .folders import folder_run_data
+    from .shards import shard_run_data
+
+    cfg, layout = choice.config, choice.layout
+    assert layout is not None
+    _, eval_tf = transforms(cfg, *mean_std(cfg), native=choice.native)
+    cfg = _normalised(cfg, *_stream_stats(cfg, layout, eval_tf)) if cfg.crop == "pad" else _normalised(cfg, (), ())
+    train_tf, eval_tf = transforms(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
+    if layout.kind == "wds":
+        return shard_run_data(layout, cfg, train_tf, eval_tf, options, choice.reason)
+    return folder_run_data(plan_folders(layout, cfg), layout.classes, cfg, train_tf, eval_tf, options, choice.reason)
+
+
+def _stream_stats(cfg: DataConfig, layout: Layout, eval_tf: Callable[..., object]) -> tuple[tuple[float, ...], ...]:
+    """The training images' mean and std for the pad crop on the stream path (one streamed pass, cached by the
+    images' names, sizes and times)."""
+    from .folders import training_stats as folder_stats
+    from .layout import ShardSplit
+    from .shards import training_stats as shard_stats
+
+    if cfg.mean and cfg.std:
+        return tuple(cfg.mean), tuple(cfg.std)
+    if isinstance(layout.train, ShardSplit):
+        names = list(layout.train.shards)
+        compute: Callable[[], tuple[tuple[float, ...], ...]] = lambda: shard_stats(layout.train, cfg, eval_tf)  # type: ignore[arg-type]
+    else:
+        planned = plan_folders(layout, cfg)["train"]
+        names = planned.names
+        compute = lambda: folder_stats(planned, cfg, eval_tf)  # noqa: E731
+    stamps = [(n, os.stat(n).st_size, os.stat(n).st_mtime_ns) for n in names]
+    key = hashlib.blake2b(repr((stamps, cfg.image_size, cfg.interpolation)).encode(), digest_size=10).hexdigest()
+    path = cfg.resolved_cache_dir() / f"stats-{key}.json"
+    try:
+        saved = json.loads(path.read_text())
+        return tuple(saved["mean"]), tuple(saved["std"])
+    except (OSError, ValueError, KeyError):
+        pass
+    mean, std = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"mean": mean, "std": std}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a cache: the next run measures again
+    return mean, std
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluation split of a run for ``trickbox eval``: uint8 batches on the CPU, viewed as training viewed it."""
+
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]
+    images: int
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def eval_split(cfg: DataConfig, split: str, *, batch_size: int, progress: bool = False) -> EvalSplit:
+    """``split`` (``val`` or ``test``) of ``cfg``'s data, read on the path that ``cfg`` chooses."""
+    choice = choose(cfg, torch.device("cpu"))
+    options = LoaderOptions(batch_size=batch_size, eval_batch_size=batch_size, seed=0, progress=progress)
+    if choice.path == "stream":
+        data = _stream_run_data(choice, options)
+        loader = data.test if split == "test" else data.val
+        return EvalSplit(lambda: ((x, y) for x, y, _ in loader.batches(normalise=False)),  # type: ignore[attr-defined]
+                         data.sizes[split], data.num_classes, 3, data.mean, data.std)
+    arrays = load_dataset(choice.config, progress=progress, layout=choice.layout)
+    settled = _normalised(choice.config, arrays.mean, arrays.std)
+    x, y = (arrays.test_x, arrays.test_y) if split == "test" else (arrays.val_x, arrays.val_y)
+    if settled.crop == "resized":
+        x = eval_view(x, size=settled.image_size, crop_pct=settled.crop_pct)  # type: ignore[arg-type]
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        return ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(y), batch_size))
+
+    return EvalSplit(batches, len(y), arrays.num_classes, arrays.in_chans, tuple(settled.mean or ()), tuple(settled.std or ()))

@@ -1,0 +1,297 @@
+"""The memory path's sources: digits and CIFAR as tensors, and class folders (a directory or a .zip) decoded once.
+
+:func:`load_dataset` turns a :class:`DataConfig` into split uint8 tensors (:class:`DatasetArrays`). Folders are
+listed by :mod:`trickbox.data.layout` and split by :func:`~trickbox.data.splits.plan_folders`, the rule the stream
+path follows too. Images are decoded with Pillow to RGB uint8, in a pool of worker processes for large sets; when
+most of the images are needed, all of them are decoded once and cached (.npz keyed by path, size and mtime). An
+unreadable image is skipped with a warning that names it, up to ``data.max_bad_fraction`` of its split.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DataError, warn
+from ..seeding import generator
+from .arrays import DatasetArrays, channel_stats
+from .config import MEMORY_ONLY, SHARED_CIFAR10_ZIP, DataConfig
+from .layout import Layout, find_layout
+from .splits import add_label_noise, plan_folders, plan_splits, stratified_take
+
+PARALLEL_MIN_IMAGES = 2000
+WORKERS = 2
+CHUNK = 1000
+CACHE_VERSION = 2
+DIGITS_TEST_FRACTION, DIGITS_TEST_SEED = 0.2, 0
+"""The digits test split is fixed: it does not depend on ``data.split_seed``."""
+
+
+def load_dataset(cfg: DataConfig, *, progress: bool = True, layout: Layout | None = None) -> DatasetArrays:
+    """Load, split (val, then train subset, then test cap), add label noise and compute the training split's
+    mean/std. A folder config whose ``crop`` is still ``auto`` is settled here from its images' size."""
+    cfg.validate()
+    if cfg.name in MEMORY_ONLY:
+        return _tensor_dataset(cfg)
+    layout = layout or find_layout(cfg)
+    if cfg.crop == "auto":
+        cfg = cfg.resolved(layout.probe_size())
+    planned = plan_folders(layout, cfg)
+    size = cfg.image_size if cfg.crop == "pad" else None  # the resized crop samples from the whole image
+    wanted = [name for split in planned.values() for name in split.names]
+    images = _decoded(layout, wanted, size, cfg, progress)
+    parts: dict[str, tuple[Tensor, Tensor, Tensor, list[str]]] = {}
+    for key, split in planned.items():
+        x, ok = _take(images, split.names)
+        _check_bad(key, split.names, ok, cfg.max_bad_fraction)
+        keep = torch.from_numpy(ok)
+        parts[key] = (x, split.labels[keep], split.clean[keep], [n for n, good in zip(split.names, ok) if good])
+    mean, std = channel_stats(parts["train"][0])
+    return DatasetArrays(cfg.name, list(layout.classes), parts["train"][0], parts["train"][1], parts["train"][2],
+                         parts["val"][0], parts["val"][1], parts["test"][0], parts["test"][1], mean, std,
+                         files={k: p[3] for k, p in parts.items()})
+
+
+# -- digits and CIFAR: tensors from scikit-learn and torchvision ---------------------------------------------------
+def tensor_source(cfg: DataConfig) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
+    """Digits or CIFAR whole: ``(classes, train_x, train_y, test_x, test_y)`` before any split is planned."""
+    return _digits() if cfg.name == "digits" else _cifar(cfg)
+
+
+def _tensor_dataset(cfg: DataConfig) -> DatasetArrays:
+    classes, train_x, train_y, test_x, test_y = tensor_source(cfg)
+    plan = plan_splits(train_y, test_y, len(classes), cfg)
+    clean = train_y[plan.train]
+    noisy = add_label_noise(clean, cfg.label_noise, len(classes), cfg.noise_seed) if cfg.label_noise > 0 else clean.clone()
+    tx = train_x[plan.train].contiguous()
+    mean, std = channel_stats(tx)
+    return DatasetArrays(cfg.name, classes, tx, noisy, clean, train_x[plan.val].contiguous(), train_y[plan.val],
+                         test_x[plan.test].contiguous(), test_y[plan.test], mean, std)
+
+
+def _digits() -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
+    """scikit-learn's 8x8 digits as uint8 ``(N, 1, 8, 8)`` (0..16 scaled to 0..255) with a fixed 20 % test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.clip(np.rint(np.asarray(bunch.images, dtype=np.float64) * (255.0 / 16.0)), 0, 255)
+    x = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1).contiguous()
+    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    classes = [str(k) for k in range(10)]
+    test, train = stratified_take(y, round(DIGITS_TEST_FRACTION * len(y)), len(classes),
+                                  generator(DIGITS_TEST_SEED, "digits_test"))
+    return classes, x[train], y[train], x[test], y[test]
+
+
+def _cifar(cfg: DataConfig) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
+    """CIFAR-10 or CIFAR-100 from the torchvision root ``cfg.root`` (default ``<cache_dir>/torchvision``)."""
+    from torchvision import datasets
+
+    root = cfg.root or str(cfg.resolved_cache_dir() / "torchvision")
+    kind = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    try:
+        train, test = kind(root, train=True, download=cfg.download), kind(root, train=False, download=cfg.download)
+    except (RuntimeError, OSError) as exc:
+        title = "CIFAR-10" if cfg.name == "cifar10" else "CIFAR-100"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        what = f"download of {title} failed ({reason})" if cfg.download else f"{title} not found under data.root={root!r}"
+        fixes = ("check the internet connection" if cfg.download else "set data.download=true (needs internet)") + \
+            f" or point data.root at a torchvision {title} root"
+        if cfg.name == "cifar10":
+            fixes = f"use data.name=imagefolder data.root={SHARED_CIFAR10_ZIP} (offline JPEG copy), or " + fixes
+        raise DataError(f"{what}: {fixes}") from None
+
+    def images(data: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+
+    return (list(train.classes), images(train.data), torch.as_tensor(train.targets, dtype=torch.int64),
+            images(test.data), torch.as_tensor(test.targets, dtype=torch.int64))
+
+
+# -- class folders: decoding, once, with a cache ----------------------------------------------------------------------
+Decoded = dict[str, tuple[int, np.ndarray]]
+"""image name -> (row, the decoded images' array); a row of -1: the image could not be read."""
+
+
+def _decoded(layout: Layout, wanted: list[str], size: int | None, cfg: DataConfig, progress: bool) -> Decoded:
+    """The ``wanted`` images decoded, from the cache when it holds them; when they are most of the layout's
+    images, all of them are decoded and cached, so that other subsets of the same data decode nothing."""
+    everything = sorted({n for split in (layout.train, layout.val, layout.test) if split is not None
+                         for n, _ in split.samples})  # type: ignore[union-attr]
+    if 2 * len(set(wanted)) <= len(everything):
+        return _decode(layout, sorted(set(wanted)), size, cfg.interpolation, progress)
+    path = _cache_file(layout, everything, size, cfg)
+    cached = _load_cache(path)
+    if cached is not None and cached["names"].tolist() == everything:
+        rows = cached["rows"].tolist()
+        return {n: (r, cached["images"]) for n, r in zip(everything, rows)}
+    decoded = _decode(layout, everything, size, cfg.interpolation, progress)
+    arrays = next(iter(decoded.values()))[1]
+    _save_cache(path, {"names": np.array(everything), "rows": np.array([decoded[n][0] for n in everything]),
+                       "images": arrays})
+    return decoded
+
+
+def _take(images: Decoded, names: list[str]) -> tuple[Tensor, np.ndarray]:
+    rows = np.array([images[n][0] for n in names], dtype=np.int64)
+    ok = rows >= 0
+    source = next(iter(images.values()))[1] if images else np.zeros((0, 3, 1, 1), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(source[rows[ok]])), ok
+
+
+def _check_bad(split: str, names: list[str], ok: np.ndarray, limit: float) -> None:
+    bad = [n for n, good in zip(names, ok) if not good]
+    if len(bad) > limit * len(names):
+        raise DataError(f"data: {len(bad)} of {len(names):,} images of the {split} split could not be read, above "
+                        f"data.max_bad_fraction={limit} (first: {bad[0]!r}); fix or remove the files, or raise "
+                        "data.max_bad_fraction")
+
+
+def _decode(layout: Layout, names: list[str], size: int | None, interpolation: str, progress: bool) -> Decoded:
+    """Decode ``names`` to one uint8 ``(n, 3, H, W)`` array (rows of the readable ones), in parallel when many."""
+    from tqdm import tqdm
+
+    chunks = [names[i:i + CHUNK] for i in range(0, len(names), CHUNK)]
+    parts: list[tuple[np.ndarray, list[str]]] = []
+    with tqdm(total=len(names), desc="decoding images", unit="img", file=sys.stderr, disable=not progress) as bar:
+        payloads = _payloads(layout, chunks)
+        if len(names) >= PARALLEL_MIN_IMAGES and (os.cpu_count() or 1) >= 2:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+            from .streaming import ignore_stop_signals
+
+            pool = ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=ignore_stop_signals)
+            try:
+                for part in pool.map(decode_chunk, chunks, payloads, repeat(size), repeat(interpolation)):
+                    parts.append(part)
+                    bar.update(len(part[0]) + len(part[1]))
+            finally:  # a stop signal or an error: the chunks not begun are dropped, not decoded first
+                pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            for chunk, payload in zip(chunks, payloads):
+                parts.append(decode_chunk(chunk, payload, size, interpolation))
+                bar.update(len(chunk))
+    arrays = [a for a, _ in parts if len(a)]
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        raise _size_error(*sorted(shapes)[:2])
+    images = np.concatenate(arrays) if arrays else np.zeros((0, 3, 1, 1), np.uint8)
+    out: Decoded = {}
+    row = 0
+    for chunk, (array, failures) in zip(chunks, parts):
+        failed = {n for n, _ in (f.split("\0", 1) for f in failures)}
+        for name in chunk:
+            if name in failed:
+                out[name] = (-1, images)
+            else:
+                out[name], row = (row, images), row + 1
+    for failure in (f for _, fs in parts for f in fs):
+        name, error = failure.split("\0", 1)
+        warn(f"data: skipped unreadable image {name!r} ({error})")
+    return out
+
+
+def _payloads(layout: Layout, chunks: list[list[str]]) -> Iterator[list[bytes | None]]:
+    archive = zipfile.ZipFile(layout.root) if layout.kind == "zip" else None
+    try:
+        for chunk in chunks:
+            yield [_read(archive, n) for n in chunk]
+    finally:
+        if archive is not None:
+            archive.close()
+
+
+def _read(archive: zipfile.ZipFile | None, name: str) -> bytes | None:
+    try:
+        return archive.read(name) if archive is not None else Path(name).read_bytes()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def decode_chunk(names: list[str], payload: list[bytes | None], size: int | None,
+                 interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
+    """Decode one chunk to uint8 ``(n, 3, H, W)`` (the readable images, in order) and the failures as
+    ``"name\\0error"`` (runs in worker processes). ``size``: resize each image to that square first."""
+    from PIL import Image
+
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    images: list[np.ndarray] = []
+    failures: list[str] = []
+    for name, blob in zip(names, payload):
+        try:
+            if blob is None:
+                raise OSError("cannot be read")
+            with Image.open(io.BytesIO(blob)) as img:
+                rgb = img.convert("RGB")
+                if size is not None and rgb.size != (size, size):
+                    rgb = rgb.resize((size, size), resample)
+                images.append(np.asarray(rgb, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            failures.append(f"{name}\0{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            continue
+        if images[-1].shape != images[0].shape:
+            raise _size_error(_chw(images[0].shape), _chw(images[-1].shape), names[0], name)
+    stacked = np.stack(images).transpose(0, 3, 1, 2) if images else np.zeros((0, 3, 1, 1), np.uint8)
+    return np.ascontiguousarray(stacked), failures
+
+
+def _chw(hwc: tuple[int, ...]) -> tuple[int, ...]:
+    return (hwc[2], hwc[0], hwc[1])
+
+
+def _size_error(shape_a: tuple[int, ...], shape_b: tuple[int, ...], a: str = "", b: str = "") -> DataError:
+    which = f" ({a!r} is {shape_a[1]}x{shape_a[2]}, {b!r} is {shape_b[1]}x{shape_b[2]})" if a else \
+        f" ({shape_a[1]}x{shape_a[2]} and {shape_b[1]}x{shape_b[2]})"
+    return DataError(f"images differ in size{which}: the memory path holds one size; use data.loader=stream, or "
+                     "data.crop=pad with data.image_size=N to resize them all to NxN")
+
+
+# -- the cache ---------------------------------------------------------------------------------------------------
+def _cache_file(layout: Layout, names: list[str], size: int | None, cfg: DataConfig) -> Path:
+    if layout.kind == "zip":
+        st = layout.root.stat()
+        stamp: tuple[int, ...] = (st.st_size, st.st_mtime_ns)
+    else:
+        stats = [os.stat(n) for n in names]
+        stamp = (len(stats), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
+    key = "\x1f".join(repr(k) for k in (CACHE_VERSION, str(layout.root), stamp, size, cfg.interpolation, len(names)))
+    return cfg.resolved_cache_dir() / f"imagefolder-{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.npz"
+
+
+def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` atomically (a temporary file, then ``os.replace``); a failure is a warning, never an error."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set data.cache_dir to a writable folder",
+                      stacklevel=2)
