@@ -86,9 +86,13 @@ def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
     with only a URL, in torch hub's checkpoint directory); online, timm downloads them.
     """
     if pretrained_file:
+        from .checkpoint import safetensors_problem
+        from .config import not_a_regular_file
+
         path = Path(pretrained_file).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model.pretrained_file={pretrained_file!r} does not exist; give a .safetensors or .pth "
+        problem = not_a_regular_file(path) or (safetensors_problem(path) if path.suffix == ".safetensors" else None)
+        if problem:
+            raise ConfigError(f"model.pretrained_file={pretrained_file!r} {problem}; give a .safetensors or .pth "
                               "weights file (e.g. a trickbox run's model.safetensors)")
         try:
             with open(path, "rb") as f:

@@ -40,11 +40,53 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+SAFETENSORS_MAX_HEADER = 100 * 2**20
+"""safetensors' own limit on the JSON header (100 MB): a larger stated length means the file is not one."""
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a safetensors file, read from its header alone (the 8-byte length, the JSON,
+    the tensors' byte ranges against the file's size), or None. No length from the file sizes a read before it is
+    checked against the file's size, so a renamed ``.pth`` or a header length of 2^62 is a message, not a
+    ``MemoryError``."""
+    import json
+    import struct
+
+    from .config import not_a_regular_file
+
+    problem = not_a_regular_file(path)
+    if problem:
+        return problem
+    size = path.stat().st_size
+    if size < 8:
+        return f"is not a safetensors file: {size} bytes, shorter than the 8-byte header length (empty or cut)"
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            return (f"is not a safetensors file (its first 8 bytes give a header of {length:,} bytes, in a file of "
+                    f"{size:,}); a .pth renamed, or a file cut short")
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, UnicodeDecodeError):
+            return "is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    ends = [v["data_offsets"][1] for v in header.values() if isinstance(v, dict) and
+            isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    data = size - 8 - length
+    if ends and max(ends) > data:
+        return f"is truncated: its tensors need {max(ends):,} bytes of data and it holds {data:,}"
+    return None
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file, or from a pickle that ``weights_only`` accepts."""
+    from .config import not_a_regular_file
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"weights file {str(p)!r} does not exist; give a .safetensors file or a trickbox run directory")
+    problem = not_a_regular_file(p) or (safetensors_problem(p) if p.suffix == ".safetensors" else None)
+    if problem:
+        raise ConfigError(f"weights file {str(p)!r} {problem}; give a .safetensors file or a trickbox run directory")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -82,11 +124,33 @@ def save_model(model: torch.nn.Module, directory: Path, card: dict[str, Any]) ->
     return target
 
 
+CARD_KEYS = {"name": str, "num_classes": int, "in_chans": int}
+"""What a model card must hold to rebuild the model, with the types."""
+
+
 def read_card(directory: Path) -> dict[str, Any]:
+    """A run's ``model.json``, checked: JSON, an object, with ``name``, ``num_classes`` and ``in_chans`` of the right
+    types (``kwargs`` a mapping when present); else one line naming the file and what is wrong."""
     card = directory / CARD_FILE
     if not card.is_file():
         raise ConfigError(f"{str(directory)!r} is not a trickbox run directory (no {CARD_FILE}); pass a model name and a checkpoint file")
-    return json.loads(card.read_text())
+    where = f"{str(card)!r}"
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is not valid JSON ({str(exc).splitlines()[0][:120]}); it is written with "
+                          "model.safetensors at a run's end: train the run again or restore the file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a JSON object, got {type(data).__name__}")
+    for key, kind in CARD_KEYS.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise ConfigError(f"{where} lacks {key!r} ({kind.__name__}); it is written with model.safetensors at a "
+                              "run's end: train the run again or restore the file")
+    if not isinstance(data.get("kwargs", {}), dict):
+        raise ConfigError(f"{where}: 'kwargs' must be a JSON object, got {type(data['kwargs']).__name__}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,21 @@ class OptimConfig:
     has them: CPU, CUDA)."""
 
 
+MAX_EPOCHS = 1_000_000
+"""Bounds on the numbers that size work or memory: a typo (``1e30``) is refused at once instead of hanging setup."""
+MAX_BATCH = 2**20
+MAX_GRAD_ACCUM = 2**16
+MAX_NAME_BYTES = 255
+"""The longest file name Linux file systems take (``NAME_MAX``)."""
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = bounded(30, low=1)
-    batch_size: int = bounded(64, low=1)
+    epochs: int = bounded(30, low=1, high=MAX_EPOCHS)
+    batch_size: int = bounded(64, low=1, high=MAX_BATCH)
     """Per-process batch size."""
-    eval_batch_size: int = bounded(512, low=1)
-    grad_accum: int = bounded(1, low=1)
+    eval_batch_size: int = bounded(512, low=1, high=MAX_BATCH)
+    grad_accum: int = bounded(1, low=1, high=MAX_GRAD_ACCUM)
     seed: int = bounded(0, **SEED_LIMITS)
     mixed_precision: str | None = bounded(None, choices=PRECISIONS)
     """``no``, ``bf16`` or ``fp16``; unset (the default), Accelerate's own setting applies: ``accelerate config``,
@@ -149,6 +157,9 @@ class RunConfig:
                                        or t.run_name != t.run_name.strip() or "\0" in t.run_name):
             raise ConfigError(f"train.run_name must be one folder name under train.out_dir (no '/', not '..'), got {t.run_name!r}; "
                               "e.g. train.run_name=mixup-a02")
+        if t.run_name is not None and len(t.run_name.encode()) > MAX_NAME_BYTES:
+            raise ConfigError(f"train.run_name is {len(t.run_name.encode())} bytes long, above the {MAX_NAME_BYTES} a "
+                              f"folder name may have ({t.run_name[:40]!r}…); choose a shorter train.run_name")
         if "pretrained" in self.model.kwargs:
             raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, offline "
                               "from the Hugging Face cache) or model.pretrained_file=PATH")
@@ -208,6 +219,16 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _trick_mapping(value: Any) -> Mapping[str, Any]:
+    """``tricks`` as a mapping: ``{mixup: {alpha: 0.2}}``, or a list of trick names (each with its defaults)."""
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {name: {} for name in value}
+    raise ConfigError(f"tricks must be a mapping of trick names to parameters or a list of trick names, got {value!r}; "
+                      "e.g. tricks='{mixup: {alpha: 0.2}}' or tricks=[mixup,label_smoothing]")
+
+
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
@@ -215,6 +236,7 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
             out["tricks"] = {}  # `tricks=null` switches every trick off
         elif key == "tricks":
             # tricks merge per trick: a later file adds or changes tricks; null removes one.
+            value = _trick_mapping(value)
             tricks = dict(out.get("tricks") or {})
             for tname, params in (value or {}).items():
                 if params is None and tname in tricks and isinstance(value, Mapping):
@@ -236,15 +258,61 @@ def default_config_path() -> Path:
     return Path(__file__).with_name("configs") / "default.yaml"
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (``does not exist``, ``is a directory``, ``is a FIFO, a device or a
+    socket``), or None. Checked before opening: opening a FIFO blocks until something writes to it."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, a device or a socket)"
+    return None
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """``safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one of them")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``text`` as safe YAML, keys unique, nesting bounded; every failure is a :class:`ConfigError` that names
+    ``where``."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested deeper than can be read; a config needs a few levels, not thousands"
+                          ) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping read with ``safe_load`` (no Python tags)."""
     p = Path(path)
     if not p.is_file() and not p.suffix and Path(__file__).with_name("configs").joinpath(f"{p.name}.yaml").is_file():
         p = Path(__file__).with_name("configs") / f"{p.name}.yaml"  # an embedded config by name
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file")
+    problem = not_a_regular_file(p)
+    if problem:
+        raise ConfigError(f"config file {str(p)!r} {problem}; pass a YAML file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml_text(p.read_text(encoding="utf-8"), f"config file {str(p)!r}")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     except OSError as exc:
@@ -267,7 +335,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key; use e.g. tricks.mixup.alpha=0.2")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw, f"override {key}") if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):

@@ -112,6 +112,8 @@ class Run:
     """The open lock file that holds the run directory (rank 0), released when the run ends."""
     fingerprint: dict[str, Any] = field(default_factory=dict)
     stop: _StopFlag = field(default_factory=lambda: _StopFlag())
+    created_dirs: list[Path] = field(default_factory=list)
+    """The directories this run created (rank 0), deepest first: a run refused before training removes them again."""
 
     @property
     def ctx(self) -> Any:
@@ -145,6 +147,8 @@ class Run:
                 yield
         except BaseException as exc:
             self.status = getattr(exc, "trickbox_state", "preempted" if isinstance(exc, Preempted) else "failed")
+            if isinstance(exc, ConfigError) and self.stop.setting_up and self.run_dir in self.created_dirs:
+                self.status = "refused"  # a bad input found before the first step: nothing of the run is kept
             raise
         finally:
             self.stop.restore()
@@ -157,8 +161,26 @@ class Run:
                 self.data.close()
             if self.lock is not None:
                 self.lock.close()
+            if self.status == "refused":
+                self._remove_outputs()
             if self.own_accelerator:
                 self.accelerator.end_training()
+
+
+    def _remove_outputs(self) -> None:
+        """A run refused before its first step leaves nothing behind: its directory (which this run created) and its
+        offline W&B run."""
+        import shutil
+
+        if not self.main:
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for parent in self.created_dirs[1:]:  # train.out_dir, if this run made it and nothing else is in it now
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        wandb_dir = getattr(self.tracking, "wandb_dir", None)
+        if wandb_dir and Path(wandb_dir).name.startswith("offline-run-"):
+            shutil.rmtree(wandb_dir, ignore_errors=True)
 
 
 class _StopFlag:
@@ -332,7 +354,8 @@ def claim_run_dir(run: Run) -> Path:
     holder: list[Any] = [None]
     if acc.is_main_process:
         try:
-            path, run.lock = claim(Path(cfg.train.out_dir), cfg.train.run_name, f"{cfg.data.name}-{cfg.model.name}", run.resume)
+            path, run.lock, run.created_dirs = claim(Path(cfg.train.out_dir), cfg.train.run_name,
+                                                    f"{cfg.data.name}-{cfg.model.name}", run.resume)
             holder = [str(path)]
         except ConfigError as exc:
             holder = [f"error:{exc}"]
@@ -512,11 +535,46 @@ def save(run: Run, model: torch.nn.Module, optimizer: Any, epoch: int, batch_in_
 
 
 def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
-    """Test metrics, the summary, and the final ``model.safetensors`` with its card."""
-    from .build import model_card
+    """The final ``model.safetensors`` with its card, then the test metrics and the summary. The weights are written
+    first: a final evaluation that fails (too many unreadable images) loses no training."""
+    from .errors import DataError, on_every_rank
 
-    acc = run.accelerator
     check_finite(run, model, "final evaluation")
+    save_final_model(run, model, data)
+    try:
+        final = final_metrics(run, model, data)
+    except DataError as exc:
+        write_summary(run, {})
+        raise on_every_rank(DataError(f"{exc}. The trained weights are saved ({run.run_dir / 'model.safetensors'}, "
+                                      f"summary.json without test metrics): evaluate them with `trickbox eval "
+                                      f"{run.run_dir}` once the files are fixed")) from None
+    run.tracking.log(final, step=run.ctx.step)
+    write_summary(run, final)
+    if run.stop.signum is not None and run.main:
+        print(f"trickbox: signal {run.stop.signum} arrived after the last training step; the run is complete "
+              "(model.safetensors written), nothing to resume", file=sys.stderr)
+    return run.result({k.removeprefix("test/"): v for k, v in final.items() if k.startswith("test/")},
+                      status="complete")
+
+
+def save_final_model(run: Run, model: torch.nn.Module, data: Any) -> None:
+    """``model.safetensors`` and ``model.json`` (rank 0), never with a non-finite value."""
+    from .build import model_card
+    from .run_dir import writing
+
+    check_finite(run, model, "final save of model.safetensors")
+    if run.main:
+        card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
+                          mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
+        with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run again "
+                                                        f"with --resume train.run_name={run.run_dir.name}"):
+            save_model(bare(run.accelerator, model), run.run_dir, card)
+    run.accelerator.wait_for_everyone()
+
+
+def final_metrics(run: Run, model: torch.nn.Module, data: Any) -> dict[str, float]:
+    """``test/*`` (and ``train/*`` with ``train.eval_at_end=[train]``) of the final weights."""
+    acc = run.accelerator
     test = evaluate(model, data.test, acc)
     test.update(run.tricks.evaluate(model, "test"))
     final = {f"test/{k}": v for k, v in test.items()}
@@ -524,25 +582,17 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
         fit = {f"train/{k}": v for k, v in evaluate(model, data.fit, acc).items()}
         final.update(fit)
         run.history[-1].update(fit)  # the last epoch's weights, as if evaluated every epoch: sweeps and summaries see it there
-    run.tracking.log(final, step=run.ctx.step)
+    return final
+
+
+def write_summary(run: Run, final: dict[str, float]) -> None:
     from .run_dir import writing
 
     with writing(run.run_dir / "summary.json", "the last epoch's checkpoint is intact: free space and run again with "
                                                 f"--resume train.run_name={run.run_dir.name}"):
-        run.tracking.summary({**run.history[-1], **final, **at_best_val(run.history), "val/best_top1": run.best,
-                              "steps": run.ctx.step, "seconds": time.perf_counter() - run.t_start})
-    check_finite(run, model, "final save of model.safetensors")
-    if run.main:
-        card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
-                          mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
-        with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run again "
-                                                        f"with --resume train.run_name={run.run_dir.name}"):
-            save_model(bare(acc, model), run.run_dir, card)
-    acc.wait_for_everyone()
-    if run.stop.signum is not None and run.main:
-        print(f"trickbox: signal {run.stop.signum} arrived after the last training step; the run is complete "
-              "(model.safetensors written), nothing to resume", file=sys.stderr)
-    return run.result(test, status="complete")
+        run.tracking.summary({**(run.history[-1] if run.history else {}), **final, **at_best_val(run.history),
+                              "val/best_top1": run.best, "steps": run.ctx.step,
+                              "seconds": time.perf_counter() - run.t_start})
 
 
 def check_finite(run: Run, model: torch.nn.Module, what: str) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     from .batch import Batch
@@ -18,12 +18,25 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_lr_curve(lrs: Sequence[float], steps_per_epoch: int, path: Path) -> Path:
-    """Learning rate against (fractional) epoch, saved as a PNG."""
+LR_CURVE_POINTS = 4096
+"""The most steps the LR curve evaluates: a figure 600 pixels wide shows no more, however long the run."""
+
+
+def lr_curve_steps(total_steps: int, points: int = LR_CURVE_POINTS) -> list[int]:
+    """The steps the LR curve is drawn at: all of them for a short run, else ``points`` spread evenly (the last
+    included), so drawing costs the same for any run length."""
+    if total_steps <= points:
+        return list(range(total_steps))
+    return sorted({round(i * (total_steps - 1) / (points - 1)) for i in range(points)})
+
+
+def plot_lr_curve(lr: Callable[[int], float], total_steps: int, steps_per_epoch: int, path: Path) -> Path:
+    """Learning rate ``lr(step)`` against (fractional) epoch, over a bounded sample of the run's steps, as a PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    epochs = [s / max(steps_per_epoch, 1) for s in range(len(lrs))]
-    ax.plot(epochs, lrs, lw=1.5)
+    steps = lr_curve_steps(total_steps)
+    epochs = [s / max(steps_per_epoch, 1) for s in steps]
+    ax.plot(epochs, [lr(s) for s in steps], lw=1.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
     ax.set_title("learning-rate schedule")

@@ -23,8 +23,10 @@ from .errors import ConfigError, OutputError
 DATA_KEYS_THAT_DO_NOT_SHAPE_TRAINING = ("loader", "memory_budget_gb", "workers", "prefetch_factor", "cache_dir")
 
 
-def claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> tuple[Path, Any]:
-    """The run directory (created) and an open lock file that holds it for this process."""
+def claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> tuple[Path, Any, list[Path]]:
+    """The run directory, an open lock file that holds it for this process, and the directories this call created,
+    deepest first (a run refused before training removes only what it created)."""
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if name is None:
@@ -32,14 +34,15 @@ def claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> tuple[P
                 path = out_dir / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
                 with contextlib.suppress(FileExistsError):
                     path.mkdir()
-                    return path, _lock(path)
+                    return path, _lock(path), [path, *made]
             raise ConfigError(f"could not find a free run directory name under {str(out_dir)!r}")
         path = out_dir / name
         held = path.is_dir() and any((path / f).exists() for f in ("config.yaml", "checkpoints", "model.safetensors"))
         if held and not resume:
             raise ConfigError(f"{str(path)!r} holds a run already; add --resume to continue it, or choose another train.run_name")
+        created = [] if path.exists() else [path]
         path.mkdir(exist_ok=True)
-        return path, _lock(path)
+        return path, _lock(path), [*created, *made]
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory under train.out_dir={str(out_dir)!r} "
                           f"({exc.strerror or exc}); choose a writable train.out_dir") from None

@@ -29,6 +29,12 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
     return f"{hint} (valid: {', '.join(sorted(str(c) for c in choices)) or 'none'})"
 
 
+
+def _number(value: float) -> str:
+    """A limit as people write it: ``1048576`` for an integer (not ``1.04858e+06``), ``0.5`` for a fraction."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Limits:
     """The valid values of one scalar: a range (either end open or closed, either end absent) or a set of choices."""
@@ -46,11 +52,11 @@ class Limits:
         if self.low is not None and self.high is not None:
             lo = "(" if self.low_open else "["
             hi = ")" if self.high_open else "]"
-            return f"in {lo}{self.low:g}, {self.high:g}{hi}"
+            return f"in {lo}{_number(self.low)}, {_number(self.high)}{hi}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
         if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
         return ""
 
     def admits(self, value: float) -> bool:

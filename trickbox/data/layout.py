@@ -249,10 +249,24 @@ def _shard_labels(shard: str) -> list[int]:
                     cls[key] = int((data.read() if data else b"").strip())
     except (tarfile.TarError, OSError, ValueError) as e:
         raise DataError(f"{shard} is not a readable tar shard of images with .cls labels ({e}); rewrite or remove it") from e
+    if not _ends_like_a_tar(shard):
+        raise DataError(f"{shard} ends without a tar's end-of-archive blocks: it was cut short (a copy or a download "
+                        "that stopped between two samples), so its last samples may be missing; copy it again")
     missing = sorted(images - set(cls))
     if missing:
         raise DataError(f"{shard}: sample {missing[0]!r} has an image but no .cls label; give every sample a class index")
     return [cls[k] for k in sorted(images)]
+
+
+def _ends_like_a_tar(shard: str) -> bool:
+    """Whether ``shard`` ends with the two zero blocks (1,024 bytes) that close every tar archive. A file cut at a
+    member boundary still reads as a valid, shorter tar; only its missing end tells it apart."""
+    with open(shard, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() < 1024:
+            return False
+        f.seek(-1024, 2)
+        return not any(f.read(1024))
 
 
 def _shard_classes(root: Path, count: int) -> list[str]:

@@ -9,6 +9,7 @@ trials whose owner process on this host died or whose lease (renewed by the live
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
@@ -166,6 +167,10 @@ def journal_error(target: StorageTarget, study_dir: Path, what: str) -> OutputEr
                        "and run again, or start a new study with --study NAME")
 
 
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""Write failures that leave a journal intact: nothing is damaged, it only cannot grow."""
+
+
 def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException | None) -> OutputError | None:
     """The one-line error for ``exc`` when it, or an exception it was raised while handling, comes from Optuna's
     journal reader (a cut line) or names the missing journal; ``None`` for anything else."""
@@ -175,8 +180,13 @@ def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException | 
         frames, tb = [], exc.__traceback__
         while tb is not None:
             frames, tb = frames + [tb.tb_frame.f_code.co_filename], tb.tb_next
-        if isinstance(exc, (ValueError, OSError)) and (any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames)
-                                                       or str(target.journal) in str(exc)):
+        from_journal = any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames) or str(target.journal) in str(exc)
+        if from_journal and isinstance(exc, OSError) and exc.errno in UNWRITABLE and target.journal.exists():  # type: ignore[union-attr]
+            return OutputError(f"the study journal {target.journal} cannot be written ({exc.strerror or exc}); it is "
+                               f"intact up to its last complete line, and so are the trials' run directories under "
+                               f"{study_dir}: make it writable (or free space) and run the same command again; the "
+                               "trials it still shows as running are taken up then")
+        if isinstance(exc, (ValueError, OSError)) and from_journal:
             return journal_error(target, study_dir, "damaged (a cut or garbled line)" if target.journal.exists() else "deleted")  # type: ignore[union-attr]
         exc = exc.__cause__ or exc.__context__
     return None

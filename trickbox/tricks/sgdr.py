@@ -51,6 +51,10 @@ class SGDR(Trick):
         t0 = self.period(ctx.epochs)
         if self.min_lr > ctx.base_lr:
             raise ConfigError(f"tricks.sgdr.min_lr={self.min_lr} exceeds optim.lr={ctx.base_lr}; lower min_lr")
+        if self.warmup_epochs >= ctx.epochs:
+            raise ConfigError(f"tricks.sgdr.warmup_epochs={self.warmup_epochs:g} is not shorter than the run "
+                              f"(train.epochs={ctx.epochs}): the whole run would warm up and never train at the full "
+                              "rate; lower tricks.sgdr.warmup_epochs or raise train.epochs")
         return functools.partial(
             sgdr_lr, steps_per_epoch=ctx.steps_per_epoch, base_lr=ctx.base_lr, min_lr=self.min_lr,
             t0=t0, t_mult=self.t_mult, warmup_epochs=self.warmup_epochs,
@@ -74,5 +78,5 @@ class SGDR(Trick):
         from ..plots import plot_lr_curve
 
         lr = self.schedule(ctx)
-        path = plot_lr_curve([lr(s) for s in range(ctx.total_steps)], ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
+        path = plot_lr_curve(lr, ctx.total_steps, ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
         ctx.log_images({"lr_curve": [path]}, step=0)
