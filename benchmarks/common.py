@@ -12,10 +12,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 DEFAULT_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.zip"
 """The shared CIFAR-10 JPEG zip (``train/<class>/*.jpg``, ``test/<class>/*.jpg``)."""

@@ -33,8 +33,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -46,8 +47,15 @@ except ImportError:  # pragma: no cover - a checkout without pip install (e.g. o
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from common import four_tricks_config, interleave, load_builtin_tricks, machine_lines, markdown_table, save_teacher, write_text  # noqa: E402
+from common import (  # noqa: E402
+    four_tricks_config,
+    interleave,
+    load_builtin_tricks,
+    machine_lines,
+    markdown_table,
+    save_teacher,
+    write_text,
+)
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 from common import interleave
 from make_subset_zip import make_subset_zip
 
@@ -88,7 +87,7 @@ def bench_loaders(src_zip: Path, work: Path, *, per_class: int, rounds: int, bat
         _check(seen, n, x)
 
     timed = interleave({"trickbox": our_epoch, "torchvision": their_epoch}, rounds=rounds, calls=1, warmup=1)
-    del theirs
+    theirs = None  # the workers end with their loader
     return LoaderResult(n, n / timed["trickbox"].median, n / timed["torchvision"].median, decode_s, extract_s)
 
 

@@ -38,9 +38,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import PIL

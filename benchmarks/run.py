@@ -34,7 +34,6 @@ except ImportError:  # pragma: no cover - run from a checkout without pip instal
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
 from common import DEFAULT_ZIP, Row, human_bytes, machine_lines, markdown_table, ms, rows_table, save_teacher  # noqa: E402
 
 KNN_SECONDS = 120.0

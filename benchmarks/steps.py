@@ -16,15 +16,15 @@ timm's Mixup works in place), so all variants pay the same copy.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from common import four_tricks_config, load_builtin_tricks
+from torch import Tensor
 
 LR = 0.05
 MOMENTUM = 0.9

@@ -20,11 +20,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
-
 from common import DEFAULT_ZIP, load_average, machine_lines
 
 HERE = Path(__file__).resolve().parent

@@ -22,8 +22,8 @@ from accelerate.utils import set_seed
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-import trickbox.sweep
 import trickbox.models  # noqa: F401  registers CIFAR-sized ResNets (cifar_resnet8, ...) in timm; nothing else
+import trickbox.sweep
 
 
 def parse_args() -> argparse.Namespace:

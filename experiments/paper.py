@@ -444,7 +444,6 @@ def main(argv: list[str] | None = None) -> None:
         images.append(f"{stem}.png")
     else:
         from trickbox.report import grid_table
-
         from trickbox.sweep.spec import load_spec
 
         # the spec's columns as written now (a column added after the study started shows too, where trials have it)

@@ -13,8 +13,8 @@ import contextlib
 import math
 import statistics
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 LEVEL = 0.05
 """Two-sided significance level of every test, and 1 − coverage of every interval."""

@@ -17,8 +17,8 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import Comparison, paired, welch  # noqa: E402

@@ -1,7 +1,6 @@
 """FGSM / I-FGSM on tiny models: perturbation size, sign, loss increase, no param grads."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -9,9 +9,10 @@ gradients it clips, ...). Each check would fail if its trick were a no-op. A dis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -1,8 +1,8 @@
 """Mixup and its ablation variants: against timm's Mixup, brute force, and invariants."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -10,9 +10,9 @@ import torch
 from timm.data import Mixup
 
 from trickbox.functional import (
-    kway_weights,
     knn_partners,
     knn_table,
+    kway_weights,
     mix,
     mix_k,
     one_hot,

@@ -1,8 +1,8 @@
 """Gaussian input noise and timm feature stages."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 import timm

@@ -1,8 +1,8 @@
 """One-hot, label smoothing and soft cross-entropy against torch and timm."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 import torch

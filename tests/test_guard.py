@@ -10,7 +10,7 @@ import torch
 
 import trickbox
 from trickbox import Trick, hookimpl
-from trickbox.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, verify
+from trickbox.checkpoint import list_checkpoints, load_checkpoint, verify
 from trickbox.config import load_config
 from trickbox.errors import NonFiniteError
 from trickbox.guard import FiniteGuard

@@ -1,7 +1,6 @@
 """CIFAR models: timm registration, shapes, parameter counts, feature_info, kwargs."""
 from __future__ import annotations
 
-
 import pytest
 import timm
 import torch

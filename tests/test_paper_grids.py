@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, subprocess_env
 from trickbox.config import load_config
 from trickbox.loop import at_best_val
 from trickbox.sweep.spec import VARIANT, load_spec, spec_from_mapping
 from trickbox.trick import ConfigError
+
+from .conftest import REPO, subprocess_env
 
 PAPER = REPO / "sweeps" / "paper"
 PAPER_SPECS = sorted(p for p in PAPER.glob("*.yaml") if "study" in (yaml.safe_load(p.read_text()) or {}))

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import trickbox
 from trickbox.config import load_config, parse_override
-from trickbox.registry import Catalog, discover, hook_problems
+from trickbox.registry import discover, hook_problems
 from trickbox.trick import ConfigError, Param, Trick, hookimpl
 
 from .conftest import REPO, subprocess_env
@@ -92,8 +91,8 @@ def test_bad_parameters_are_rejected(trick, values, fragment):
 
 
 def test_distillation_temperature_must_be_positive(tmp_path):
-    from trickbox.checkpoint import save_model
     from trickbox.build import create_model
+    from trickbox.checkpoint import save_model
 
     save_model(create_model("cifar_resnet8", num_classes=10, in_chans=1), tmp_path, {"name": "cifar_resnet8", "num_classes": 10, "in_chans": 1})
     with pytest.raises(ConfigError, match="temperature must be > 0"):
@@ -144,7 +143,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
         (["tricks.mixpu.alpha=0.2"], "did you mean 'mixup'"),
         (["train.epohcs=2"], "unknown config key 'train.epohcs'"),
         (["tricks.mixup.alpha=-1"], "tricks.mixup.alpha must be > 0"),
-        (["train.batch_size=0"], "train.batch_size must be an integer >= 1"),
+        (["train.batch_size=0"], "train.batch_size must be an integer in [1, 1048576]"),
         (["data.name=cifar11"], "data.name"),
         (["--config", "missing.yaml"], "does not exist"),
     ],

@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from trickbox.api import TrickSet
+from trickbox.api import TrickSet, load_tricks
 from trickbox.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_weights
 from trickbox.cli import main as cli_main
 from trickbox.config import load_config
-from trickbox.api import load_tricks
 from trickbox.loop import train
 from trickbox.registry import Catalog, discover, hook_problems
 from trickbox.trick import ConfigError, NonFiniteError, Param, Trick, hookimpl

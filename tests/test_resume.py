@@ -22,7 +22,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch

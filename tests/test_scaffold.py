@@ -4,11 +4,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from trickbox import ConfigError
 from trickbox.cli import main

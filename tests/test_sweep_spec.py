@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, subprocess_env
 from trickbox.sweep.spec import load_spec, spec_from_mapping
 from trickbox.sweep.storage import budget_used, resolve_storage
 from trickbox.sweep.workers import assign_gpus, worker_count
 from trickbox.trick import ConfigError
+
+from .conftest import REPO, subprocess_env
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 

@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 
-from trickbox.api import TrickSet
+from trickbox.api import TrickSet, load_tricks
 from trickbox.batch import hard_batch
 from trickbox.config import load_config
 from trickbox.context import RunContext
-from trickbox.api import load_tricks
 from trickbox.loop import train
 from trickbox.registry import discover
 

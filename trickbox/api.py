@@ -17,7 +17,8 @@ trickbox's own loop (:mod:`trickbox.loop`) is a client of this module like any o
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

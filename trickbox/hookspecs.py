@@ -39,7 +39,8 @@ All hooks take keyword arguments and must not keep references to batches.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

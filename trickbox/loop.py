@@ -16,9 +16,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from .batch import LossParts
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from .config import RunConfig, dump_config
 from .device_defaults import DeviceDefaults, resolve
-from .errors import ConfigError, NonFiniteError, warn
+from .errors import ConfigError, warn
 from .seeding import seed_global
 
 

@@ -1,8 +1,9 @@
 """Pictures people would rather look at than read: the LR curve and mixup samples."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .batch import Batch

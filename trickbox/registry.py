@@ -16,9 +16,10 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pluggy
 

@@ -13,8 +13,9 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SYNC_HINT = "upload it later with: wandb sync {path}"
 INIT_TIMEOUT_ENV = "TRICKBOX_WANDB_INIT_TIMEOUT"

@@ -7,8 +7,9 @@ validated parameter values; the instance is what pluggy calls.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import pluggy
 

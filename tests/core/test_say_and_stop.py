@@ -2,7 +2,6 @@
 process group (SLURM, ``kill -TERM -PGID``: the launcher and the data-loading workers get it too), or during setup."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

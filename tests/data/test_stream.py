@@ -14,8 +14,7 @@ import torch
 import yaml
 
 from trickbox.config import default_config_path, load_config
-from trickbox.data import DataConfig
-from trickbox.data import choose
+from trickbox.data import DataConfig, choose
 from trickbox.data.splits import epoch_order
 from trickbox.errors import DataError
 from trickbox.loop import train

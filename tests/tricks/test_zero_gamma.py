@@ -1,7 +1,7 @@
 """Zero-γ: at initialisation every residual block outputs exactly its shortcut (its branch contributes 0)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import timm

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ConfigError, NonFiniteError, OutputError
 from . import eval as eval_command

@@ -2,8 +2,9 @@
 loaders implement, and the :class:`LoaderOptions` every loader is built with."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor

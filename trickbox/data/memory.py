@@ -9,7 +9,7 @@ pixel's footprint when it shrinks). Evaluation of the resized crop resizes the s
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

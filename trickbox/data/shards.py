@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from PIL import Image

@@ -16,10 +16,10 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import DataConfig
-from .layout import FolderSplit, Layout
 from ..errors import DataError
 from ..seeding import generator
+from .config import DataConfig
+from .layout import FolderSplit, Layout
 
 TEST_SUBSET_SEED = 0
 """The test subset ignores ``split_seed`` so that runs with different split seeds share test images."""

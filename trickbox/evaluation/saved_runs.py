@@ -9,11 +9,11 @@ checkpoint (SHA-256 checked). The data split comes from the run's own
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConfigError
-
 
 
 def resolve_target(path: Path) -> tuple[Path, Path | None]:

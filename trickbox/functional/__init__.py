@@ -12,9 +12,9 @@ from .distillation import distillation_kl, distillation_loss, distillation_objec
 from .ema import ema_decay, ema_update_
 from .init import zero_init_residuals_
 from .mixup import (
-    kway_weights,
     knn_partners,
     knn_table,
+    kway_weights,
     mix,
     mix_k,
     random_partners,

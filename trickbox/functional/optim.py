@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 

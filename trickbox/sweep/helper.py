@@ -20,8 +20,9 @@ import copy
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_TRIAL = "TRICKBOX_TRIAL"
 

@@ -12,9 +12,10 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from ..scalars import Limits, bounded, check_fields, check_scalar, did_you_mean

@@ -13,14 +13,25 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 from ..seeding import derive_seed
 from .spec import FIRST_DIR, SweepSpec
-from .storage import JournalWatch, Lease, StaleRetry, StorageTarget, StudyLock, budget_used, open_storage, owner_gone, owner_record
+from .storage import (
+    JournalWatch,
+    Lease,
+    StaleRetry,
+    StorageTarget,
+    StudyLock,
+    budget_used,
+    open_storage,
+    owner_gone,
+    owner_record,
+)
 
 POLL_SECONDS = 1.0
 

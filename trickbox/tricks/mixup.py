@@ -28,9 +28,9 @@ from ..batch import Batch
 from ..context import RunContext
 from ..functional import (
     feature_stages,
-    kway_weights,
     knn_partners,
     knn_table,
+    kway_weights,
     mix,
     mix_k,
     one_hot,

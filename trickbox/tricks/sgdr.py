@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from ..context import RunContext
 from ..functional import sgdr_lr, sgdr_restarts

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from trickbox_cutmix import CutMix, box_lambda, cutmix, sample_box
 
 import trickbox
 from trickbox import Batch, RunContext
-from trickbox_cutmix import CutMix, box_lambda, cutmix, sample_box
 
 K = 10
 
