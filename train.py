@@ -8,7 +8,8 @@ if __name__ == "__main__":
     if not args or args[0] not in ("train", "sweep", "eval", "list", "report", "new-plugin", "-h", "--help"):
         if "--sweep" in args:
             i = args.index("--sweep")
-            args = ["sweep", args[i + 1], "--distributed-trial", *args[:i], *args[i + 2:]] if i + 1 < len(args) else ["sweep"]
+            args = (["sweep", args[i + 1], "--distributed-trial", *args[:i], *args[i + 2:]] if i + 1 < len(args)
+                    else ["sweep"])
         else:
             args = ["train", *args]
     sys.argv = [sys.argv[0], *args]

@@ -232,7 +232,8 @@ def save_teacher(name: str, directory: Path, *, num_classes: int = 10, in_chans:
     return directory
 
 
-def four_tricks_config(teacher_dir: Path | None, *, alpha: float = 0.2, eps: float = 0.1, temperature: float = 4.0) -> dict:
+def four_tricks_config(teacher_dir: Path | None, *, alpha: float = 0.2, eps: float = 0.1,
+                       temperature: float = 4.0) -> dict:
     """The trick section used by the benchmarks: mixup, label smoothing, SGDR and (with a teacher) distillation."""
     cfg: dict = {
         "mixup": {"alpha": alpha, "grid": False},

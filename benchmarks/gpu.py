@@ -1,7 +1,8 @@
 """GPU throughput and MFU of trickbox on CIFAR: PreAct ResNet-18, batch 512, bf16 autocast, channels_last.
 
     python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md            # on a GPU, ~30 s (H100)
-    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md --compile  # adds torch.compile rows (~1 min)
+    python benchmarks/gpu.py --data cifar-small.zip --out docs/results/gpu.md --compile  # adds torch.compile rows
+                                                                                         # (~1 min)
     python benchmarks/gpu.py --quick --out /tmp/gpu.md                                   # tiny, runs on CPU too
 
 The training images live on the device as one uint8 tensor (``InMemoryLoader``
@@ -73,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time the student under torch.compile")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype (default bf16)")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s of the device for MFU (H100 SXM bf16: 989)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="peak dense TFLOP/s of the device for MFU (H100 SXM bf16: 989)")
     p.add_argument("--diagnose", action="store_true",
                    help="add variants that isolate costs: plain+nan-check (plain with TrickSet's host-side NaN check), "
                         "trickbox-no-check (TrickSet.loss without it) and tricks-no-kd (mixup, smoothing, SGDR only)")
@@ -103,7 +105,8 @@ def images(args: argparse.Namespace, work: Path) -> tuple[torch.Tensor, torch.Te
         from trickbox.data import DataConfig, load_dataset
 
         t0 = time.perf_counter()
-        d = load_dataset(DataConfig(name="imagefolder", root=args.data, val_fraction=0.0, cache_dir=str(work / "cache")), progress=False)
+        d = load_dataset(DataConfig(name="imagefolder", root=args.data, val_fraction=0.0,
+                                    cache_dir=str(work / "cache")), progress=False)
         log(f"decoded {len(d.train_y)} images in {time.perf_counter() - t0:.1f} s")
         return d.train_x, d.train_y, d.mean, d.std, f"{len(d.train_y)} images from {Path(args.data).name}"
     n = max(4 * args.batch_size, 256)
@@ -130,7 +133,8 @@ class Bench:
 
         self.args, self.device = args, device
         x, y, mean, std, self.source = images(args, work)
-        self.loader_args = dict(batch_size=args.batch_size, device=device, mean=mean, std=std, crop_padding=4, flip=True, drop_last=True)
+        self.loader_args = dict(batch_size=args.batch_size, device=device, mean=mean, std=std, crop_padding=4,
+                                flip=True, drop_last=True)
         self.x, self.y = x, y
         self.make_loader = lambda: InMemoryLoader(x, y, **self.loader_args)
         self.steps_per_epoch = len(self.make_loader())
@@ -201,7 +205,8 @@ class Bench:
         four = four_tricks_config(self.teacher_dir)
         out = {"plain": self.plain(False), "trickbox": self.trickbox(False, {}), "tricks": self.trickbox(False, four)}
         if self.args.diagnose:
-            out.update({"plain+nan-check": self.plain(False, nan_check=True), "trickbox-no-check": self.trickbox(False, {}, nan_check=False),
+            out.update({"plain+nan-check": self.plain(False, nan_check=True),
+                        "trickbox-no-check": self.trickbox(False, {}, nan_check=False),
                         "tricks-no-kd": self.trickbox(False, four_tricks_config(None))})
         if self.compiled is not None:
             out.update({"plain+compile": self.plain(True), "trickbox+compile": self.trickbox(True, {}),
@@ -297,18 +302,21 @@ def main(argv: list[str] | None = None) -> int:
         f = flops[_eager(name)]
         mfu = f / step_s / (args.peak_tflops * 1e12)
         s = syncs.get(_eager(name))
-        rows.append((name, f"{step_s * 1e3:.2f} ms", f"{args.batch_size / step_s:,.0f}", f"{f / 1e9:,.1f}", f"{mfu * 100:.2f} %",
-                     f"{step_s / base:.3f}", "n/a" if s is None else str(s)))
+        rows.append((name, f"{step_s * 1e3:.2f} ms", f"{args.batch_size / step_s:,.0f}", f"{f / 1e9:,.1f}",
+                     f"{mfu * 100:.2f} %", f"{step_s / base:.3f}", "n/a" if s is None else str(s)))
     extra = [
         f"model {args.model}, batch {args.batch_size}, {args.precision} autocast, channels_last={args.channels_last}, "
-        f"torch.compile={'yes (student only)' if args.compile else 'no'}, data: {bench.source} resident on {device.type}",
+        f"torch.compile={'yes (student only)' if args.compile else 'no'}, data: {bench.source} resident on "
+        f"{device.type}",
         f"teacher for distillation: {args.teacher} (random weights, eager)",
         f"MFU = FLOPs per step (FlopCounterMode) / step time / {args.peak_tflops:g} TFLOP/s",
-        f"{args.rounds} rounds x {args.steps} steps per variant, {args.warmup} warm-up steps; total {time.perf_counter() - t_start:.0f} s",
+        f"{args.rounds} rounds x {args.steps} steps per variant, {args.warmup} warm-up steps; total "
+        f"{time.perf_counter() - t_start:.0f} s",
     ]
     if peak_mem is not None:
         extra.append(f"peak GPU memory allocated: {peak_mem / 2**30:.1f} GiB")
-    table = markdown_table(("variant", "step", "images/s", "GFLOP/step", "MFU", "step vs plain", "sync warnings/step"), rows)
+    table = markdown_table(("variant", "step", "images/s", "GFLOP/step", "MFU", "step vs plain", "sync warnings/step"),
+                           rows)
     command = "python benchmarks/gpu.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     text = "\n".join(["# GPU throughput", "", f"Command: `{command}`", "", *machine_lines(extra), "", table, ""])
     print(text)

@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     print(json.dumps({
-        "n": len(x), "dim": x.shape[1], "k": args.k, "same_class": args.same_class, "seconds": seconds, "load_s": load_s,
-        "baseline_rss": baseline, "peak_rss": sampler.peak, "extra_rss": sampler.peak - baseline, "ru_maxrss": maxrss,
-        "table_bytes": table.numel() * table.element_size(),
+        "n": len(x), "dim": x.shape[1], "k": args.k, "same_class": args.same_class, "seconds": seconds,
+        "load_s": load_s, "baseline_rss": baseline, "peak_rss": sampler.peak, "extra_rss": sampler.peak - baseline,
+        "ru_maxrss": maxrss, "table_bytes": table.numel() * table.element_size(),
     }))
     return 0
 

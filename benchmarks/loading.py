@@ -57,7 +57,8 @@ def bench_loaders(src_zip: Path, work: Path, *, per_class: int, rounds: int, bat
     extract_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    data = load_dataset(DataConfig(name="imagefolder", root=str(sub), val_fraction=0.0, cache_dir=str(work / "cache")), progress=False)
+    data = load_dataset(DataConfig(name="imagefolder", root=str(sub), val_fraction=0.0, cache_dir=str(work / "cache")),
+                        progress=False)
     decode_s = time.perf_counter() - t0
     n = len(data.train_y)
     log(f"loaders: {n} images; one-time decode {decode_s:.1f} s, extract {extract_s:.1f} s")
@@ -76,15 +77,15 @@ def bench_loaders(src_zip: Path, work: Path, *, per_class: int, rounds: int, bat
     def our_epoch(i: int) -> None:
         ours.set_epoch(i)
         seen = 0
-        for x, y, _ in ours:
+        for _x, y, _ in ours:
             seen += len(y)
-        _check(seen, n, x)
+        _check(seen, n, _x)
 
     def their_epoch(i: int) -> None:
         seen = 0
-        for x, y in theirs:
+        for _x, y in theirs:
             seen += len(y)
-        _check(seen, n, x)
+        _check(seen, n, _x)
 
     timed = interleave({"trickbox": our_epoch, "torchvision": their_epoch}, rounds=rounds, calls=1, warmup=1)
     theirs = None  # the workers end with their loader

@@ -110,7 +110,8 @@ def list_source(archive: zipfile.ZipFile, shown: str) -> dict[str, list[str]]:
         if len(parts) == 3 and parts[0] == "train" and parts[2].lower().endswith(IMAGE_SUFFIXES):
             by_class.setdefault(parts[1], []).append(name)
     if not by_class:
-        raise UsageError(f"{shown} has no train/<class>/<image> members; give an ImageFolder zip such as {DEFAULT_SOURCE}")
+        raise UsageError(f"{shown} has no train/<class>/<image> members; give an ImageFolder zip such as "
+                         f"{DEFAULT_SOURCE}")
     return {c: sorted(by_class[c]) for c in sorted(by_class)}
 
 
@@ -189,7 +190,7 @@ def make_plan(sources: dict[str, list[str]], *, images: int, classes: int, val_f
     members, reused = assign_sources(rng, pools, [t + v for t, v in counts])
     rows: list[tuple[str, int, str]] = []  # (split, label, member) in (split, class, index) order
     for split_index, split in enumerate(SPLITS):
-        for k, (n_train, n_val) in enumerate(counts):
+        for k, (n_train, _n_val) in enumerate(counts):
             picked = members[k][:n_train] if split_index == 0 else members[k][n_train:]
             rows.extend((split, k, m) for m in picked)
     ranges = np.array([styles[label].crop_range for _, label, _ in rows], dtype=np.float64).reshape(-1, 2)
@@ -356,11 +357,13 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def readme_text(plan: Plan, writers: dict[str, ShardWriter], args: argparse.Namespace, command: str, source_sha: str) -> str:
+def readme_text(plan: Plan, writers: dict[str, ShardWriter], args: argparse.Namespace, command: str,
+                source_sha: str) -> str:
     """``README.md`` of the dataset: what it is, how it was made, how to load it."""
     n = {split: len(plan.images[split]) for split in SPLITS}
     shards = "\n".join(
-        f"    wds/{w.pattern()}   {plural(len(w.shards), 'shard')}, {n[s]} samples" for s, w in writers.items() if w.shards
+        f"    wds/{w.pattern()}   {plural(len(w.shards), 'shard')}, {n[s]} samples" for s, w in writers.items()
+        if w.shards
     )
     crop_styles = ", ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in CROP_STYLES)
     n_source = len(plan.source_classes)
@@ -397,7 +400,8 @@ Each WebDataset sample is `<key>.jpg` + `<key>.cls` (the class index as ASCII te
   (sha256 `{source_sha}`), its `train/` images only (`test/` is left untouched).
 - Class k shows source class k % {n_source} (of {", ".join(plan.source_classes)}).
   Within one source class no source image is used twice while there are enough
-  ({"none was reused" if plan.reused_sources == 0 else f"{plan.reused_sources} were reused"}), so train and val images come from different source images.
+  ({"none was reused" if plan.reused_sources == 0
+    else f"{plan.reused_sources} were reused"}), so train and val images come from different source images.
 - Each image: brightness, contrast and saturation jitter of +-{JITTER:.0%}; a {TINT_STRENGTH:.0%} blend towards a
   tinted grey copy, the tint's hue fixed per group k // {n_source} of classes; a random sub-rectangle of the
   32x32 source (side fraction per group, alternating {crop_styles}; crop aspect close to the output's);
@@ -421,7 +425,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for val/ (default: 0.1)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per WebDataset shard (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same dataset (default: 0)")
-    p.add_argument("--source", default=str(DEFAULT_SOURCE), help=f"CIFAR-style ImageFolder zip (default: {DEFAULT_SOURCE})")
+    p.add_argument("--source", default=str(DEFAULT_SOURCE),
+                   help=f"CIFAR-style ImageFolder zip (default: {DEFAULT_SOURCE})")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: the usable CPUs)")
     args = p.parse_args(argv)
     if args.images < 1:
@@ -432,7 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     per_class = 2 if args.val_fraction > 0 else 1
     if args.images < per_class * args.classes:
-        p.error(f"--images {args.images} is too few for {args.classes} classes: give at least {per_class * args.classes}")
+        p.error(f"--images {args.images} is too few for {args.classes} classes: give at least "
+                f"{per_class * args.classes}")
     if args.shard_size < 1:
         p.error(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.workers < 1:

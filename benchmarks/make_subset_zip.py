@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover - trickbox not installed; use the checko
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_subset_zip(src: str | Path, dst: str | Path, *, per_class: int, test_per_class: int | None = None) -> dict[str, int]:
+def make_subset_zip(src: str | Path, dst: str | Path, *, per_class: int,
+                    test_per_class: int | None = None) -> dict[str, int]:
     """Write the subset zip ``dst``; return image counts ``{"train": n, "test": m, "classes": k}``."""
     from trickbox.data import DataConfig
     from trickbox.data.layout import find_layout
@@ -40,7 +41,8 @@ def make_subset_zip(src: str | Path, dst: str | Path, *, per_class: int, test_pe
     layout = find_layout(DataConfig(name="imagefolder", root=str(src)))
     with zipfile.ZipFile(src) as zin:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zout:
-            for split, samples, quota in (("train", layout.train.samples, per_class), ("test", layout.test.samples, test_n)):
+            for split, samples, quota in (("train", layout.train.samples, per_class),
+                                          ("test", layout.test.samples, test_n)):
                 taken = [0] * len(layout.classes)
                 for name, label in samples:  # type: ignore[union-attr]
                     if taken[label] >= quota:
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_subset_zip: error: {exc}", file=sys.stderr)
         return 2
     size = Path(args.dst).stat().st_size
-    print(f"wrote {args.dst}: {counts['train']} train + {counts['test']} test images, {counts['classes']} classes, {size / 2**20:.1f} MiB")
+    print(f"wrote {args.dst}: {counts['train']} train + {counts['test']} test images, {counts['classes']} classes, "
+          f"{size / 2**20:.1f} MiB")
     return 0
 
 

@@ -81,7 +81,8 @@ import json, resource, sys
 from trickbox.cli import main
 code = main(sys.argv[2:])
 print(json.dumps({"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "code": code}), file=open(sys.argv[1], "w"))
+                  "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "code": code}),
+      file=open(sys.argv[1], "w"))
 """
 
 
@@ -90,8 +91,8 @@ def peak_rss(folder: Path, work: Path, subset: int | None, *, workers: int) -> d
     out = work / f"peak-{subset or 'all'}.json"
     args = ["train", "--tracker", "none", "data.name=imagefolder", f"data.root={folder}", "data.loader=stream",
             "data.image_size=64", f"data.workers={workers}", "model.name=cifar_resnet8", "train.epochs=1",
-            "train.batch_size=64", "train.eval_batch_size=256", "train.progress=false", f"train.out_dir={work / 'runs'}",
-            *([f"data.train_subset={subset}"] if subset else [])]
+            "train.batch_size=64", "train.eval_batch_size=256", "train.progress=false",
+            f"train.out_dir={work / 'runs'}", *([f"data.train_subset={subset}"] if subset else [])]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", PEAK, str(out), *args], check=True, cwd=work,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"trickbox-streaming-{os.getpid()}"
     work.mkdir(parents=True)
     print("(a) loaders", file=sys.stderr)
-    loaders = bench_loaders(folder, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size, workers=args.workers)
+    loaders = bench_loaders(folder, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size,
+                            workers=args.workers)
     print("(b) peak RSS", file=sys.stderr)
     small = peak_rss(folder, work, args.small, workers=args.workers)
     full = peak_rss(folder, work, None, workers=args.workers)

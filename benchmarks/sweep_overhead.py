@@ -137,18 +137,20 @@ def main() -> int:
     c_sweep: list[float] = []
     for r in range(cli_rounds):  # alternate, like the in-process rounds
         jobs = [("train", ["train", "-c", str(cfg_file), f"train.out_dir={tmp / 'cli'}"]),
-                ("sweep", ["sweep", str(SPEC), *overrides, "--n-trials", "1", "--study", f"cli{r}", "--out-dir", str(tmp / "cli-sweep")])]
+                ("sweep", ["sweep", str(SPEC), *overrides, "--n-trials", "1", "--study", f"cli{r}",
+                           "--out-dir", str(tmp / "cli-sweep")])]
         for kind, cmd in (jobs if r % 2 == 0 else jobs[::-1]):
             (c_train if kind == "train" else c_sweep).append(cli(cmd))
     cli_train, cli_sweep = statistics.median(c_train), statistics.median(c_sweep)
 
     startup = cli_sweep - cli_train
     rows = [
-        ("train(cfg) alone (`trickbox train` in-process), median of %d" % rounds, a_med),
-        ("one sweep trial in a worker, median of %d" % rounds, b_med),
+        (f"train(cfg) alone (`trickbox train` in-process), median of {rounds}", a_med),
+        (f"one sweep trial in a worker, median of {rounds}", b_med),
         ("  of which train() itself", part["train"]),
         ("  trial.report + should_prune, every epoch", part["report"]),
-        ("  the rest: lock, reap, ask, sample, attrs, config, tricks, rank files, tell, free_memory", part["around_train"]),
+        ("  the rest: lock, reap, ask, sample, attrs, config, tricks, rank files, tell, free_memory",
+         part["around_train"]),
         ("**overhead per trial** (the two lines above)", overhead),
         ("create/join the study (once per worker)", create_s),
         (f"`trickbox train` (new process), median of {cli_rounds}", cli_train),

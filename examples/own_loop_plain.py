@@ -32,10 +32,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--model", default="cifar_resnet8", help="any timm model name")
-    p.add_argument("--data", default="digits", help="'digits', or the path of a zip with train/ and test/ class folders")
+    p.add_argument("--data", default="digits",
+                   help="'digits', or the path of a zip with train/ and test/ class folders")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images of each split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracker", choices=("wandb", "none"), default="wandb" if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") else "none")
+    p.add_argument("--tracker", choices=("wandb", "none"),
+                   default="wandb" if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") else "none")
     return p.parse_args()
 
 
@@ -84,7 +86,8 @@ def main() -> None:
     args = parse_args()
     accelerator = Accelerator(log_with=None if args.tracker == "none" else args.tracker)
     set_seed(args.seed)
-    x_train, y_train, x_test, y_test = load_digits_tensors() if args.data == "digits" else load_zip_tensors(args.data, args.limit)
+    x_train, y_train, x_test, y_test = (load_digits_tensors() if args.data == "digits"
+                                        else load_zip_tensors(args.data, args.limit))
     x_train, x_val, y_train, y_val = train_test_split(x_train, y_train, test_size=0.1, stratify=y_train, random_state=0)
     mean, std = x_train.mean(dim=(0, 2, 3), keepdim=True), x_train.std(dim=(0, 2, 3), keepdim=True)
     x_train, x_val, x_test = (x_train - mean) / std, (x_val - mean) / std, (x_test - mean) / std
@@ -95,7 +98,8 @@ def main() -> None:
 
     model = timm.create_model(args.model, num_classes=num_classes, in_chans=x_train.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, val_loader, test_loader)
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, train_loader,
+                                                                                  val_loader, test_loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
     accelerator.init_trackers("own-loop", config=vars(args))
 
@@ -111,7 +115,8 @@ def main() -> None:
             total_loss += loss.item()
         train_loss, val_accuracy = total_loss / len(train_loader), evaluate(model, val_loader, accelerator)
         accelerator.log({"train/loss": train_loss, "val/accuracy": val_accuracy}, step=(epoch + 1) * len(train_loader))
-        accelerator.print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, val accuracy {val_accuracy:.4f}")
+        accelerator.print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, val accuracy "
+                          f"{val_accuracy:.4f}")
 
     test_accuracy = evaluate(model, test_loader, accelerator)
     accelerator.log({"test/accuracy": test_accuracy}, step=args.epochs * len(train_loader))

@@ -15,7 +15,7 @@ so an interrupted table continues), then rendered from the study's storage (``tr
 ``report.md`` table) into ``docs/results/paper_<table>[-full].md`` with the exact command, the
 commit, the machine and the wall time, plus plots next to it. ``--render-only`` re-renders from a
 finished study without training.
-"""
+"""  # noqa: E501 - the usage lines are --help text (description=__doc__); wrapping them would change it
 from __future__ import annotations
 
 import argparse
@@ -68,9 +68,9 @@ def study_name(table: str, profile: str) -> str:
 def run_sweep(table: str, args: argparse.Namespace) -> float:
     """Run (or continue) the table's grid; return the wall time of this invocation."""
     spec = REPO / "sweeps" / "paper" / f"{table}.yaml"
-    cmd = ["trickbox", "sweep", str(spec.relative_to(REPO)), "--workers", str(args.workers), "--study", study_name(table, args.profile),
-           "--out-dir", args.out_dir, *overrides_for(table, args.profile), *(["train.tracker=none"] if args.no_wandb else []),
-           *args.overrides]
+    cmd = ["trickbox", "sweep", str(spec.relative_to(REPO)), "--workers", str(args.workers), "--study",
+           study_name(table, args.profile), "--out-dir", args.out_dir, *overrides_for(table, args.profile),
+           *(["train.tracker=none"] if args.no_wandb else []), *args.overrides]
     print("$", shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -80,7 +80,7 @@ def run_sweep(table: str, args: argparse.Namespace) -> float:
 
 
 def load_rows(table: str, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-    from trickbox.report import grid_rows, load_study
+    from trickbox.sweep.report import grid_rows, load_study
 
     study, _ = load_study(study_name(table, args.profile), None, REPO / args.out_dir)
     info = dict(study.user_attrs.get("trickbox") or {})
@@ -93,16 +93,19 @@ def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     picked = [r for r in rows if str(r["params"].get("variant")) in ("ERM (α=0)", "α=1")]
     if len(picked) != 2:
-        raise SystemExit("the alpha grid has no finished ERM (α=0) and α=1 rows yet; run: python experiments/paper.py alpha")
+        raise SystemExit("the alpha grid has no finished ERM (α=0) and α=1 rows yet; "
+                         "run: python experiments/paper.py alpha")
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.perf_counter()
-    jobs: list[tuple[str, str, Path]] = [(str(row["params"]["variant"]), attack, Path(by_number[n].user_attrs["run_dir"]))
+    jobs: list[tuple[str, str, Path]] = [(str(row["params"]["variant"]), attack,
+                                          Path(by_number[n].user_attrs["run_dir"]))
                                          for row in picked for n in row["trials"] for attack in ("fgsm", "ifgsm")]
     todo = [j for j in jobs if not (j[2] / f"eval-test-{j[1]}.json").is_file()]
     workers = int(args.workers) if str(args.workers).isdigit() else 1
     # one thread per evaluation, as the sweep's CPU workers train: the workers share the cores
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
 
     def attack_one(job: tuple[str, str, Path]) -> None:
         cmd = ["trickbox", "eval", str(job[2]), "--attack", job[1], "--eps", ATTACK_EPS, "--no-progress"]
@@ -114,14 +117,17 @@ def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any
     ran = time.perf_counter() - t0 if todo else 0.0
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for name, attack, run_dir in jobs:
-        results.setdefault(name, {}).setdefault(attack, []).append(json.loads((run_dir / f"eval-test-{attack}.json").read_text()))
+        results.setdefault(name, {}).setdefault(attack, []).append(
+            json.loads((run_dir / f"eval-test-{attack}.json").read_text()))
     prov = json.loads(provenance_file(args).read_text()) if provenance_file(args).is_file() else {}
     if ran > 0 or "eval_seconds" not in prov:
         record_provenance(args, eval_seconds=ran if ran > 0 else time.perf_counter() - t0)
         prov = json.loads(provenance_file(args).read_text())
-    summary = {name: {attack: [_adversarial_rows(r) for r in runs] for attack, runs in attacks.items()} for name, attacks in results.items()}
+    summary = {name: {attack: [_adversarial_rows(r) for r in runs] for attack, runs in attacks.items()}
+               for name, attacks in results.items()}
     (docs_dir(args) / f"paper_adversarial{'' if args.profile == 'cpu' else '-' + args.profile}.json").write_text(
-        json.dumps({n: {a: [{str(e): v for e, v in r.items()} for r in rs] for a, rs in at.items()} for n, at in summary.items()}, indent=1,
+        json.dumps({n: {a: [{str(e): v for e, v in r.items()} for r in rs] for a, rs in at.items()}
+                    for n, at in summary.items()}, indent=1,
                    ensure_ascii=False) + "\n")
     return _adversarial_table(results), float(prov["eval_seconds"])
 
@@ -143,7 +149,8 @@ def _adversarial_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> s
                 t1 = mean_std([100 * p[eps]["top1"] for p in parsed if eps in p])
                 t5 = mean_std([100 * p[eps]["top5"] for p in parsed if eps in p])
                 label = "clean" if eps == 0 else f"{eps:g}"
-                lines.append(f"| {name} | {attack.upper()} | {label} | {t1[0]:.2f} ± {t1[1]:.2f} | {t5[0]:.2f} ± {t5[1]:.2f} | {len(parsed)} |")
+                lines.append(f"| {name} | {attack.upper()} | {label} | {t1[0]:.2f} ± {t1[1]:.2f} | {t5[0]:.2f} ± "
+                             f"{t5[1]:.2f} | {len(parsed)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,23 +189,29 @@ def rerun(args: argparse.Namespace) -> int:
     from trickbox.trick import ConfigError
 
     try:
-        spec = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml", [*overrides_for(args.table, args.profile), *args.overrides])
+        spec = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml",
+                         [*overrides_for(args.table, args.profile), *args.overrides])
         params: dict[str, Any] = {VARIANT: args.rerun, "train.seed": args.seed}
         for item in args.at:
             key, _, text = item.partition("=")
             params[key] = yaml.safe_load(text)
         for d in spec.search:
             if d.name not in params:
-                raise ConfigError(f"--rerun needs the row's {d.name}: add --at {d.name}=VALUE (one of {list(d.choices or ())})")
-            if d.choices is not None and params[d.name] not in d.choices and d.name != "train.seed":  # any seed may be rerun
-                raise ConfigError(f"{d.name}={params[d.name]!r} is not a row of {args.table}; choose from {list(d.choices)}")
+                raise ConfigError(f"--rerun needs the row's {d.name}: add --at {d.name}=VALUE (one of "
+                                  f"{list(d.choices or ())})")
+            # any seed may be rerun
+            if d.choices is not None and params[d.name] not in d.choices and d.name != "train.seed":
+                raise ConfigError(f"{d.name}={params[d.name]!r} is not a row of {args.table}; choose from "
+                                  f"{list(d.choices)}")
         unknown = set(params) - {d.name for d in spec.search}
         if unknown:
-            raise ConfigError(f"--at {sorted(unknown)[0]}: not a grid dimension of {args.table}; they are {[d.name for d in spec.search]}")
+            raise ConfigError(f"--at {sorted(unknown)[0]}: not a grid dimension of {args.table}; they are "
+                              f"{[d.name for d in spec.search]}")
     except ConfigError as exc:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2
-    first = REPO / args.out_dir / study_name(args.table, args.profile) / FIRST_DIR  # the table's train_first run (a teacher), when it has one
+    # the table's train_first run (a teacher), when it has one
+    first = REPO / args.out_dir / study_name(args.table, args.profile) / FIRST_DIR
     mapping = spec.trial_mapping(params, str(first) if spec.train_first is not None else None)
     work = REPO / args.out_dir / f"{spec.study}-rerun"
     name = f"{hashlib.sha256(row_key(params).encode()).hexdigest()[:10]}-s{args.seed}"
@@ -206,11 +219,14 @@ def rerun(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / f"{name}.yaml"
     cfg_file.write_text(yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False))
-    cmd = ["trickbox", "train", "--config", str(cfg_file), f"train.out_dir={work}", f"train.run_name={name}", "train.tracker=none"]
+    cmd = ["trickbox", "train", "--config", str(cfg_file), f"train.out_dir={work}", f"train.run_name={name}",
+           "train.tracker=none"]
     print("$", shlex.join(cmd), flush=True)
-    # the sweep's CPU workers train with cores/workers threads each; the same count makes the float sums, and so the run, identical
+    # the sweep's CPU workers train with cores/workers threads each; the same count makes the float sums,
+    # and so the run, identical
     threads = max(1, (os.cpu_count() or 1) // int(args.workers)) if str(args.workers).isdigit() else None
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads and "OMP_NUM_THREADS" not in os.environ else {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           **({"OMP_NUM_THREADS": str(threads)} if threads and "OMP_NUM_THREADS" not in os.environ else {})}
     res = subprocess.run(cmd, cwd=REPO, env=env)
     if res.returncode != 0:
         return res.returncode
@@ -229,7 +245,8 @@ def compare_rerun(args: argparse.Namespace, params: dict[str, Any], summary: dic
 
     seen = str(args.seed) in row
     print(f"\nrow {args.rerun!r} {params}, seed {args.seed} "
-          + ("(a committed seed: the same number is expected, up to float sums)" if seen else "(a seed the table never trained)"))
+          + ("(a committed seed: the same number is expected, up to float sums)" if seen
+             else "(a seed the table never trained)"))
     print(f"committed seeds: {sorted(row, key=lambda x: int(x) if x.isdigit() else x) or 'none'}; "
           f"interval: {100 * (1 - LEVEL):.0f} % prediction interval for one new seed, mean ± t·s·√(1 + 1/n)")
     print(f"{'metric':<26} {'rerun':>9} {'committed':>10} {'row mean ± std':>18} {'prediction interval':>22}  inside")
@@ -242,7 +259,8 @@ def compare_rerun(args: argparse.Namespace, params: dict[str, Any], summary: dic
         theirs = row.get(str(args.seed), {}).get(name)
         theirs_s = "—" if theirs is None else f"{theirs:.4f}"
         if mine is None or len(vals) < 2:
-            print(f"{k:<26} {mine if mine is not None else '—':>9} {theirs_s:>10}   (fewer than 2 committed seeds: nothing to compare)")
+            print(f"{k:<26} {mine if mine is not None else '—':>9} {theirs_s:>10}   (fewer than 2 committed seeds: "
+                  "nothing to compare)")
             ok = False
             continue
         m, sd = statistics.mean(vals), statistics.stdev(vals)
@@ -251,7 +269,8 @@ def compare_rerun(args: argparse.Namespace, params: dict[str, Any], summary: dic
             lo, hi = max(lo, 0.0), min(hi, 1.0)  # an accuracy stays in [0, 1]
         inside = lo - 1e-12 <= mine <= hi + 1e-12
         ok = ok and inside
-        print(f"{k:<26} {mine:>9.4f} {theirs_s:>10} {m:>9.4f} ± {sd:.4f} {f'[{lo:.4f}, {hi:.4f}]':>22}  {'yes' if inside else 'NO'}")
+        print(f"{k:<26} {mine:>9.4f} {theirs_s:>10} {m:>9.4f} ± {sd:.4f} {f'[{lo:.4f}, {hi:.4f}]':>22}  "
+              f"{'yes' if inside else 'NO'}")
     print("inside the committed seeds' prediction interval on every metric" if ok
           else "OUTSIDE the committed seeds' prediction interval on some metric (or nothing committed to compare)")
     return 0 if ok else 1
@@ -293,7 +312,8 @@ def record_provenance(args: argparse.Namespace, **extra: Any) -> None:
     f = provenance_file(args)
     f.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(f.read_text()) if f.is_file() else {}
-    f.write_text(json.dumps({**old, "commit": commit(), "machine": machine(), "date": str(date.today()), **extra}, indent=1) + "\n")
+    f.write_text(json.dumps({**old, "commit": commit(), "machine": machine(), "date": str(date.today()), **extra},
+                            indent=1) + "\n")
 
 
 def erm_fit(table: str, rows: list[dict[str, Any]]) -> str:
@@ -313,10 +333,12 @@ def erm_fit(table: str, rows: list[dict[str, Any]]) -> str:
             parts.append(f"{where}: {m:.1f} ± {sd:.1f} % accuracy on the noisy labels")
         else:
             m, sd = mean_std([100.0 - f for f in fit])
-            parts.append(f"{where + ': ' if where else ''}{m:.1f} ± {sd:.1f} % ({len(fit)} seeds, max {max(100.0 - f for f in fit):.1f} %)")
+            parts.append(f"{where + ': ' if where else ''}{m:.1f} ± {sd:.1f} % ({len(fit)} seeds, max "
+                         f"{max(100.0 - f for f in fit):.1f} %)")
     if not parts:
         return ""
-    word = "ERM's final fit to its training labels" if table == "labels" else "ERM's final training error (no augmentation, the labels trained on)"
+    word = ("ERM's final fit to its training labels" if table == "labels"
+            else "ERM's final training error (no augmentation, the labels trained on)")
     return f"**{word}** (row `{want}`): " + "; ".join(parts) + "."
 
 
@@ -342,18 +364,21 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
     what = "attack evaluation" if args.table == "adversarial" else "trials"
     lines += [
         f"- Command: `{command_line(args)}` (spec `sweeps/paper/{spec}.yaml`"
-        + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu" else "") + ")",
+        + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu"
+           else "") + ")",
         f"- Commit: {what} ran at {trained} ({prov.get('date', date.today())}); table rendered at {rendered}",
         f"- Machine: {host}",
-        (f"- Wall time: {wall / 60:.1f} min for the attack evaluations ({args.workers} `trickbox eval` processes at a time)."
+        (f"- Wall time: {wall / 60:.1f} min for the attack evaluations ({args.workers} `trickbox eval` processes at a "
+         "time)."
          if args.table == "adversarial" else
-         f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} workers, "
-         f"{'one thread each' if 'no GPU' in host else 'sharing the GPU'}); "
+         f"- Wall time: {wall / 60:.1f} min from the first trial's start to the last one's end ({args.workers} "
+         f"workers, {'one thread each' if 'no GPU' in host else 'sharing the GPU'}); "
          f"the trials' own training times add up to {train_seconds / 60:.1f} min."),
-        "- Objective and model selection: validation top-1 (a split of the training images); the test split is only reported.",
+        "- Objective and model selection: validation top-1 (a split of the training images); the test split is only "
+        "reported.",
         "- Verdicts: [README.md](README.md#verdicts), each with its test (Welch's or the paired t-test over the seeds, "
-        "two-sided, level 0.05), the difference's 95 % interval and p; `--rerun ROW --seed N` checks one new seed against "
-        "the row's 95 % prediction interval.",
+        "two-sided, level 0.05), the difference's 95 % interval and p; `--rerun ROW --seed N` checks one new seed "
+        "against the row's 95 % prediction interval.",
         "",
     ]
     doc.write_text("\n".join(lines))
@@ -372,8 +397,8 @@ TITLES = {
     "regression": "Regression check (CI): ERM against mixup under 50 % label noise, 300 images",
 }
 
-ERM_ROW = {"erm_mixup": "ERM", "alpha": "ERM (α=0)", "capacity": "ERM", "stack": "+ cosine", "labels": "ERM", "ablation": "ERM",
-           "regression": "ERM"}
+ERM_ROW = {"erm_mixup": "ERM", "alpha": "ERM (α=0)", "capacity": "ERM", "stack": "+ cosine", "labels": "ERM",
+           "ablation": "ERM", "regression": "ERM"}
 """The row whose training error shows the regime: plain ERM (in the stack, ERM with cosine decay)."""
 
 _PROFILE = ("The CPU profile (`sweeps/paper/cifar_paper.yaml`) puts the claim where the paper made it: ERM fits its "
@@ -385,25 +410,27 @@ _PROFILE = ("The CPU profile (`sweeps/paper/cifar_paper.yaml`) puts the claim wh
             "images carved from the training split; test: 1,000 images of the test split. Expect high test errors "
             "(an 800-image classifier) and look at the differences.")
 REGIME = {
-    "erm_mixup": _PROFILE + " Test error is evaluated after every epoch, for the curves and for the epoch validation picks.",
+    "erm_mixup": _PROFILE + " Test error is evaluated after every epoch, for the curves and for the epoch validation "
+                            "picks.",
     "alpha": _PROFILE + " The training error of every α shows how much each one keeps the network from memorising.",
     "adversarial": "The alpha table's ERM and α=1 models (3 seeds each, the CPU profile: ERM memorises its 800 "
                    "images), attacked on the 1,000 test images.",
     "capacity": _PROFILE + " The larger network is the same ResNet at twice the width (32 channels in the first stage "
-                           "instead of 16: four times the parameters, about 300k); both widths memorise their 800 images, "
-                           "so the table asks whether the extra capacity makes mixup's regularisation pay more.",
+                           "instead of 16: four times the parameters, about 300k); both widths memorise their 800 "
+                           "images, so the table asks whether the extra capacity makes mixup's regularisation pay "
+                           "more.",
     "stack": _PROFILE + " Distillation's teacher is a `cifar_resnet20` with cosine decay, trained once on the same 800 "
                         "images; the constant-LR baseline is the one row without cosine decay.",
-    "labels": "ERM must memorise the noisy labels, as in the paper. 500 training images (no augmentation, batch 32, weight "
-              "decay 1e-4, the paper's setting for this experiment, 30 epochs with cosine decay) are few enough for "
-              "`cifar_resnet8` to fit even 80 % random labels within the budget (a pilot with 80 % noise fitted 90 % of "
-              "them by epoch 21 of 40). The test split (1,000 images) is evaluated after every epoch: \"best\" is the test "
-              "error of the epoch that the clean validation split (500 images) picks, \"last\" the final epoch's; the fit "
-              "to the noisy training labels is measured once, at the end.",
-    "regression": "A short table that CI retrains (`experiments/regression.py`, in `tests/test_paper_grids.py`): two rows, "
-                  "two seeds, about two minutes on 2 cores. 300 images, half of their labels random, no augmentation, 20 "
-                  "epochs (batch 32, weight decay 1e-4): ERM memorises the noisy labels, mixup (α = 8) does not, and CI fails "
-                  "when that gap loses its direction or half its size.",
+    "labels": "ERM must memorise the noisy labels, as in the paper. 500 training images (no augmentation, batch 32, "
+              "weight decay 1e-4, the paper's setting for this experiment, 30 epochs with cosine decay) are few enough "
+              "for `cifar_resnet8` to fit even 80 % random labels within the budget (a pilot with 80 % noise fitted "
+              "90 % of them by epoch 21 of 40). The test split (1,000 images) is evaluated after every epoch: \"best\" "
+              "is the test error of the epoch that the clean validation split (500 images) picks, \"last\" the final "
+              "epoch's; the fit to the noisy training labels is measured once, at the end.",
+    "regression": "A short table that CI retrains (`experiments/regression.py`, in `tests/test_paper_grids.py`): two "
+                  "rows, two seeds, about two minutes on 2 cores. 300 images, half of their labels random, no "
+                  "augmentation, 20 epochs (batch 32, weight decay 1e-4): ERM memorises the noisy labels, mixup (α = "
+                  "8) does not, and CI fails when that gap loses its direction or half its size.",
     "ablation": _PROFILE + " KNN pairs use k = 3 of 800 images, the paper's 200 of 50,000 in proportion.",
 }
 
@@ -411,14 +438,19 @@ REGIME = {
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", choices=TABLES)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides of the spec's base config, e.g. data.root=PATH")
-    p.add_argument("--profile", choices=tuple(PROFILES), default="cpu", help="cpu: the specs as written; full: the paper's scale")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="extra overrides of the spec's base config, e.g. data.root=PATH")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="cpu",
+                   help="cpu: the specs as written; full: the paper's scale")
     p.add_argument("--workers", default="2", help="trickbox sweep workers (default 2; 'auto' = one per GPU)")
     p.add_argument("--out-dir", default="sweeps_out", help="the studies' output directory (default sweeps_out)")
-    p.add_argument("--wandb", dest="no_wandb", action="store_false", help="log every trial to W&B (default: off for speed)")
+    p.add_argument("--wandb", dest="no_wandb", action="store_false",
+                   help="log every trial to W&B (default: off for speed)")
     p.add_argument("--render-only", action="store_true", help="only re-render the doc from the finished study")
-    p.add_argument("--docs-dir", default="docs/results", help="where the table, its plots and its JSON go (default docs/results)")
-    p.add_argument("--rerun", metavar="VARIANT", help="train one row again (outside the study) and compare with the committed numbers")
+    p.add_argument("--docs-dir", default="docs/results",
+                   help="where the table, its plots and its JSON go (default docs/results)")
+    p.add_argument("--rerun", metavar="VARIANT",
+                   help="train one row again (outside the study) and compare with the committed numbers")
     p.add_argument("--seed", type=int, default=0, help="--rerun: the seed (default 0)")
     p.add_argument("--at", action="append", default=[], metavar="KEY=VALUE",
                    help="--rerun: the row's other grid values, e.g. --at data.label_noise=0.8")
@@ -443,11 +475,12 @@ def main(argv: list[str] | None = None) -> None:
         adversarial_plot(body, out / f"{stem}.png")
         images.append(f"{stem}.png")
     else:
-        from trickbox.report import grid_table
+        from trickbox.sweep.report import grid_table
         from trickbox.sweep.spec import load_spec
 
         # the spec's columns as written now (a column added after the study started shows too, where trials have it)
-        columns = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml", overrides_for(args.table, args.profile)).columns
+        columns = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml",
+                            overrides_for(args.table, args.profile)).columns
         body = grid_table(study, info.get("objective", "value"), info.get("params"), choices=info.get("choices"),
                           columns=columns or info.get("columns"))
         if args.table == "alpha":

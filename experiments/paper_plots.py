@@ -1,6 +1,6 @@
 """The pictures of the paper tables: bars per row, per-epoch curves, error against α, error against ε.
 
-Each function draws one PNG from a grid study's rows (``trickbox.report.grid_rows``), mean ± std over seeds.
+Each function draws one PNG from a grid study's rows (``trickbox.sweep.report.grid_rows``), mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ def bar_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) ->
     plt.close(fig)
 
 
-def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str, str]], group: str | None, path: Path) -> None:
-    """Per-epoch curves (mean over seeds) from each trial's metrics.jsonl, one panel per value of ``group`` (one panel: None)."""
+def curves_plot(study: Any, rows: list[dict[str, Any]], metrics: list[tuple[str, str]], group: str | None,
+                path: Path) -> None:
+    """Per-epoch curves (mean over seeds) from each trial's metrics.jsonl, one panel per value of ``group``
+    (one panel: None)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +106,8 @@ def alpha_plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.errorbar(pos, [t[0] for t in test], yerr=[t[1] for t in test], marker="o", capsize=3, label="test error")
     if all(t[0] == t[0] for t in train):
-        ax.errorbar(pos, [t[0] for t in train], yerr=[t[1] for t in train], marker="s", capsize=3, label="train error (clean labels, no aug.)")
+        ax.errorbar(pos, [t[0] for t in train], yerr=[t[1] for t in train], marker="s", capsize=3,
+                    label="train error (clean labels, no aug.)")
     ax.set_xticks(pos, [f"{a:g}" for a in xs])
     ax.set_xlabel("mixup α (0 = ERM)")
     ax.set_ylabel("error (%)")

@@ -7,7 +7,7 @@ An effect is the difference of two rows' means on one metric (:data:`EFFECTS`). 
 difference has the sign of the committed one (``docs/results/paper_regression.json``) and at least
 :data:`KEEP` of its size: a trick that stops working, or a change that silently makes the two rows
 train alike, fails here. The committed table is made by ``python experiments/paper.py regression``.
-"""
+"""  # noqa: E501 - the usage lines are --help text (description=__doc__); wrapping them would change it
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,8 @@ COMMITTED = REPO / "docs" / "results" / "paper_regression.json"
 KEEP = 0.5
 """The share of the committed effect that must remain (same sign, at least this fraction of its size)."""
 # metric, row a, row b, what a − b means. Only effects far beyond the seeds' spread belong here: the committed
-# test-error gap of this short table (1.2 points, std ~1) is not one of them, the fit to the noisy labels (59 points) is.
+# test-error gap of this short table (1.2 points, std ~1) is not one of them, the fit to the noisy labels
+# (59 points) is.
 EFFECTS = (
     ("train/top1", "ERM", "mixup (α=8)", "ERM fits more of the noisy training labels than mixup (accuracy on them)"),
 )
@@ -57,12 +58,14 @@ def compare(new: dict[str, Any], committed: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the table's base config, e.g. data.root=PATH")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the table's base config, e.g. data.root=PATH")
     p.add_argument("--keep", metavar="DIR", help="train into DIR and keep it (default: a temporary folder)")
     p.add_argument("--workers", default="2", help="sweep workers (default 2, as the committed table was trained)")
     args = p.parse_args(argv)
     if not COMMITTED.is_file():
-        print(f"regression.py: error: {COMMITTED} is missing; make it with: python experiments/paper.py regression", file=sys.stderr)
+        print(f"regression.py: error: {COMMITTED} is missing; make it with: python experiments/paper.py regression",
+              file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="trickbox-regression-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                "--out-dir", str(work / "out"), "--docs-dir", str(work / "docs"), *args.overrides]
         res = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
         if res.returncode != 0:
-            print(f"regression.py: error: the table did not train (exit {res.returncode}): {' '.join(cmd)}", file=sys.stderr)
+            print(f"regression.py: error: the table did not train (exit {res.returncode}): {' '.join(cmd)}",
+                  file=sys.stderr)
             return res.returncode
         new = json.loads((work / "docs" / "paper_regression.json").read_text())
     problems = compare(new, json.loads(COMMITTED.read_text()))

@@ -37,7 +37,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """reproduced: significant in the claimed direction; not reproduced: significant against it; else inconclusive."""
+        """reproduced: significant in the claimed direction; not reproduced: significant against it; else
+        inconclusive."""
         if self.n_a < 2 or self.n_b < 2 or math.isnan(self.p):
             return "not run" if min(self.n_a, self.n_b) < 2 else "inconclusive"
         if self.p < LEVEL:
@@ -69,7 +70,8 @@ def _from_scipy(test: str, result: object, sign: float, n_a: int, n_b: int) -> C
 
 
 def welch(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Comparison:
-    """Welch's t-test of mean(a) against mean(b) (scipy's ``ttest_ind(equal_var=False)``); ``higher``: the claim is a > b."""
+    """Welch's t-test of mean(a) against mean(b) (scipy's ``ttest_ind(equal_var=False)``); ``higher``: the claim
+    is a > b."""
     from scipy.stats import ttest_ind
 
     a, b = list(a), list(b)
@@ -78,7 +80,8 @@ def welch(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Com
         d = sign * (statistics.mean(a) - statistics.mean(b)) if a and b else float("nan")
         return Comparison("Welch t", d, float("nan"), float("nan"), float("nan"), len(a), len(b))
     d = sign * (statistics.mean(a) - statistics.mean(b))
-    if statistics.variance(a) == statistics.variance(b) == 0.0:  # every seed alike on both sides: the difference is exact
+    # every seed alike on both sides: the difference is exact
+    if statistics.variance(a) == statistics.variance(b) == 0.0:
         return Comparison("Welch t", d, d, d, 0.0 if d != 0 else 1.0, len(a), len(b))
     with _quiet():
         c = _from_scipy("Welch t", ttest_ind(a, b, equal_var=False), sign, len(a), len(b))

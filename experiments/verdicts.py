@@ -45,7 +45,8 @@ class Table:
         return {s: 100.0 * (1.0 - v) for s, v in out.items()} if error else out
 
     def best_by_val(self, variants: list[str], **dims: object) -> str:
-        scored = [(statistics.mean(v.values()), name) for name in variants if (v := self.values(name, "objective", error=False, **dims))]
+        scored = [(statistics.mean(v.values()), name) for name in variants
+                  if (v := self.values(name, "objective", error=False, **dims))]
         return max(scored)[1] if scored else variants[0]
 
 
@@ -71,7 +72,8 @@ def paired_higher(a: Seeds, b: Seeds) -> Comparison:
 
 
 def no_gain(c: Comparison) -> tuple[str, Comparison]:
-    """The claim "a gives no gain over b" from the comparison "a beats b": reproduced unless that gain is significant."""
+    """The claim "a gives no gain over b" from the comparison "a beats b": reproduced unless that gain is
+    significant."""
     if c.n_a < 2 or c.n_b < 2:
         return "not run", c
     return ("not reproduced" if c.verdict == "reproduced" else "reproduced"), c
@@ -129,7 +131,8 @@ def classification() -> list[Claim]:
                      f"test error {best}: {fmt(mix)} % vs ERM {fmt(erm)} %", "paper_alpha.md"))
     hi, lo = t.values("α=8", "train/top1"), t.values("α=0.2", "train/top1")
     out.append(claim(exp, "a large α regularises more: train error α=8 > α=0.2", higher(hi, lo),
-                     f"train error α=8: {fmt(hi)} % vs α=0.2: {fmt(lo)} %; test α=8: {fmt(t.values('α=8', 'test/top1'))} %", "paper_alpha.md"))
+                     f"train error α=8: {fmt(hi)} % vs α=0.2: {fmt(lo)} %; test α=8: "
+                     f"{fmt(t.values('α=8', 'test/top1'))} %", "paper_alpha.md"))
     c = Table("capacity")
     gains: dict[int, Seeds] = {}
     for width in (16, 32):
@@ -137,14 +140,15 @@ def classification() -> list[Claim]:
         m = c.values("mixup (α=1)", "test/top1", **{"model.kwargs.width": width})
         gains[width] = {s: e[s] - m[s] for s in e if s in m}
     out.append(claim(exp, "the bigger network gains more from mixup", higher(gains[32], gains[16]),
-                     f"gain (ERM − mixup test error) cifar_resnet8 width 32: {fmt(gains[32])} pt vs width 16: {fmt(gains[16])} pt",
+                     f"gain (ERM − mixup test error) cifar_resnet8 width 32: {fmt(gains[32])} pt vs width 16: "
+                     f"{fmt(gains[16])} pt",
                      "paper_capacity.md"))
     s = Table("stack")
     order = ["baseline (constant LR)", "+ cosine", "+ label smoothing", "+ distillation", "+ mixup"]
     for prev, row in zip(order, order[1:]):
         a, b = s.values(row, "test/top1"), s.values(prev, "test/top1")
-        out.append(claim("1 classification (stack)", f"{row.removeprefix('+ ')} helps on top of the row above", lower(a, b),
-                         f"test error {fmt(a)} % vs {fmt(b)} %", "paper_stack.md"))
+        out.append(claim("1 classification (stack)", f"{row.removeprefix('+ ')} helps on top of the row above",
+                         lower(a, b), f"test error {fmt(a)} % vs {fmt(b)} %", "paper_stack.md"))
     return out
 
 
@@ -159,21 +163,24 @@ def labels(name: str = "labels") -> list[Claim]:
         # accuracy on the (noisy) training labels, in %: how much of the noise each method fits
         erm_fit = {s: 100 * v for s, v in t.values("ERM", "train/top1", error=False, **d).items()}
         mix_fit = {s: 100 * v for s, v in t.values("mixup (α=8)", "train/top1", error=False, **d).items()}
-        out.append(claim(exp, f"{n}: ERM memorises the noise, so its last test error exceeds its best", paired_higher(last, best),
+        out.append(claim(exp, f"{n}: ERM memorises the noise, so its last test error exceeds its best",
+                         paired_higher(last, best),
                          f"last {fmt(last)} % vs best {fmt(best)} %; train acc. on noisy labels {fmt(erm_fit)} %", src))
         for metric, word in (("at_best_val/test/top1", "best"), ("test/top1", "last")):
             mix, drop = t.values("mixup (α=8)", metric, **d), t.values("ERM + dropout", metric, **d)
-            out.append(claim(exp, f"{n}: mixup beats dropout ({word} test error)", lower(mix, drop), f"{fmt(mix)} % vs {fmt(drop)} %", src))
+            out.append(claim(exp, f"{n}: mixup beats dropout ({word} test error)", lower(mix, drop),
+                             f"{fmt(mix)} % vs {fmt(drop)} %", src))
         for metric, word in (("at_best_val/test/top1", "best"), ("test/top1", "last")):
             mix, erm = t.values("mixup (α=8)", metric, **d), t.values("ERM", metric, **d)
-            out.append(claim(exp, f"{n}: mixup beats ERM ({word} test error)", lower(mix, erm), f"{fmt(mix)} % vs {fmt(erm)} %", src))
+            out.append(claim(exp, f"{n}: mixup beats ERM ({word} test error)", lower(mix, erm),
+                             f"{fmt(mix)} % vs {fmt(erm)} %", src))
         together = t.values("mixup (α=8) + dropout", "test/top1", **d)
         mix, drop = t.values("mixup (α=8)", "test/top1", **d), t.values("ERM + dropout", "test/top1", **d)
         out.append(claim(exp, f"{n}: mixup and dropout combine (last test error below each alone)",
                          both(lower(together, mix), lower(together, drop)),
                          f"{fmt(together)} % vs mixup {fmt(mix)} %, dropout {fmt(drop)} %", src))
-        out.append(claim(exp, f"{n}: ERM fits the noisy labels more than mixup (train accuracy on them)", higher(erm_fit, mix_fit),
-                         f"{fmt(erm_fit)} % vs {fmt(mix_fit)} %", src))
+        out.append(claim(exp, f"{n}: ERM fits the noisy labels more than mixup (train accuracy on them)",
+                         higher(erm_fit, mix_fit), f"{fmt(erm_fit)} % vs {fmt(mix_fit)} %", src))
     return out
 
 
@@ -189,7 +196,8 @@ def adversarial() -> list[Claim]:
         for eps, k in points:
             erm = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("ERM (α=0)", {}).get(attack, [])) if eps in r}
             mix = {str(i): 100 * r[eps][k] for i, r in enumerate(data.get("α=1", {}).get(attack, [])) if eps in r}
-            out.append(claim("3 adversarial", f"mixup (α=1) lowers the {attack.upper()} top-{k[-1]} error at ε={float(eps):g}/255",
+            out.append(claim("3 adversarial",
+                             f"mixup (α=1) lowers the {attack.upper()} top-{k[-1]} error at ε={float(eps):g}/255",
                              lower(mix, erm), f"{fmt(mix)} % vs ERM {fmt(erm)} %", "paper_adversarial.md"))
     return out
 
@@ -220,7 +228,8 @@ def ablation() -> list[Claim]:
 
 
 def table_block(claims: list[Claim]) -> list[str]:
-    lines = ["| experiment | claim | verdict | test: Δ in the claimed direction [95 % CI], p | numbers (mean ± std over seeds) | table |",
+    lines = ["| experiment | claim | verdict | test: Δ in the claimed direction [95 % CI], p | numbers (mean ± std "
+             "over seeds) | table |",
              "|---|---|---|---|---|---|"]
     for exp, text, verdict, comp, numbers, src in claims:
         shown = f"**{verdict}**" if verdict in ("reproduced", "not reproduced") else verdict
@@ -259,7 +268,8 @@ def times() -> list[str]:
         w, o = float(wall.group(1)), float(own.group(1)) if own else float(wall.group(1))
         wall_total, own_total = wall_total + w, own_total + o
         lines.append(f"| [{name}](paper_{name}.md) | {w:.1f} | {o:.1f} |")
-    lines.append(f"| **all** | **{wall_total:.1f}** ({wall_total / 60:.1f} h) | **{own_total:.1f}** ({own_total / 60:.1f} h) |")
+    lines.append(f"| **all** | **{wall_total:.1f}** ({wall_total / 60:.1f} h) | **{own_total:.1f}** "
+                 f"({own_total / 60:.1f} h) |")
     return lines
 
 
@@ -268,9 +278,11 @@ def render() -> str:
     gpu = erm_against_mixup(GPU_ERM_MIXUP)
     lines = table_block(claims)
     lines += ["", f"Counts ({len(claims)} claims, CPU regime): {counts(claims)}."]
-    lines += ["", "Compute (2-core CPU, 2 workers x 1 thread; the adversarial row: its attack evaluations only):", "", *times()]
+    lines += ["", "Compute (2-core CPU, 2 workers x 1 thread; the adversarial row: its attack evaluations only):", "",
+              *times()]
     if gpu:
-        lines += ["", "Earlier H100 runs of the full profile (2 seeds each, so a test has little power; not counted above):", ""]
+        lines += ["", "Earlier H100 runs of the full profile (2 seeds each, so a test has little power; "
+                  "not counted above):", ""]
         lines += table_block(gpu)
     return "\n".join(lines)
 

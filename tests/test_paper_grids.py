@@ -111,7 +111,7 @@ def test_grid_table_orders_rows_as_written_and_adds_columns(tmp_path):
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from trickbox.report import grid_table
+    from trickbox.sweep.report import grid_table
 
     spec = spec_from_mapping(variant_spec())
     study = optuna.create_study(direction="maximize")

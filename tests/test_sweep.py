@@ -304,7 +304,7 @@ def test_report_html_loads_in_headless_chromium(tmp_path):
     if chromium is None:
         pytest.skip("chromium is not installed (CI: apt-get install -y chromium)")
     out = _grid_study(tmp_path)
-    from trickbox.report import write_report
+    from trickbox.sweep.report import write_report
 
     report = write_report("grid", out_dir=out, use_wandb=False)
     proc = subprocess.run(
@@ -386,7 +386,7 @@ def test_a_trial_left_running_on_another_host_with_an_expired_lease_is_reaped(tm
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_that_waits_for_another_workers_trial(tmp_path, fault):
-    from trickbox.sweep.storage import owner_record
+    from trickbox.sweep.leases import owner_record
 
     fault("SIGTERM to a sweep waiting for a live worker's trial")
     # the test process "runs" trial 0 and renews nothing: its lease is in the future, its process alive

@@ -86,7 +86,7 @@ def test_no_trial_stand_in_changes_nothing():
 
 
 def test_suggest_places_trick_and_config_params(tmp_path):
-    from trickbox.sweep.helper import SweepTrial
+    from trickbox.sweep.script import SweepTrial
 
     info = {"number": 3, "params": {"mixup.alpha": 0.7, "optim.lr": 0.02, "width": 16}, "run_dir": str(tmp_path),
             "targets": {"mixup.alpha": ["tricks", "mixup", "alpha"], "optim.lr": ["optim", "lr"], "width": []}}

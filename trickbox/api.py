@@ -26,7 +26,8 @@ from torch import Tensor
 from .batch import Batch, LossParts, hard_batch
 from .context import RunContext
 from .errors import ConfigError, NonFiniteError
-from .guard import FiniteGuard
+from .guard import DeferredRows, FiniteGuard
+from .lr import LearningRate
 from .registry import Catalog, call_chain, discover, plugin_manager
 from .trick import Trick
 
@@ -44,14 +45,13 @@ class TrickSet:
         self.pm = plugin_manager(self.tricks, self.plugins)
         self.ctx: RunContext | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.schedule: Callable[[int], float] | None = None
+        self.rate = LearningRate(None, 0.0)
         self.log_every = 10
         self.guard = FiniteGuard()
+        self.rows = DeferredRows(lambda values, step=None: None)
         self.stop_signal: int | None = None
         """A stop signal every process agreed on at the latest :meth:`check` (``None``: keep going)."""
         self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
-        self._rows: list[tuple[int, dict[str, Any]]] = []  # deferred log rows (tensors), written at check()
-        self._log: Callable[..., None] = lambda values, step=None: None
         self._pending_step: int | None = None  # a load_state_dict before setup
 
     def resolved(self) -> dict[str, dict[str, Any]]:
@@ -109,23 +109,12 @@ class TrickSet:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {epochs}")
-        if base_lr is None:
-            base_lr = float(optimizer.param_groups[0]["lr"])
-        ctx = RunContext(num_classes=num_classes, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lr=base_lr, seed=seed, **context)
-        if accelerator is not None:
-            ctx.accelerator = accelerator
-            ctx.device = accelerator.device
-            ctx.rank = accelerator.process_index
-            ctx.world_size = accelerator.num_processes
-            ctx.autocast = accelerator.autocast
-            if "log" not in context:
-                ctx.log = _accelerator_log(accelerator)
-            if "log_images" not in context:
-                ctx.log_images = _accelerator_log_images(accelerator)
-        self._log = ctx.log
+        base_lr = float(optimizer.param_groups[0]["lr"]) if base_lr is None else base_lr
+        ctx = RunContext.from_accelerator(accelerator, num_classes=num_classes, epochs=epochs,
+                                          steps_per_epoch=steps_per_epoch, base_lr=base_lr, seed=seed, **context)
+        self.rows = DeferredRows(ctx.log)
         if self.guard.deferred:  # anything a trick logs goes after the rows still waiting, so steps stay in order
-            ctx.log = self._logging(ctx.log)
-            ctx.log_images = self._logging(ctx.log_images)
+            ctx.log, ctx.log_images = self.rows.in_order(ctx.log), self.rows.in_order(ctx.log_images)
         self.ctx = ctx
         self.log_every = log_every
         hook = self.pm.hook
@@ -140,7 +129,7 @@ class TrickSet:
         new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
         if new_optimizer is not optimizer and prepared:
             raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
-        self.schedule = hook.trickbox_lr_schedule(ctx=ctx)
+        self.rate = LearningRate(hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)  # after the setup hooks (linear scaling)
         self.attach(new_optimizer, step=self._pending_step)
         return model, new_optimizer
 
@@ -151,9 +140,7 @@ class TrickSet:
         if step is not None:
             ctx.step = step
         self.optimizer = optimizer
-        for group in optimizer.param_groups:  # each group keeps its ratio to the base rate (a 10x head stays 10x)
-            group.setdefault("initial_lr", group["lr"])
-            group.setdefault("lr_scale", group["initial_lr"] / ctx.base_lr if ctx.base_lr > 0 else 1.0)
+        self.rate.attach(optimizer)
         self.guard.attach(optimizer)
         return self._apply_lr()
 
@@ -162,25 +149,21 @@ class TrickSet:
             raise RuntimeError("call tricks.setup(model, optimizer, ...) before training")
         return self.ctx
 
-    def lr(self, step: int | None = None) -> float:
-        """The scheduled learning rate at ``step`` (default: the current step).
+    @property
+    def schedule(self) -> Callable[[int], float] | None:
+        """``lr(step)`` of the schedule trick (None: the rate is left to the optimizer, :mod:`trickbox.lr`)."""
+        return self.rate.schedule
 
-        Without a schedule trick, trickbox leaves the learning rate alone (a user's
-        own scheduler keeps working) and this is the optimizer's current rate.
-        """
+    def lr(self, step: int | None = None) -> float:
+        """The scheduled learning rate at ``step`` (default: the current step); without a schedule trick, the
+        optimizer's current rate."""
         ctx = self._context()
-        if self.schedule is not None:
-            return float(self.schedule(ctx.step if step is None else step))
-        if step is None and self.optimizer is not None:
-            return float(self.optimizer.param_groups[0]["lr"])
-        return ctx.base_lr
+        if self.rate.schedule is None and step is not None:
+            return ctx.base_lr
+        return self.rate.at(ctx.step if step is None else step)
 
     def _apply_lr(self) -> float:
-        lr = self.lr()
-        if self.optimizer is not None and self.schedule is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-        return lr
+        return self.rate.apply(self._context().step)
 
     # -- per batch -----------------------------------------------------------
     def batch(self, x: Tensor, labels: Tensor, index: Tensor | None = None) -> Batch:
@@ -223,18 +206,19 @@ class TrickSet:
         if self.guard.deferred and not self.guard.skips_on_device:
             self.check(signal)
 
-    def step(self, parts: LossParts | None = None, batch: Batch | None = None, *, signal: int | None = None) -> float:
+    def step(self, parts: LossParts | None = None, batch: Batch | None = None, *, signal: int | None = None,
+             stepped: bool | None = None) -> float:
         """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log.
 
-        Under gradient accumulation call it only when the optimizer stepped
-        (``accelerator.sync_gradients``); otherwise it does nothing. Without
-        arguments it uses the parts and batch of the latest :meth:`loss` call.
-        With deferred checks it runs :meth:`check` every ``finite_check_every`` steps, passing ``signal``
-        (a stop signal this process received) to the agreement between processes.
+        Under gradient accumulation, ``stepped`` says whether the optimizer stepped (None:
+        ``accelerator.sync_gradients``, as ``accelerator.accumulate`` sets it); when it did not, this does nothing.
+        Without arguments it uses the parts and batch of the latest :meth:`loss` call. With deferred checks it runs
+        :meth:`check` every ``finite_check_every`` steps, passing ``signal`` (a stop signal this process received)
+        to the agreement between processes.
         """
         ctx = self._context()
         acc = ctx.accelerator
-        if acc is not None and not getattr(acc, "sync_gradients", True):
+        if not (stepped if stepped is not None else acc is None or getattr(acc, "sync_gradients", True)):
             return self.lr()
         if parts is None and batch is None and self._last is not None:
             parts, batch = self._last
@@ -244,9 +228,9 @@ class TrickSet:
         if parts is not None and ctx.step % self.log_every == 0:
             values.update(parts.detached(as_tensors=self.guard.deferred))
         if self.guard.deferred:
-            self._rows.append((ctx.step, values))
+            self.rows.add(ctx.step, values)
         else:
-            self._log(values, step=ctx.step)
+            self.rows.log(values, step=ctx.step)
         ctx.step += 1
         lr = self._apply_lr()
         if batch is not None:
@@ -262,23 +246,9 @@ class TrickSet:
         try:
             agreed = self.guard.check(self._context().accelerator, signal) if self.guard.deferred else signal
         finally:
-            self._flush_rows()
+            self.rows.flush()
         self.stop_signal = agreed
         return agreed
-
-    def _flush_rows(self) -> None:
-        rows, self._rows = self._rows, []
-        tensors = [v for _, row in rows for v in row.values() if isinstance(v, Tensor)]
-        floats = iter(torch.stack(tensors).tolist()) if tensors else iter(())  # one host read for them all
-        for step, row in rows:
-            self._log({k: next(floats) if isinstance(v, Tensor) else v for k, v in row.items()}, step=step)
-
-    def _logging(self, log: Callable[..., None]) -> Callable[..., None]:
-        def flushed_first(values: dict[str, Any], step: int | None = None) -> None:
-            self._flush_rows()
-            log(values, step=step)
-
-        return flushed_first
 
     # -- evaluation and end --------------------------------------------------
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
@@ -338,25 +308,3 @@ def _unwrap(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
     if accelerator is not None:
         return accelerator.unwrap_model(model)
     return getattr(model, "module", model)
-
-
-def _accelerator_log(accelerator: Any) -> Callable[..., None]:
-    def log(values: dict[str, Any], step: int | None = None) -> None:
-        if accelerator.trackers:
-            accelerator.log(values, step=step)
-
-    return log
-
-
-def _accelerator_log_images(accelerator: Any) -> Callable[..., None]:
-    def log_images(values: dict[str, Any], step: int | None = None) -> None:
-        if not accelerator.is_main_process:
-            return
-        for tracker in accelerator.trackers:
-            if hasattr(tracker, "log_images"):
-                try:
-                    tracker.log_images({k: [str(p) for p in v] for k, v in values.items()}, step=step)
-                except Exception:  # images are a nicety; never stop training for them
-                    pass
-
-    return log_images

@@ -74,7 +74,8 @@ class LossParts:
 
     def detached(self, as_tensors: bool = False) -> dict[str, Any]:
         """Values for logging, with ``loss`` as the total: plain floats, or 0-d detached tensors (no host read)."""
-        out: dict[str, Any] = {f"loss/{k}": v.detach().float().reshape(()) for k, v in {**self.parts, **self.logged}.items()}
+        out: dict[str, Any] = {f"loss/{k}": v.detach().float().reshape(())
+                               for k, v in {**self.parts, **self.logged}.items()}
         out["loss"] = self.total.detach().float().reshape(())
         return out if as_tensors else {k: float(v) for k, v in out.items()}
 

@@ -33,7 +33,8 @@ def create_model(
     _check_known(name)
     if pretrained or pretrained_file:
         pretrained_source(name, pretrained_file)  # one line naming where it looked, before timm tries
-        kwargs = {**kwargs, "pretrained_cfg_overlay": _file_overlay(name, pretrained_file)} if pretrained_file else kwargs
+        kwargs = ({**kwargs, "pretrained_cfg_overlay": _file_overlay(name, pretrained_file)} if pretrained_file
+                  else kwargs)
     try:
         return timm.create_model(name, pretrained=bool(pretrained or pretrained_file), num_classes=num_classes,
                                  in_chans=in_chans, drop_rate=drop_rate, **kwargs)
@@ -75,7 +76,8 @@ def _check_known(name: str) -> None:
     from . import models  # noqa: F401  registers the CIFAR models in timm
 
     if not timm.is_model(name):
-        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, timm.list_models('*cifar*') + ['preact_resnet18', 'resnet18', 'resnet50'])}")
+        known = timm.list_models("*cifar*") + ["preact_resnet18", "resnet18", "resnet50"]
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, known)}")
 
 
 def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
@@ -110,7 +112,8 @@ def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
     if not hub_id and not url:
         ours = " (trickbox's CIFAR models are trained from scratch)" if name in _cifar_models() else ""
         raise ConfigError(f"model {name!r} has no pretrained weights{ours}; give your own with "
-                          "model.pretrained_file=PATH (e.g. a trickbox run's model.safetensors) or drop model.pretrained")
+                          "model.pretrained_file=PATH (e.g. a trickbox run's model.safetensors) or drop "
+                          "model.pretrained")
     if hub_id:
         found = _hf_cached(hub_id, getattr(cfg, "hf_hub_filename", None))
         if found is not None:
@@ -165,7 +168,8 @@ def _hf_cached(hub_id: str, filename: str | None) -> Path | None:
 
 
 def _safe_name(filename: str) -> str:
-    """The ``.safetensors`` file timm looks for first instead of a pickle (``pytorch_model.bin`` → ``model.safetensors``)."""
+    """The ``.safetensors`` file timm looks for first instead of a pickle (``pytorch_model.bin`` →
+    ``model.safetensors``)."""
     if filename == "pytorch_model.bin":
         return "model.safetensors"
     if filename == "open_clip_pytorch_model.bin":
@@ -225,7 +229,8 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
         card = read_card(path)
         if card["num_classes"] != num_classes:
             raise ConfigError(f"model in {source!r} has {card['num_classes']} classes, the data has {num_classes}")
-        model = create_model(card["name"], num_classes=card["num_classes"], in_chans=card["in_chans"], **card.get("kwargs", {}))
+        model = create_model(card["name"], num_classes=card["num_classes"], in_chans=card["in_chans"],
+                             **card.get("kwargs", {}))
         weights = path / "model.safetensors"
     else:
         if checkpoint is None:
@@ -264,7 +269,8 @@ def check_optim_config(cfg: OptimConfig) -> None:
     for pattern, mult in cfg.lr_mult.items():
         where = f"optim.lr_mult[{pattern!r}]"
         if isinstance(mult, dict):  # optim.lr_mult.fc.*=10 splits the glob at its dots
-            raise ConfigError(f"{where} must be a number, got {mult!r}; write the glob whole: optim.lr_mult='{{{pattern}.*: 10}}'")
+            raise ConfigError(f"{where} must be a number, got {mult!r}; write the glob whole: "
+                              f"optim.lr_mult='{{{pattern}.*: 10}}'")
         check_scalar(where, mult, float, Limits(low=0))
 
 

@@ -133,7 +133,8 @@ def read_card(directory: Path) -> dict[str, Any]:
     types (``kwargs`` a mapping when present); else one line naming the file and what is wrong."""
     card = directory / CARD_FILE
     if not card.is_file():
-        raise ConfigError(f"{str(directory)!r} is not a trickbox run directory (no {CARD_FILE}); pass a model name and a checkpoint file")
+        raise ConfigError(f"{str(directory)!r} is not a trickbox run directory (no {CARD_FILE}); pass a model name and "
+                          "a checkpoint file")
     where = f"{str(card)!r}"
     try:
         data = json.loads(card.read_text(encoding="utf-8"))

@@ -36,9 +36,9 @@ class ModelConfig:
     """Start from timm's pretrained weights, loaded by timm (offline: from the Hugging Face cache), with the
     classifier reset to the data's classes and the stem adapted to its channels."""
     pretrained_file: str | None = None
-    """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that ``torch.load(weights_only=True)``
-    reads; a trickbox run's ``model.safetensors`` too), loaded by timm through ``pretrained_cfg_overlay=dict(file=…)``.
-    Implies ``pretrained``."""
+    """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that
+    ``torch.load(weights_only=True)`` reads; a trickbox run's ``model.safetensors`` too), loaded by timm through
+    ``pretrained_cfg_overlay=dict(file=…)``. Implies ``pretrained``."""
     channels_last: bool | None = None
     """Channels-last memory format; None: the device profile's (on for CUDA, off for the CPU:
     :mod:`trickbox.device_defaults`)."""
@@ -150,22 +150,25 @@ class RunConfig:
             check_fields(getattr(self, section), section)
         t = self.train
         if not isinstance(t.eval_each_epoch, list) or any(s not in ("test", "train") for s in t.eval_each_epoch):
-            raise ConfigError(f"train.eval_each_epoch must be a list of splits from [test, train], got {t.eval_each_epoch!r}; e.g. train.eval_each_epoch=[test]")
+            raise ConfigError("train.eval_each_epoch must be a list of splits from [test, train], got "
+                              f"{t.eval_each_epoch!r}; e.g. train.eval_each_epoch=[test]")
         if not isinstance(t.eval_at_end, list) or any(s != "train" for s in t.eval_at_end):
-            raise ConfigError(f"train.eval_at_end must be a list of splits from [train] (test is always evaluated at the end), "
-                              f"got {t.eval_at_end!r}; e.g. train.eval_at_end=[train]")
+            raise ConfigError("train.eval_at_end must be a list of splits from [train] (test is always evaluated at "
+                              f"the end), got {t.eval_at_end!r}; e.g. train.eval_at_end=[train]")
         if t.run_name is not None and (t.run_name in ("", ".", "..") or "/" in t.run_name or "\\" in t.run_name
                                        or t.run_name != t.run_name.strip() or "\0" in t.run_name):
-            raise ConfigError(f"train.run_name must be one folder name under train.out_dir (no '/', not '..'), got {t.run_name!r}; "
+            raise ConfigError("train.run_name must be one folder name under train.out_dir (no '/', not '..'), got "
+                              f"{t.run_name!r}; "
                               "e.g. train.run_name=mixup-a02")
         if t.run_name is not None and len(t.run_name.encode()) > MAX_NAME_BYTES:
             raise ConfigError(f"train.run_name is {len(t.run_name.encode())} bytes long, above the {MAX_NAME_BYTES} a "
                               f"folder name may have ({t.run_name[:40]!r}…); choose a shorter train.run_name")
         if "pretrained" in self.model.kwargs:
-            raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, offline "
-                              "from the Hugging Face cache) or model.pretrained_file=PATH")
+            raise ConfigError("model.kwargs.pretrained is not allowed; use model.pretrained=true (timm's weights, "
+                              "offline from the Hugging Face cache) or model.pretrained_file=PATH")
         if t.stop_after_epoch is not None and not 1 <= t.stop_after_epoch <= t.epochs:
-            raise ConfigError(f"train.stop_after_epoch must be in [1, train.epochs={t.epochs}], got {t.stop_after_epoch}")
+            raise ConfigError(f"train.stop_after_epoch must be in [1, train.epochs={t.epochs}], got "
+                              f"{t.stop_after_epoch}")
         self.data.validate()
 
 
@@ -315,14 +318,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = load_yaml_text(p.read_text(encoding="utf-8"), f"config file {str(p)!r}")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                          "YAML") from None
     except OSError as exc:
-        raise ConfigError(f"config file {str(p)!r} cannot be read ({exc.strerror or exc}); check its permissions") from None
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({exc.strerror or exc}); check its "
+                          "permissions") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"config file {str(p)!r} is not safe YAML: {first}") from None
     if data is None:
-        raise ConfigError(f"config file {str(p)!r} is empty; put at least one key in it (e.g. train: {{epochs: 5}}) or drop it")
+        raise ConfigError(f"config file {str(p)!r} is empty; put at least one key in it (e.g. train: {{epochs: 5}}) or "
+                          "drop it")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
     return data

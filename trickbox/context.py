@@ -82,6 +82,20 @@ class RunContext:
         """Training progress in (fractional) epochs."""
         return self.step / max(self.steps_per_epoch, 1)
 
+    @classmethod
+    def from_accelerator(cls, accelerator: Any, **fields: Any) -> RunContext:
+        """A context for a run on ``accelerator`` (None: one process, on the CPU unless ``device`` says): its device,
+        rank, process count and autocast, and logging to its trackers unless ``log``/``log_images`` are given."""
+        ctx = cls(**fields)
+        if accelerator is not None:
+            ctx.accelerator, ctx.device, ctx.autocast = accelerator, accelerator.device, accelerator.autocast
+            ctx.rank, ctx.world_size = accelerator.process_index, accelerator.num_processes
+            if "log" not in fields:
+                ctx.log = _tracker_log(accelerator)
+            if "log_images" not in fields:
+                ctx.log_images = _tracker_log_images(accelerator)
+        return ctx
+
     def generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
         """A torch generator seeded by (seed, name, step, rank): the same draws after a resume."""
         return generator(self.seed, name, self.step, self.rank, device=device or self.device)
@@ -89,3 +103,24 @@ class RunContext:
     def rng(self, name: str) -> np.random.Generator:
         """A numpy generator seeded by (seed, name, step, rank)."""
         return numpy_rng(self.seed, name, self.step, self.rank)
+
+
+def _tracker_log(accelerator: Any) -> Callable[..., None]:
+    """Scalars to the accelerator's trackers (a user's loop; trickbox's own loop passes its Tracking)."""
+    def log(values: dict[str, Any], step: int | None = None) -> None:
+        if accelerator.trackers:
+            accelerator.log(values, step=step)
+
+    return log
+
+
+def _tracker_log_images(accelerator: Any) -> Callable[..., None]:
+    def log_images(values: dict[str, Any], step: int | None = None) -> None:
+        if not accelerator.is_main_process:
+            return
+        for tracker in accelerator.trackers:
+            if hasattr(tracker, "log_images"):
+                with contextlib.suppress(Exception):  # images are a nicety; never stop training for them
+                    tracker.log_images({k: [str(p) for p in v] for k, v in values.items()}, step=step)
+
+    return log_images

@@ -22,7 +22,7 @@ before backward.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -144,3 +144,30 @@ def check_state(tensors: Mapping[str, Tensor], accelerator: Any, what: str) -> N
     if anywhere:
         where = bad if bad is not None else "on another process"
         raise on_every_rank(NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or save it"))
+
+
+class DeferredRows:
+    """Log rows whose values are still tensors on the device (deferred mode): they are written at the next
+    :meth:`FiniteGuard.check`, all of them with one host read, in step order. Anything else a trick logs meanwhile
+    goes through :meth:`in_order`, which writes the waiting rows first."""
+
+    def __init__(self, log: Callable[..., None]) -> None:
+        self.log = log
+        self.rows: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, step: int, values: dict[str, Any]) -> None:
+        self.rows.append((step, values))
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        tensors = [v for _, row in rows for v in row.values() if isinstance(v, Tensor)]
+        floats = iter(torch.stack(tensors).tolist()) if tensors else iter(())  # one host read for them all
+        for step, row in rows:
+            self.log({k: next(floats) if isinstance(v, Tensor) else v for k, v in row.items()}, step=step)
+
+    def in_order(self, log: Callable[..., None]) -> Callable[..., None]:
+        def flushed_first(values: dict[str, Any], step: int | None = None) -> None:
+            self.flush()
+            log(values, step=step)
+
+        return flushed_first

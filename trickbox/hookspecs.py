@@ -3,26 +3,33 @@
 The loop, with the hooks it calls (``trickbox/loop.py`` is this, in code: each
 comment on the right names the function of ``loop.py`` that does that part)::
 
-    tricks = load_tricks(config)                       # start_run: entry points, validated
-    data = open_run_data(config.data)                  # load_data: memory or stream path
-    trickbox_setup(ctx)                                # build_model: load teachers, KNN tables, plot the LR
+    tricks = load_tricks(config)                       # start_run: entry points, validated; nothing written
+    data = open_run_data(config.data)                  # load_data: list, settle augmentation, pick the path
+    claim run_dir; write config.yaml; start tracking   # start_outputs (also: find the checkpoint to resume)
+    model, opt = timm model, optimizer                 # build_model
+    trickbox_setup(ctx)                                #   load teachers, KNN tables, plot the LR
     model = trickbox_configure_model(model, ctx)       #   chain: each may return a new model
     opt   = trickbox_configure_optimizer(opt, model, ctx)   # chain
     sched = trickbox_lr_schedule(ctx)                  #   first result wins; LR = sched(step)
+    load the checkpoint; compile; accelerator.prepare  # restore, prepare (a signal before here stops at once)
     for epoch:
-        for x, labels in data.train:                   # train_epoch
+        for i, (x, labels) in data.train:              # train_epoch
             batch = Batch(x, one_hot(labels), labels)
             batch = trickbox_transform_batch(batch, ctx)     # chain: mixup, cutmix, noise (x and y)
             batch = trickbox_transform_targets(batch, ctx)   # chain: label smoothing (y only)
             logits = trickbox_forward(model, batch, ctx)     # first result wins; default model(batch.x)
             parts  = trickbox_loss(logits, batch, ctx)       # every result kept: {"ce": …} + {"kd": …}
-            backward(sum(parts))
+            backward(sum(parts) / grad_accum)                # under no_sync until the group's last batch
+            if the accumulation group is not done: continue
             trickbox_before_optimizer_step(model, optimizer, ctx)   # gradient clipping
             optimizer.step(); step += 1; set LR = sched(step)       # a non-finite step is skipped on the device
             trickbox_after_step(batch, parts, ctx)           # EMA of the weights, logging
+            every finite_check_every steps: agree on NaN and on a stop signal; on a signal: checkpoint, exit 128+sig
+        check every weight, buffer and trickbox_state_tensors(ctx) is finite   # check_finite, on every rank
         metrics = evaluate(val) + trickbox_evaluate(model, "val", ctx)   # evaluate_epoch
         checkpoint(); trickbox_epoch_end(metrics, ctx)  # end_epoch (a sweep's reporter wraps epoch_end)
-    test = evaluate(test) + trickbox_evaluate(model, "test", ctx)       # finish, with model.safetensors
+    model.safetensors                                  # finish: the weights first, then
+    test = evaluate(test) + trickbox_evaluate(model, "test", ctx)       #   the test metrics and summary.json
     trickbox_teardown(ctx)                             # also after an error
 
 Order. The stages above are fixed: batch transforms run before target
@@ -58,7 +65,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 @hookspec
 def trickbox_setup(ctx: RunContext) -> None:
-    """Once, before the model is built. Load resources (a teacher, a KNN table), log plots."""
+    """Once, after the model and its optimizer are built and before the configure hooks, before a checkpoint is
+    loaded and before ``accelerator.prepare``. Load resources (a teacher, a KNN table), log plots; a
+    :class:`~trickbox.errors.ConfigError` raised here refuses the run and removes its new directory."""
 
 
 @hookspec

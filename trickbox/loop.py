@@ -442,7 +442,7 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
         tricks.before_optimizer_step(model, signal=run.stop.signum)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tricks.step(parts, batch, signal=run.stop.signum)
+        tricks.step(parts, batch, signal=run.stop.signum, stepped=True)  # the loop steps only on a group's last batch
         _show_progress(run, parts, epoch)
         signum = tricks.stop_signal
         if signum is not None:  # every process agreed on it; this step is finished

@@ -66,13 +66,14 @@ def mixup_grid(batch: Batch, ctx: RunContext, path: Path, n: int = 8) -> Path:
     partner = batch.meta.get("partner_labels")
     names = ctx.classes or [str(i) for i in range(ctx.num_classes)]
     fig, axes = plt.subplots(n, len(images), figsize=(len(images) * 1.8, n * 1.9), dpi=100, squeeze=False,
-                             gridspec_kw={"hspace": 0.35, "wspace": 0.05, "left": 0.02, "right": 0.98, "bottom": 0.01, "top": 0.95})
+                             gridspec_kw={"hspace": 0.35, "wspace": 0.05, "left": 0.02, "right": 0.98, "bottom": 0.01,
+                                          "top": 0.95})
     for i in range(n):
         a = names[int(batch.labels[i])]
         b = names[int(partner[i])] if partner is not None else "?"
         share = f"λ={lams[i]:.2f}" if lams is not None else "mix"
         titles = [f"A: {a}", f"B: {b}", f"{share} (A + B)"] if pair is not None else [f"{share}: {a} + {b}"]
-        for j, (ax, img, title) in enumerate(zip(axes[i], images, titles)):
+        for _j, (ax, img, title) in enumerate(zip(axes[i], images, titles)):
             pic = img[i].permute(1, 2, 0).numpy()
             ax.imshow(pic[..., 0] if pic.shape[-1] == 1 else pic, cmap="gray" if pic.shape[-1] == 1 else None,
                       interpolation="nearest")

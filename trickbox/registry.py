@@ -116,7 +116,8 @@ class Catalog:
                 BrokenPlugin(cls.name, package, f"name already taken by {first.package} ({first.target}); not loaded")
             )
             return
-        self.tricks[cls.name] = TrickInfo(cls.name, cls, package, version, target or f"{cls.__module__}:{cls.__qualname__}")
+        self.tricks[cls.name] = TrickInfo(cls.name, cls, package, version,
+                                          target or f"{cls.__module__}:{cls.__qualname__}")
 
     def get(self, name: str) -> TrickInfo:
         if name in self.tricks:
@@ -127,8 +128,8 @@ class Catalog:
         if name in self.blocked:
             raise ConfigError(f"trick {name!r} is blocked (by {BLOCK_ENV} or plugins.block); unblock it to use it")
         if self.skipped:
-            raise ConfigError(f"unknown trick {name!r}: installed plugins were not loaded ({AUTOLOAD_ENV} is set); unset it "
-                              f"to load them{did_you_mean(name, list(self.tricks) + self.skipped)}")
+            raise ConfigError(f"unknown trick {name!r}: installed plugins were not loaded ({AUTOLOAD_ENV} is set); "
+                              f"unset it to load them{did_you_mean(name, list(self.tricks) + self.skipped)}")
         raise ConfigError(f"unknown trick {name!r}{did_you_mean(name, list(self.tricks))}")
 
     def build(self, configured: Mapping[str, Mapping[str, Any] | None]) -> list[Trick]:
@@ -167,7 +168,9 @@ def discover(*, autoload: bool | None = None, block: Iterable[str] = ()) -> Cata
             continue
         if getattr(cls, "name", None) != ep.name:
             catalog.broken.append(
-                BrokenPlugin(ep.name, dist, f"entry point name {ep.name!r} differs from the class's name {getattr(cls, 'name', None)!r}")
+                BrokenPlugin(ep.name, dist,
+                             f"entry point name {ep.name!r} differs from the class's name "
+                             f"{getattr(cls, 'name', None)!r}")
             )
             continue
         catalog.add(cls, dist, version, ep.value)
@@ -195,7 +198,8 @@ def _add_module_tricks(catalog: Catalog, entry: str) -> None:
         module = importlib.import_module(module_name)
         found = [getattr(module, attr)] if attr else [
             obj for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, Trick) and obj is not Trick and obj.__module__ == module.__name__
+            if isinstance(obj, type) and issubclass(obj, Trick) and obj is not Trick
+               and obj.__module__ == module.__name__
         ]
     except Exception as exc:  # a broken plugin must not break the others
         catalog.broken.append(BrokenPlugin(entry, PLUGINS_ENV, f"import failed: {type(exc).__name__}: {exc}"))

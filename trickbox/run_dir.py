@@ -40,7 +40,8 @@ def claim(out_dir: Path, name: str | None, prefix: str, resume: bool) -> tuple[P
         path = out_dir / name
         held = path.is_dir() and any((path / f).exists() for f in ("config.yaml", "checkpoints", "model.safetensors"))
         if held and not resume:
-            raise ConfigError(f"{str(path)!r} holds a run already; add --resume to continue it, or choose another train.run_name")
+            raise ConfigError(f"{str(path)!r} holds a run already; add --resume to continue it, or choose another "
+                              "train.run_name")
         created = [] if path.exists() else [path]
         path.mkdir(exist_ok=True)
         return path, _lock(path), [*created, *made]

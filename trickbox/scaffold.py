@@ -38,7 +38,8 @@ def check_name(name: str) -> str:
 
     info = discover().tricks.get(name)
     if info is not None:
-        raise ConfigError(f"trick name {name!r} is already taken by {info.package} ({info.target}); choose another name")
+        raise ConfigError(f"trick name {name!r} is already taken by {info.package} ({info.target}); choose another "
+                          "name")
     return name
 
 
@@ -195,7 +196,8 @@ def ctx() -> RunContext:
 
 def batch(b: int = 4) -> Batch:
     labels = torch.arange(b) % K
-    return Batch(x=torch.randn(b, 3, 8, 8), y=torch.nn.functional.one_hot(labels, K).float(), labels=labels, index=torch.arange(b))
+    return Batch(x=torch.randn(b, 3, 8, 8), y=torch.nn.functional.one_hot(labels, K).float(), labels=labels,
+                 index=torch.arange(b))
 
 
 def test_penalty_is_minus_the_entropy():

@@ -76,7 +76,8 @@ def _converted(where: str, value: Any, kind: type, error: type[ConfigError]) -> 
             raise wrong
         return value
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):
             raise wrong
         return int(value)
     if kind is float:
@@ -108,7 +109,8 @@ def check_scalar(where: str, value: Any, kind: type, limits: Limits = Limits(), 
         value = "no"  # YAML reads a bare ``no`` (e.g. train.mixed_precision=no) as false
     conv = _converted(where, value, kind, error)
     if limits.choices is not None and conv not in limits.choices:
-        raise error(f"{where} must be {limits.describe()}, got {conv!r}{did_you_mean(str(conv), [str(c) for c in limits.choices])}")
+        raise error(f"{where} must be {limits.describe()}, got "
+                    f"{conv!r}{did_you_mean(str(conv), [str(c) for c in limits.choices])}")
     if isinstance(conv, float) and not math.isfinite(conv):
         raise error(f"{where} must be a finite number, got {conv!r}")
     if isinstance(conv, (int, float)) and not isinstance(conv, bool) and not limits.admits(conv):

@@ -113,7 +113,8 @@ class Tracking:
         try:
             import wandb
 
-            settings = wandb.Settings(init_timeout=init_timeout, console="off", x_disable_stats=not system_metrics, mode=mode)
+            settings = wandb.Settings(init_timeout=init_timeout, console="off", x_disable_stats=not system_metrics,
+                                      mode=mode)
             kwargs: dict[str, Any] = {"name": name, "settings": settings, "tags": list(tags)}
             if group:
                 kwargs["group"] = group

@@ -61,7 +61,8 @@ class Param:
         return self.limits.describe() or self.type.__name__
 
     def validate(self, value: Any, where: str) -> Any:
-        """Return ``value`` converted to the declared type, or raise :class:`ConfigError` (with the parameter's help)."""
+        """Return ``value`` converted to the declared type, or raise :class:`ConfigError` (with the parameter's
+        help)."""
         try:
             return check_scalar(where, value, self.type, self.limits, optional=self.optional)
         except ConfigError as exc:

@@ -45,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise  # torch raises a worker's death from its SIGCHLD handler, wherever the main process is
-        print(f"trickbox: stopped: a data-loading worker died ({str(exc).splitlines()[0].rstrip('. ')}); if it ran out of "
-              "memory, lower data.workers or data.prefetch_factor. The checkpoints written so far are intact: run the "
-              "same command with --resume and the same train.run_name to continue", file=sys.stderr)
+        print(f"trickbox: stopped: a data-loading worker died ({str(exc).splitlines()[0].rstrip('. ')}); if it ran out "
+              "of memory, lower data.workers or data.prefetch_factor. The checkpoints written so far are intact: run "
+              "the same command with --resume and the same train.run_name to continue", file=sys.stderr)
         return EXIT_LOADER
     except KeyboardInterrupt:
         print("trickbox: interrupted", file=sys.stderr)

@@ -27,16 +27,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trickbox eval``."""
     p = subparsers.add_parser("eval", help="clean and FGSM / I-FGSM error of a trained run",
                               description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by trickbox train (its final model; without one, its latest "
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a directory written by trickbox train (its final model; without one, its latest "
                    "checkpoint), or one of its checkpoints/step-N")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="which split of the run's data (default test)")
-    p.add_argument("--attack", choices=ATTACK_CHOICES, default="none", help="white-box attack (default none: clean error only)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="which split of the run's data (default test)")
+    p.add_argument("--attack", choices=ATTACK_CHOICES, default="none",
+                   help="white-box attack (default none: clean error only)")
     p.add_argument("--eps", default=DEFAULT_EPS, metavar="E1,E2,…",
                    help=f"attack radii in pixel units of 1/255, comma-separated (default {DEFAULT_EPS})")
     p.add_argument("--iterations", default="10", metavar="N", help="I-FGSM steps (default 10)")
-    p.add_argument("--step-size", default=None, metavar="S", help="I-FGSM step in pixel units of 1/255 (default eps/iterations)")
-    p.add_argument("--batch-size", default=None, metavar="B", help="images per batch (default: the run's train.eval_batch_size)")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON (default RUN_DIR/eval-<split>-<attack>.json)")
+    p.add_argument("--step-size", default=None, metavar="S",
+                   help="I-FGSM step in pixel units of 1/255 (default eps/iterations)")
+    p.add_argument("--batch-size", default=None, metavar="B",
+                   help="images per batch (default: the run's train.eval_batch_size)")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="where to write the JSON (default RUN_DIR/eval-<split>-<attack>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -66,8 +72,10 @@ def parse_eps(text: str) -> list[float]:
     """``"1,2,4,8"`` → ``[1.0, 2.0, 4.0, 8.0]``; each must be a number in (0, 255] (pixel units of 1/255)."""
     items = [t.strip() for t in str(text).split(",")]
     if not items or any(t == "" for t in items):
-        raise ConfigError(f"--eps must be comma-separated numbers in (0, 255] (pixel units of 1/255), got {text!r}; e.g. --eps 1,2,4,8")
-    return [_number("--eps value", t, float, PIXELS, "pixel units of 1/255 (8 means 8/255), e.g. --eps 1,2,4,8") for t in items]
+        raise ConfigError(f"--eps must be comma-separated numbers in (0, 255] (pixel units of 1/255), got {text!r}; "
+                          "e.g. --eps 1,2,4,8")
+    return [_number("--eps value", t, float, PIXELS,
+                    "pixel units of 1/255 (8 means 8/255), e.g. --eps 1,2,4,8") for t in items]
 
 
 def _parse_int(name: str, text: str, minimum: int) -> int:
@@ -77,7 +85,8 @@ def _parse_int(name: str, text: str, minimum: int) -> int:
 def _parse_step(text: str | None) -> float | None:
     if text is None:
         return None
-    return float(_number("--step-size", text, float, PIXELS, "pixel units of 1/255, or leave it out for eps/iterations"))
+    return float(_number("--step-size", text, float, PIXELS,
+                         "pixel units of 1/255, or leave it out for eps/iterations"))
 
 
 # ---------------------------------------------------------------------------
@@ -97,11 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"trickbox: evaluating the epoch checkpoint {checkpoint}", file=sys.stderr)
 
     result = evaluate_run(
-        run_dir, split=args.split, attack=args.attack, eps=eps if args.attack != "none" else [], iterations=iterations, step_size=step_size,
-        batch_size=batch_override, progress=not args.no_progress, checkpoint=checkpoint,
+        run_dir, split=args.split, attack=args.attack, eps=eps if args.attack != "none" else [], iterations=iterations,
+        step_size=step_size, batch_size=batch_override, progress=not args.no_progress, checkpoint=checkpoint,
     )
     print(format_table(result))
-    default_name = f"eval-{args.split}-{args.attack}" + (f"-{checkpoint.name}" if checkpoint is not None else "") + ".json"
+    default_name = f"eval-{args.split}-{args.attack}" + (f"-{checkpoint.name}" if checkpoint is not None
+                                                         else "") + ".json"
     out = Path(args.out) if args.out else run_dir / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

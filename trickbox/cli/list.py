@@ -28,12 +28,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             search = ""
             if p.search is not None:
                 s = p.search
-                search = f"  search {list(s.choices)}" if s.choices else f"  search [{s.low:g}, {s.high:g}]{' log' if s.log else ''}"
+                search = (f"  search {list(s.choices)}" if s.choices
+                          else f"  search [{s.low:g}, {s.high:g}]{' log' if s.log else ''}")
             print(f"    {p.name}: {p.type.__name__} = {p.default!r}  valid {p.describe_range()}{search}  {p.help}")
     for b in cat.broken:
         print(f"! {b.name} ({b.package}) not loaded: {b.reason}")
     for name in sorted(cat.blocked):
         print(f"- {name} blocked")
     if cat.skipped:
-        print(f"- installed plugins not loaded ({', '.join(cat.skipped)}): TRICKBOX_DISABLE_PLUGIN_AUTOLOAD is set; unset it to load them")
+        print(f"- installed plugins not loaded ({', '.join(cat.skipped)}): TRICKBOX_DISABLE_PLUGIN_AUTOLOAD is set; "
+              "unset it to load them")
     return 0

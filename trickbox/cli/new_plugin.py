@@ -28,5 +28,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="the trick's name and config key, e.g. confidence_penalty; "
                    "more names put more tricks in the same package (the first one names it)")
-    p.add_argument("--dir", metavar="DIR", help="the package directory to create (default: ./trickbox-NAME); must not exist")
+    p.add_argument("--dir", metavar="DIR",
+                   help="the package directory to create (default: ./trickbox-NAME); must not exist")
     p.set_defaults(func=cmd_new_plugin)

@@ -11,14 +11,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser("report", help="best parameters and an HTML report of a study (from its storage alone)")
     r.add_argument("study", metavar="STUDY", help="study name")
     r.add_argument("--storage", metavar="URL", help="the study's storage (default: OUT_DIR/STUDY/journal.log)")
-    r.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR", help=f"sweep output directory (default {DEFAULT_OUT})")
+    r.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"sweep output directory (default {DEFAULT_OUT})")
     r.add_argument("--html", metavar="PATH", help="where to write the HTML report (default: OUT_DIR/STUDY/report.html)")
     r.add_argument("--no-wandb", action="store_true", help="do not log the plots to a W&B summary run")
     r.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..sweep.report import write_report
 
     result = write_report(args.study, storage=args.storage, out_dir=Path(args.out_dir),
                           html=Path(args.html) if args.html else None, use_wandb=not args.no_wandb)

@@ -19,8 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "under --out-dir by default, or --storage postgresql://... for workers on many machines.",
     )
     p.add_argument("spec", metavar="SPEC", help="study spec, e.g. sweeps/smoke.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the spec's base config, e.g. train.epochs=1")
-    p.add_argument("--workers", default="1", metavar="N", help="worker processes (auto: one per GPU, 1 on CPU); default 1")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the spec's base config, e.g. train.epochs=1")
+    p.add_argument("--workers", default="1", metavar="N",
+                   help="worker processes (auto: one per GPU, 1 on CPU); default 1")
     p.add_argument("--workers-per-gpu", type=int, default=1, metavar="K",
                    help="with --workers auto: K workers share each GPU (small models that cannot fill one); default 1")
     p.add_argument("--storage", metavar="URL", help="postgresql://USER@HOST/DB, sqlite:///FILE or a journal file "
@@ -28,10 +30,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--study", metavar="NAME", help="study name (default: the spec's study:, else its file name)")
     p.add_argument("--n-trials", type=int, metavar="K", help="override the spec's n_trials")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="override the spec's timeout (from now)")
-    p.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR", help=f"where trial runs and the journal go (default {DEFAULT_OUT})")
-    p.add_argument("--script", metavar="PATH", help="run this training script for each trial, e.g. \"examples/own_loop.py --epochs 2\" (it reads trickbox.sweep.current_trial())")
-    p.add_argument("--launch", metavar="CMD", help='with --script: launcher command, e.g. "accelerate launch --multi_gpu --num_processes 2"')
-    p.add_argument("--max-restarts", type=int, default=3, metavar="R", help="restart a crashed worker at most R times (default 3)")
+    p.add_argument("--out-dir", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"where trial runs and the journal go (default {DEFAULT_OUT})")
+    p.add_argument("--script", metavar="PATH",
+                   help="run this training script for each trial, e.g. \"examples/own_loop.py --epochs 2\" (it reads "
+                        "trickbox.sweep.current_trial())")
+    p.add_argument("--launch", metavar="CMD",
+                   help='with --script: launcher command, e.g. "accelerate launch --multi_gpu --num_processes 2"')
+    p.add_argument("--max-restarts", type=int, default=3, metavar="R",
+                   help="restart a crashed worker at most R times (default 3)")
     p.add_argument("--distributed-trial", action="store_true",
                    help="this process is one rank of every trial (what `accelerate launch train.py --sweep SPEC` runs)")
     p.add_argument("--as-worker", type=int, metavar="I", help=argparse.SUPPRESS)
@@ -47,11 +54,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launch and not args.script:
         raise ConfigError("--launch starts --script under a launcher; give --script PATH too")
     if args.script and (not shlex.split(args.script) or not Path(shlex.split(args.script)[0]).is_file()):
-        raise ConfigError(f"--script {args.script!r} does not exist; pass the path of your training script (and its arguments, quoted)")
+        raise ConfigError(f"--script {args.script!r} does not exist; pass the path of your training script (and its "
+                          "arguments, quoted)")
     if args.distributed_trial and args.script:
-        raise ConfigError("--distributed-trial trains trickbox's own loop on every rank; for your script use --script with --launch")
+        raise ConfigError("--distributed-trial trains trickbox's own loop on every rank; for your script use --script "
+                          "with --launch")
     if args.distributed_trial and args.workers != "1":
-        raise ConfigError("--workers starts worker processes; under accelerate launch every rank runs each trial, so drop --workers")
+        raise ConfigError("--workers starts worker processes; under accelerate launch every rank runs each trial, so "
+                          "drop --workers")
     if args.max_restarts < 0:
         raise ConfigError(f"--max-restarts must be >= 0, got {args.max_restarts}")
     if args.workers_per_gpu < 1 or (args.workers_per_gpu > 1 and args.workers != "auto"):
@@ -87,7 +97,8 @@ def _dispatch(args: argparse.Namespace, spec: Any, target: Any, study_dir: Path,
     from ..sweep.workers import supervise
 
     storage = str(target.journal) if target.kind == "journal" else target.url
-    worker_args = [args.spec, *args.overrides, "--storage", storage, "--study", spec.study, "--out-dir", str(Path(args.out_dir).resolve())]
+    worker_args = [args.spec, *args.overrides, "--storage", storage, "--study", spec.study, "--out-dir",
+                   str(Path(args.out_dir).resolve())]
     if args.n_trials is not None:
         worker_args += ["--n-trials", str(args.n_trials)]
     if deadline is not None:
@@ -97,4 +108,5 @@ def _dispatch(args: argparse.Namespace, spec: Any, target: Any, study_dir: Path,
     if args.launch:
         worker_args += ["--launch", args.launch]
     return supervise(spec, target, study_dir, workers=args.workers, worker_args=worker_args, deadline=deadline,
-                     max_restarts=args.max_restarts, script=args.script, launch=args.launch, per_gpu=args.workers_per_gpu)
+                     max_restarts=args.max_restarts, script=args.script, launch=args.launch,
+                     per_gpu=args.workers_per_gpu)

@@ -14,12 +14,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "every trick parameter with its default) and exits.")
     p.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
                    help="YAML config (repeatable; later files win). Default: the embedded digits config")
-    p.add_argument("--resume", action="store_true", help="continue train.run_name's run from its newest complete checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue train.run_name's run from its newest complete checkpoint")
     p.add_argument("--tracker", choices=("wandb", "none"), help="shortcut for train.tracker=…")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML (every key, each trick's parameters with defaults) and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides parsed as YAML, e.g. train.epochs=5 tricks.<trick>.<param>=0.2 tricks.<trick>=null")
+                   help="dotted overrides parsed as YAML, e.g. train.epochs=5 tricks.<trick>.<param>=0.2 "
+                        "tricks.<trick>=null")
     p.set_defaults(func=cmd_train)
 
 
@@ -51,5 +53,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
         test = " ".join(f"{k}={v:.4f}" for k, v in result.test.items() if k in ("top1", "top5", "nll", "ece"))
         where = f"run: {result.run_dir}"
-        print(f"trickbox: done in {result.seconds:.1f}s; test {test}; {where}" if test else f"trickbox: stopped; {where}")
+        print(f"trickbox: done in {result.seconds:.1f}s; test {test}; {where}" if test
+              else f"trickbox: stopped; {where}")
     return 0

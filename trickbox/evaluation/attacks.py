@@ -63,7 +63,8 @@ def _check_inputs(pixels: Tensor, labels: Tensor) -> None:
         )
     lo, hi = float(pixels.min()), float(pixels.max())
     if lo < 0 or hi > 1:
-        raise ValueError(f"pixels must lie in [0, 1] (un-normalised; pass normalize=...), got range [{lo:.3g}, {hi:.3g}]")
+        raise ValueError(f"pixels must lie in [0, 1] (un-normalised; pass normalize=...), got range [{lo:.3g}, "
+                         f"{hi:.3g}]")
 
 
 @contextmanager

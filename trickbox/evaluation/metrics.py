@@ -21,7 +21,8 @@ def _check_pair(scores: Tensor, labels: Tensor, what: str) -> None:
     if labels.dim() != 1 or labels.shape[0] != scores.shape[0]:
         raise ValueError(f"labels must be class indices of shape ({scores.shape[0]},), got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integer class indices (not one-hot or soft targets), got dtype {labels.dtype}")
+        raise ValueError("labels must be integer class indices (not one-hot or soft targets), got dtype "
+                         f"{labels.dtype}")
     if int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]:
         raise ValueError(
             f"labels must lie in [0, {scores.shape[1] - 1}], got values in [{int(labels.min())}, {int(labels.max())}]"

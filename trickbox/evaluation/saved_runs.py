@@ -22,11 +22,13 @@ def resolve_target(path: Path) -> tuple[Path, Path | None]:
     from ..checkpoint import latest_checkpoint, verify
 
     if not path.is_dir():
-        raise ConfigError(f"RUN_DIR {str(path)!r} is not a directory; give a folder written by trickbox train (or one of its checkpoints/step-N)")
+        raise ConfigError(f"RUN_DIR {str(path)!r} is not a directory; give a folder written by trickbox train (or one "
+                          "of its checkpoints/step-N)")
     if (path / "state.json").is_file() and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
         if verify(path) is None:
-            raise ConfigError(f"checkpoint {str(path)!r} is incomplete or corrupt (its SHA-256 does not match); pick another step under {path.parent}")
+            raise ConfigError(f"checkpoint {str(path)!r} is incomplete or corrupt (its SHA-256 does not match); pick "
+                              f"another step under {path.parent}")
         checkpoint: Path | None = path
     elif (path / "model.json").is_file() and (path / "model.safetensors").is_file():
         run_dir, checkpoint = path, None
@@ -34,8 +36,8 @@ def resolve_target(path: Path) -> tuple[Path, Path | None]:
         run_dir = path
         latest = latest_checkpoint(path / "checkpoints")
         if latest is None:
-            raise ConfigError(f"{str(path)!r} has no final model (model.json, model.safetensors) and no complete checkpoint; "
-                              "give a run directory written by trickbox train")
+            raise ConfigError(f"{str(path)!r} has no final model (model.json, model.safetensors) and no complete "
+                              "checkpoint; give a run directory written by trickbox train")
         checkpoint = latest.path
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} has no config.yaml; give a directory written by trickbox train")
@@ -69,7 +71,8 @@ def evaluate_run(
     card = read_card(run_dir) if checkpoint is None else {"name": cfg.model.name, "num_classes": data.num_classes,
                                                           "in_chans": data.in_chans}
     if data.num_classes != card["num_classes"]:
-        raise ConfigError(f"the model in {str(run_dir)!r} has {card['num_classes']} classes but its data now has {data.num_classes}; was data.root changed?")
+        raise ConfigError(f"the model in {str(run_dir)!r} has {card['num_classes']} classes but its data now has "
+                          f"{data.num_classes}; was data.root changed?")
     if data.images == 0:
         raise ConfigError(f"the run's {split} split is empty (data.val_fraction=0?); use --split test")
     mean = card.get("mean") or list(data.mean)
@@ -123,7 +126,8 @@ def _from_checkpoint(cfg: Any, path: Path, *, num_classes: int, in_chans: int) -
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg.model.name}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg.model.name}: "
+                          f"{str(exc).splitlines()[0]}") from None
     return model
 
 

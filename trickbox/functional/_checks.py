@@ -14,8 +14,8 @@ def check_hard_labels(labels: Tensor, name: str = "labels") -> None:
     """Raise unless ``labels`` is a 1-D integer tensor of class indices."""
     if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(
-            f"{name} must be a 1-D integer tensor of class indices, got dtype={labels.dtype} shape={tuple(labels.shape)}; "
-            f"for soft targets pass targets.argmax(dim=1)"
+            f"{name} must be a 1-D integer tensor of class indices, got dtype={labels.dtype} "
+            f"shape={tuple(labels.shape)}; for soft targets pass targets.argmax(dim=1)"
         )
 
 
@@ -34,7 +34,8 @@ def randperm(n: int, generator: torch.Generator | None, device: torch.device | s
     return torch.randperm(n, generator=generator, device=gen_device).to(device)
 
 
-def randint(high: int, size: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+def randint(high: int, size: tuple[int, ...], generator: torch.Generator | None,
+            device: torch.device | str | None) -> Tensor:
     """``torch.randint(0, high, size)`` drawn on the generator's device, then moved to ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randint(0, high, size, generator=generator, device=gen_device).to(device)

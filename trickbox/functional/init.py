@@ -11,8 +11,8 @@ def zero_init_residuals_(model: nn.Module) -> list[str]:
 
     A block opts in by having a ``zero_init_last()`` method, as the blocks of timm's ResNet family do (ResNet's
     ``BasicBlock`` and ``Bottleneck`` zero their last BN's γ; ResNetV2, RegNet, Res2Net, ResNeSt, SKNet and CSPNet
-    blocks too), and trickbox's CIFAR blocks (``BasicBlock``: last BN's γ; ``PreActBlock``: last conv). Returns the names of
-    the blocks that were initialised (empty when the model has none).
+    blocks too), and trickbox's CIFAR blocks (``BasicBlock``: last BN's γ; ``PreActBlock``: last conv). Returns the
+    names of the blocks that were initialised (empty when the model has none).
     """
     done = []
     for name, module in model.named_modules():

@@ -58,9 +58,11 @@ def kway_weights(alpha: float, k: int, size: int | None, rng: np.random.Generato
     is the identity in :func:`mix_k`). ``alpha = 0`` gives ``w = (1, 0, ..., 0)`` (ERM).
     """
     if k < 2:
-        raise ValueError(f"k must be >= 2 (number of samples mixed together), got {k}; use sample_lambda for 2-way mixup")
+        raise ValueError(f"k must be >= 2 (number of samples mixed together), got {k}; use sample_lambda for 2-way "
+                         "mixup")
     if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}; alpha=0 mixes nothing (weights 1, 0, ...), alpha=1 is typical")
+        raise ValueError(f"alpha must be >= 0, got {alpha}; alpha=0 mixes nothing (weights 1, 0, ...), alpha=1 is "
+                         "typical")
     if size is not None and size < 0:
         raise ValueError(f"size must be >= 0 or None, got {size}; use size=None for one weight vector per batch")
     shape = (k,) if size is None else (size, k)
@@ -132,7 +134,8 @@ def _as_lam_tensor(lam: Tensor | np.ndarray, batch: int, like: Tensor) -> Tensor
             f"use sample_lambda(alpha, size=batch_size, rng)"
         )
     if is_cpu(t) and t.numel() and bool(((t < 0) | (t > 1)).any()):
-        raise ValueError(f"lam must lie in [0, 1], got values in [{float(t.min())}, {float(t.max())}]; draw it with sample_lambda")
+        raise ValueError(f"lam must lie in [0, 1], got values in [{float(t.min())}, {float(t.max())}]; draw it with "
+                         "sample_lambda")
     dtype = torch.promote_types(like.dtype, torch.float32)
     return t.to(device=like.device, dtype=dtype).reshape(shape)
 
@@ -183,12 +186,14 @@ def mix(
         _check_perm(perm, batch)
     if partner_x is None:
         if perm is None:
-            raise ValueError("perm is None and no partner_x was given; pass perm=random_partners(batch_size) or partner_x")
+            raise ValueError("perm is None and no partner_x was given; pass perm=random_partners(batch_size) or "
+                             "partner_x")
         x2 = x[perm]
     else:
         if partner_x.shape != x.shape:
             raise ValueError(
-                f"partner_x must have the shape of x {tuple(x.shape)}, got {tuple(partner_x.shape)}; pass one partner per sample"
+                f"partner_x must have the shape of x {tuple(x.shape)}, got {tuple(partner_x.shape)}; pass one partner "
+                "per sample"
             )
         x2 = partner_x.to(x.dtype)
     xm = _convex(x, x2, lam, batch)
@@ -197,12 +202,14 @@ def mix(
     check_soft_targets(y, "y")
     if partner_y is None:
         if partner_x is not None or perm is None:
-            raise ValueError("partner_x was given without partner_y; pass the partners' soft targets as partner_y, or mix_targets=False")
+            raise ValueError("partner_x was given without partner_y; pass the partners' soft targets as partner_y, or "
+                             "mix_targets=False")
         y2 = y[perm]
     else:
         if partner_y.shape != y.shape:
             raise ValueError(
-                f"partner_y must have the shape of y {tuple(y.shape)}, got {tuple(partner_y.shape)}; pass soft targets (B, K)"
+                f"partner_y must have the shape of y {tuple(y.shape)}, got {tuple(partner_y.shape)}; pass soft targets "
+                "(B, K)"
             )
         y2 = partner_y.to(y.dtype)
     ym = _convex(y, y2, lam, batch)
@@ -347,12 +354,14 @@ def knn_table(
     need = k + 1 if exclude_self else k
     if labels is None:
         if n < need:
-            raise ValueError(f"features has {n} samples, too few for k={k} neighbours (need {need}); use k <= {n - need + k}")
+            raise ValueError(f"features has {n} samples, too few for k={k} neighbours (need {need}); use k <= "
+                             f"{n - need + k}")
         return _knn_all(features, k, chunk_size, exclude_self)
 
     check_hard_labels(labels)
     if labels.shape[0] != n:
-        raise ValueError(f"labels must have one entry per feature row ({n}), got {labels.shape[0]}; pass the dataset's labels")
+        raise ValueError(f"labels must have one entry per feature row ({n}), got {labels.shape[0]}; pass the dataset's "
+                         "labels")
     labels = labels.to(features.device)
     classes, counts = torch.unique(labels, return_counts=True)
     smallest = int(counts.argmin())

@@ -96,18 +96,22 @@ def sgdr_lr(
     if not step >= 0:
         raise ValueError(f"step must be >= 0, got {step}; count optimizer steps from 0")
     if not steps_per_epoch > 0:
-        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}; pass len(train_loader) / grad_accum_steps")
+        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}; pass len(train_loader) / "
+                         "grad_accum_steps")
     _check_cycle_args(t0, t_mult)
     if not min_lr >= 0:
         raise ValueError(f"min_lr must be >= 0, got {min_lr}; use min_lr=0")
     if min_lr > base_lr:
-        raise ValueError(f"min_lr must be <= base_lr, got min_lr={min_lr} > base_lr={base_lr}; lower min_lr or raise base_lr")
+        raise ValueError(f"min_lr must be <= base_lr, got min_lr={min_lr} > base_lr={base_lr}; lower min_lr or raise "
+                         "base_lr")
     if not warmup_epochs >= 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}; use warmup_epochs=0 for no warmup")
     if not cycle_decay > 0:
-        raise ValueError(f"cycle_decay must be > 0, got {cycle_decay}; use cycle_decay=1 to keep the peak lr on every restart")
+        raise ValueError(f"cycle_decay must be > 0, got {cycle_decay}; use cycle_decay=1 to keep the peak lr on every "
+                         "restart")
     if cycle_limit is not None and cycle_limit < 1:
-        raise ValueError(f"cycle_limit must be >= 1 or None, got {cycle_limit}; use cycle_limit=None for unlimited restarts")
+        raise ValueError(f"cycle_limit must be >= 1 or None, got {cycle_limit}; use cycle_limit=None for unlimited "
+                         "restarts")
 
     t = float(step)
     warmup_steps = warmup_epochs * steps_per_epoch

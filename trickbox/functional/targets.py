@@ -51,10 +51,12 @@ def smooth_targets(targets: Tensor, eps: float, prior: Tensor | None = None) -> 
             )
         prior64 = prior.detach().to(torch.float64)
         if bool((prior64 < 0).any()):
-            raise ValueError(f"prior must be non-negative, got min {float(prior64.min())}; pass class frequencies / their sum")
+            raise ValueError(f"prior must be non-negative, got min {float(prior64.min())}; pass class frequencies / "
+                             "their sum")
         total = float(prior64.sum())
         if abs(total - 1.0) > 1e-4:
-            raise ValueError(f"prior must sum to 1 (within 1e-4), got sum {total}; normalise it with prior / prior.sum()")
+            raise ValueError(f"prior must sum to 1 (within 1e-4), got sum {total}; normalise it with prior / "
+                             "prior.sum()")
     if eps == 0:
         return targets
     if prior is None:
@@ -73,8 +75,8 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean")
     check_soft_targets(targets)
     if logits.shape != targets.shape:
         raise ValueError(
-            f"logits and targets must have the same shape (B, K), got {tuple(logits.shape)} and {tuple(targets.shape)}; "
-            f"convert hard labels with one_hot(labels, num_classes)"
+            f"logits and targets must have the same shape (B, K), got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}; convert hard labels with one_hot(labels, num_classes)"
         )
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -(targets.float() * logp).sum(dim=-1)

@@ -5,12 +5,12 @@ supervises the worker processes, :mod:`.study` is a worker's handle on the
 study (Optuna's ``study.optimize`` one trial at a time, under the study lock of
 :mod:`.storage`), :mod:`.trials` runs each trial (trickbox's loop, or your script),
 :mod:`.distributed` lets the ranks of one launch run a trial together, and
-``trickbox report STUDY`` is :mod:`trickbox.report`. Inside your own script run by
+``trickbox report STUDY`` is :mod:`trickbox.sweep.report`. Inside your own script run by
 ``trickbox sweep SPEC --script train.py``, :func:`current_trial` is the trial (:mod:`.helper` shows how).
 """
 from __future__ import annotations
 
-from .helper import NoTrial, SweepTrial, current_trial
+from .script import NoTrial, SweepTrial, current_trial
 
 trial = current_trial
 """Alias of :func:`current_trial`."""

@@ -37,7 +37,8 @@ class Channel:
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.world_size = accelerator.num_processes if accelerator is not None else 1
         # A side group with a short timeout: the failure exchange must not wait for the main group's.
-        self.ctl = dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait)) if self.world_size > 1 else None
+        self.ctl = (dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait)) if self.world_size > 1
+                    else None)
 
     def broadcast(self, obj: Any) -> Any:
         from accelerate.utils import broadcast_object_list
@@ -64,7 +65,8 @@ class Channel:
 
     def peer_errors(self, run_dir: str) -> dict[int, str]:
         """Errors other ranks wrote for this trial (same machine or shared file system)."""
-        return {r: str(e) for r in range(self.world_size) if r != self.rank and (e := read_rank_file(run_dir, r).get("error"))}
+        return {r: str(e) for r in range(self.world_size)
+                if r != self.rank and (e := read_rank_file(run_dir, r).get("error"))}
 
 
 def rank_file(run_dir: str, rank: int) -> Path:

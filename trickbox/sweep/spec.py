@@ -21,9 +21,9 @@ from ..errors import ConfigError
 from ..scalars import Limits, bounded, check_fields, check_scalar, did_you_mean
 from ..trick import Param
 
-SPEC_KEYS = ("study", "base", "search", "objective", "direction", "sampler", "pruner", "pruning", "seeds", "train_first",
-             "variants", "columns", "description", "n_trials", "timeout", "retries", "heartbeat", "distributed",
-             "keep_checkpoints")
+SPEC_KEYS = ("study", "base", "search", "objective", "direction", "sampler", "pruner", "pruning", "seeds",
+             "train_first", "variants", "columns", "description", "n_trials", "timeout", "retries", "heartbeat",
+             "distributed", "keep_checkpoints")
 VARIANT = "variant"
 FIRST_DIR = "train_first"
 """The folder under the study where the ``train_first:`` run is trained."""
@@ -33,7 +33,8 @@ NOT_SEARCHABLE = (
     "train.progress", "train.stop_after_epoch",
 )
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler"}
-PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "threshold": "ThresholdPruner", "none": "NopPruner"}
+PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "threshold": "ThresholdPruner",
+           "none": "NopPruner"}
 MAXIMIZE = ("top1", "top5", "best_top1", "accuracy", "acc")
 MINIMIZE = ("nll", "ece", "loss", "error", "err")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -243,13 +244,15 @@ def spec_from_mapping(
     where = str(path) if path else "spec"
     for key in raw:
         if key == "teacher":
-            raise ConfigError(f"{where}: the key teacher: is now called train_first: (a run trained once before the trials); rename it")
+            raise ConfigError(f"{where}: the key teacher: is now called train_first: (a run trained once before the "
+                              "trials); rename it")
         if key not in SPEC_KEYS + tuple(f.name for f in dataclasses.fields(Options)):
             raise ConfigError(f"unknown key {key!r} in {where}{did_you_mean(str(key), SPEC_KEYS)}")
     root = path.parent if path else Path.cwd()
     name = study or raw.get("study") or (path.stem if path else None)
     if not isinstance(name, str) or not STUDY_NAME.match(name):
-        raise ConfigError(f"study name {name!r} must be 1-100 letters, digits, '_', '.' or '-' (set study: NAME or --study NAME)")
+        raise ConfigError(f"study name {name!r} must be 1-100 letters, digits, '_', '.' or '-' (set study: NAME or "
+                          "--study NAME)")
 
     base = _base_mapping(raw.get("base"), root, overrides, "base")
     cat = catalog or discover(block=_block_list(base))
@@ -264,9 +267,11 @@ def spec_from_mapping(
     if search_raw is None and variants:
         search_raw = {}
     if not isinstance(search_raw, Mapping) or not (search_raw or variants):
-        raise ConfigError("search must be a non-empty mapping of parameter: range, e.g. optim.lr: {low: 0.01, high: 0.2, log: true}")
+        raise ConfigError("search must be a non-empty mapping of parameter: range, e.g. optim.lr: {low: 0.01, high: "
+                          "0.2, log: true}")
     if VARIANT in search_raw:
-        raise ConfigError(f"search: {VARIANT!r} is the dimension that variants: creates; list the rows under variants: instead")
+        raise ConfigError(f"search: {VARIANT!r} is the dimension that variants: creates; list the rows under variants: "
+                          "instead")
     dims = [_dimension(str(k), v, base, cat, script) for k, v in search_raw.items()]
     if variants:
         dims.insert(0, Dimension(VARIANT, "categorical", choices=tuple(variants), target=(VARIANT,)))
@@ -297,7 +302,8 @@ def spec_from_mapping(
         if spec.n_trials is None:
             spec.n_trials = spec.grid_size
         elif spec.n_trials > spec.grid_size:
-            raise ConfigError(f"n_trials={spec.n_trials} exceeds the grid's {spec.grid_size} points; drop n_trials or add choices")
+            raise ConfigError(f"n_trials={spec.n_trials} exceeds the grid's {spec.grid_size} points; drop n_trials or "
+                              "add choices")
     if spec.n_trials is None and spec.timeout is None:
         raise ConfigError("give the study a budget: n_trials: N and/or timeout: SECONDS")
     _check_trial_configs(spec)
@@ -315,13 +321,15 @@ def _base_mapping(value: Any, root: Path, overrides: Sequence[str], key: str) ->
     from ..config import default_config_path, merged_mapping
 
     if not isinstance(value, (Mapping, type(None))):
-        raise ConfigError(f"{key} must be a training config mapping (data:, model:, train:, tricks: ...), got {value!r}")
+        raise ConfigError(f"{key} must be a training config mapping (data:, model:, train:, tricks: ...), got "
+                          f"{value!r}")
     inline = dict(value or {})
     files = inline.pop("config", None) or []
     files = [files] if isinstance(files, str) else files
     if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
         raise ConfigError(f"{key}.config must be a file name or a list of file names, got {files!r}")
-    paths = [default_config_path() if f == "default" else Path(f) if Path(f).is_absolute() or Path(f).is_file() else root / f
+    paths = [default_config_path() if f == "default" else Path(f) if Path(f).is_absolute() or Path(f).is_file()
+             else root / f
              for f in files]
     return merged_mapping([], overrides, _merged(merged_mapping(paths), inline))
 
@@ -377,13 +385,15 @@ def _variants(value: Any, base: dict[str, Any], cat: Any, filled: dict[str, list
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not value:
-        raise ConfigError("variants must be a mapping of row name: config fragment, e.g. {baseline: {tricks: {<trick>: null}}, with it: {}}")
+        raise ConfigError("variants must be a mapping of row name: config fragment, e.g. {baseline: {tricks: {<trick>: "
+                          "null}}, with it: {}}")
     out: dict[str, dict[str, Any]] = {}
     for name, frag in value.items():
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"variant names must be non-empty strings, got {name!r}")
         if not isinstance(frag, (Mapping, type(None))):
-            raise ConfigError(f"variant {name!r} must be a config fragment (data:, model:, train:, tricks: ...), got {frag!r}")
+            raise ConfigError(f"variant {name!r} must be a config fragment (data:, model:, train:, tricks: ...), got "
+                              f"{frag!r}")
         try:
             _check_base(_merged(base, frag or {}), cat, filled)
         except ConfigError as exc:
@@ -397,7 +407,8 @@ def _columns(value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"columns must be a list of metric names or {{metric: KEY, title: TEXT, error: BOOL}}, got {value!r}")
+        raise ConfigError(f"columns must be a list of metric names or {{metric: KEY, title: TEXT, error: BOOL}}, got "
+                          f"{value!r}")
     out = []
     for item in value:
         item = {"metric": item} if isinstance(item, str) else item
@@ -405,7 +416,8 @@ def _columns(value: Any) -> list[dict[str, Any]]:
             raise ConfigError(f"columns entry {item!r} needs metric: KEY, e.g. test/top1 or at_best_val/test/top1")
         extra = set(item) - {"metric", "title", "error"}
         if extra:
-            raise ConfigError(f"columns entry {dict(item)!r}: unknown key {sorted(extra)[0]!r}; use metric, title, error")
+            raise ConfigError(f"columns entry {dict(item)!r}: unknown key {sorted(extra)[0]!r}; use metric, title, "
+                              "error")
         error = check_scalar(f"columns entry {item['metric']}: error", item.get("error", False), bool)
         title = item.get("title") or (f"{item['metric']} error (%)" if error else item["metric"])
         out.append({"metric": item["metric"], "title": str(title), "error": error})
@@ -452,9 +464,11 @@ def _dimension(key: str, value: Any, base: Mapping[str, Any], cat: Any, script: 
 def _trick_dimension(trick: str, pname: str, value: Any, base: Mapping[str, Any], cat: Any) -> Dimension:
     params = {p.name: p for p in cat.get(trick).cls.params}
     if pname not in params:
-        raise ConfigError(f"search key {trick}.{pname}: trick {trick} has no parameter {pname!r}{did_you_mean(pname, list(params))}")
+        raise ConfigError(f"search key {trick}.{pname}: trick {trick} has no parameter "
+                          f"{pname!r}{did_you_mean(pname, list(params))}")
     if trick not in (base.get("tricks") or {}):
-        raise ConfigError(f"search key {trick}.{pname}: trick {trick} is not enabled; add {trick}: {{}} under base.tricks")
+        raise ConfigError(f"search key {trick}.{pname}: trick {trick} is not enabled; add {trick}: {{}} under "
+                          "base.tricks")
     p: Param = params[pname]
     name = f"{trick}.{pname}"
     if p.type not in (str, bool, int, float) and p.choices is None:
@@ -469,7 +483,8 @@ def _trick_dimension(trick: str, pname: str, value: Any, base: Mapping[str, Any]
 def _declared(p: Param) -> dict[str, Any] | None:
     s = p.search
     if s is not None:
-        return {"choices": list(s.choices)} if s.choices is not None else {"low": s.low, "high": s.high, "log": s.log, "step": s.step}
+        return ({"choices": list(s.choices)} if s.choices is not None
+                else {"low": s.low, "high": s.high, "log": s.log, "step": s.step})
     if p.choices is not None:
         return {"choices": list(p.choices)}
     return {"choices": [False, True]} if p.type is bool else None
@@ -479,19 +494,22 @@ def _config_dimension(key: str, parts: list[str], value: Any) -> Dimension:
     from ..config import key_type
 
     if key in NOT_SEARCHABLE or parts[0] == "plugins":
-        raise ConfigError(f"search key {key} cannot be searched: the sweep sets it (or all trials share it); set it in base:")
+        raise ConfigError(f"search key {key} cannot be searched: the sweep sets it (or all trials share it); set it in "
+                          "base:")
     try:
         hint = key_type(parts)
     except ConfigError as exc:
         raise ConfigError(f"search key {key}: {exc}") from None
     if value is None or value == "default" or (isinstance(value, Mapping) and not value):
-        raise ConfigError(f"search key {key} is a config key with no declared range; give {{low: ..., high: ...}} or {{choices: [...]}}")
+        raise ConfigError(f"search key {key} is a config key with no declared range; give {{low: ..., high: ...}} or "
+                          f"{{choices: [...]}}")
     return _parse_range(key, value, None, {float: "float", int: "int"}.get(hint, "categorical"), tuple(parts))
 
 
 def _script_dimension(key: str, value: Any) -> Dimension:
     if value is None or value == "default" or (isinstance(value, Mapping) and not value):
-        raise ConfigError(f"search key {key} is a parameter of the script; give {{low: ..., high: ...}} or {{choices: [...]}}")
+        raise ConfigError(f"search key {key} is a parameter of the script; give {{low: ..., high: ...}} or {{choices: "
+                          f"[...]}}")
     kind = "categorical"
     if isinstance(value, Mapping) and "choices" not in value:
         bounds = [value.get(k) for k in ("low", "high") if value.get(k) is not None]
@@ -502,10 +520,12 @@ def _script_dimension(key: str, value: Any) -> Dimension:
     return _parse_range(key, value, None, kind, ())
 
 
-def _parse_range(name: str, value: Any, declared: dict[str, Any] | None, kind: str, target: tuple[str, ...]) -> Dimension:
+def _parse_range(name: str, value: Any, declared: dict[str, Any] | None, kind: str,
+                 target: tuple[str, ...]) -> Dimension:
     if value is None or value == "default" or (isinstance(value, Mapping) and not value):
         if declared is None:
-            raise ConfigError(f"search {name}: the trick declares no search range; give {{low: ..., high: ...}} or {{choices: [...]}}")
+            raise ConfigError(f"search {name}: the trick declares no search range; give {{low: ..., high: ...}} or "
+                              f"{{choices: [...]}}")
         spec = dict(declared)
     elif isinstance(value, list):
         spec = {"choices": value}
@@ -514,11 +534,13 @@ def _parse_range(name: str, value: Any, declared: dict[str, Any] | None, kind: s
             if k not in RANGE_KEYS or (k == "type" and target):
                 raise ConfigError(f"search {name}: unknown key {k!r}{did_you_mean(str(k), RANGE_KEYS[:5])}")
         if "choices" in value and len(value) > 1:
-            raise ConfigError(f"search {name}: choices cannot be combined with {[k for k in value if k != 'choices'][0]}")
+            raise ConfigError(f"search {name}: choices cannot be combined with "
+                              f"{[k for k in value if k != 'choices'][0]}")
         spec = {} if "choices" in value or not declared or "choices" in declared else dict(declared)
         spec.update({k: v for k, v in value.items() if k != "type"})
     else:
-        raise ConfigError(f"search {name}: give a range {{low: ..., high: ...}}, a list of choices, or default; got {value!r}")
+        raise ConfigError(f"search {name}: give a range {{low: ..., high: ...}}, a list of choices, or default; got "
+                          f"{value!r}")
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
@@ -552,7 +574,8 @@ def _objective(objective: Any, direction: Any) -> tuple[str, str]:
         raise ConfigError(f"objective {objective!r} uses the test split: a sweep selects on validation metrics "
                           f"(use {fix}); test is for the final report")
     if not objective.startswith("val/"):
-        raise ConfigError(f"objective {objective!r} must be a validation metric: val/top1, val/top5, val/nll, val/ece or a trick's val/* metric")
+        raise ConfigError(f"objective {objective!r} must be a validation metric: val/top1, val/top5, val/nll, val/ece "
+                          "or a trick's val/* metric")
     metric = objective.split("/", 1)[1]
     if direction is None:
         direction = "maximize" if metric in MAXIMIZE else "minimize" if metric in MINIMIZE else None
@@ -597,11 +620,13 @@ def _seeds(seeds: Any, sampler: Choice, names: list[str]) -> list[int] | None:
         return None
     if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2]; got {seeds!r}")
-    seeds = [check_scalar(f"seeds[{i}]", s, int, Limits(low=0, high=2**32, high_open=True)) for i, s in enumerate(seeds)]
+    seeds = [check_scalar(f"seeds[{i}]", s, int,
+                          Limits(low=0, high=2**32, high_open=True)) for i, s in enumerate(seeds)]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds holds a seed twice: {seeds!r}")
     if sampler.name != "grid":
-        raise ConfigError("seeds repeats every grid point once per seed and needs sampler: grid; with tpe/random put train.seed in search or drop seeds")
+        raise ConfigError("seeds repeats every grid point once per seed and needs sampler: grid; with tpe/random put "
+                          "train.seed in search or drop seeds")
     if "train.seed" in names:
         raise ConfigError("give the seeds either as seeds: [...] or as search: train.seed, not both")
     return seeds
@@ -612,8 +637,9 @@ def _pruning(value: Any, base: Mapping[str, Any], cat: Any) -> bool:
         raise ConfigError(f"pruning must be a mapping such as {{restart_aware: true}}, got {value!r}")
     ra = check_scalar("pruning.restart_aware", (value or {}).get("restart_aware", False), bool)
     if ra and not any(hasattr(cat.get(t).cls, "trickbox_report_epochs") for t in (base.get("tricks") or {})):
-        raise ConfigError("pruning.restart_aware reports only at the epochs the tricks call fair (a schedule's cycle ends); "
-                          "no trick under base.tricks declares them (trickbox_report_epochs): enable one or drop it")
+        raise ConfigError("pruning.restart_aware reports only at the epochs the tricks call fair (a schedule's cycle "
+                          "ends); no trick under base.tricks declares them (trickbox_report_epochs): enable one or "
+                          "drop it")
     return ra
 
 
@@ -627,5 +653,6 @@ def _options(raw: Mapping[str, Any], n_trials: int | None, timeout: float | None
     for section, obj in (("", opts), ("heartbeat.", opts.heartbeat), ("distributed.", opts.distributed)):
         check_fields(obj, section.rstrip(".") or "spec")
     if opts.heartbeat.grace is not None and opts.heartbeat.grace <= opts.heartbeat.interval:
-        raise ConfigError(f"heartbeat.grace ({opts.heartbeat.grace}) must exceed heartbeat.interval ({opts.heartbeat.interval})")
+        raise ConfigError(f"heartbeat.grace ({opts.heartbeat.grace}) must exceed heartbeat.interval "
+                          f"({opts.heartbeat.interval})")
     return opts

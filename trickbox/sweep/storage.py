@@ -1,4 +1,6 @@
-"""Where a study lives, the lock that makes its trial count exact, and who owns a running trial.
+"""Where a study lives: the storage, the journal watch, retries of crashed trials and the trial budget.
+
+The lock that makes a study's trial count exact is :mod:`.locks`; who owns a running trial, :mod:`.leases`.
 
 A journal file ``sweeps_out/<study>/journal.log`` by default (no server; one machine), or an Optuna RDB storage
 (``--storage postgresql://...`` for many machines, ``sqlite:///...``). A crashed trial is failed and handed to
@@ -8,24 +10,16 @@ trials whose owner process on this host died or whose lease (renewed by the live
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import os
-import socket
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-
-HOST_ENV = "TRICKBOX_SWEEP_HOST"
-"""Override the host name recorded as a trial's owner (containers that share a host name)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,8 @@ def resolve_storage(url: str | None, study_dir: Path) -> StorageTarget:
     if base == "sqlite":
         db = rest.lstrip("/")
         if not db or db == ":memory:":
-            raise ConfigError("--storage sqlite needs a file (sqlite:///path/study.db); an in-memory database cannot be shared")
+            raise ConfigError("--storage sqlite needs a file (sqlite:///path/study.db); an in-memory database cannot "
+                              "be shared")
         path = (Path("/" + db) if rest.startswith("//") else Path(db)).resolve()
         return StorageTarget("sqlite", f"sqlite:///{path}", None, _lock_beside(path))
     raise ConfigError(
@@ -117,9 +112,17 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
     raise AssertionError("unreachable")
 
 
+def retry_history(trial: Any) -> list[int]:
+    """The trials this one retries, oldest first (Optuna's ``RetryHeartbeatStaleTrialCallback.retry_history``)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
 class StaleRetry:
-    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (a WAITING copy, same parameters, at most ``max_retry``),
-    saying what it does."""
+    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (a WAITING copy, same parameters, at most ``max_retry``; the
+    failed trial's intermediate values go with it, so a retry resumed from a checkpoint keeps the epochs it had
+    reported), saying what it does."""
 
     def __init__(self, max_retry: int | None, reason: str) -> None:
         self.max_retry, self.reason = max_retry, reason
@@ -127,13 +130,15 @@ class StaleRetry:
     def __call__(self, study: Any, trial: Any) -> None:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        done = len(trial.system_attrs.get("retry_history", []))
+        done = len(retry_history(trial))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning
-            RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+            RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=True)(study, trial)
         again = self.max_retry is None or done < self.max_retry
-        print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; " + ("it is retried with the same parameters"
-              if again else f"retried {done} times already, not again (retries: {self.max_retry})"), file=sys.stderr, flush=True)
+        print(f"trickbox sweep: trial {trial.number} failed: {self.reason}; "
+              + ("it is retried with the same parameters" if again
+                 else f"retried {done} times already, not again (retries: {self.max_retry})"),
+              file=sys.stderr, flush=True)
 
 
 class JournalWatch:
@@ -163,9 +168,9 @@ class JournalWatch:
 
 
 def journal_error(target: StorageTarget, study_dir: Path, what: str) -> OutputError:
-    return OutputError(f"the study journal {target.journal} was {what} while the sweep ran; the trials' run directories "
-                       f"under {study_dir} are intact but the study's record is not: restore the journal from a copy "
-                       "and run again, or start a new study with --study NAME")
+    return OutputError(f"the study journal {target.journal} was {what} while the sweep ran; the trials' run "
+                       f"directories under {study_dir} are intact but the study's record is not: restore the journal "
+                       "from a copy and run again, or start a new study with --study NAME")
 
 
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -181,14 +186,16 @@ def journal_damage(target: StorageTarget, study_dir: Path, exc: BaseException | 
         frames, tb = [], exc.__traceback__
         while tb is not None:
             frames, tb = frames + [tb.tb_frame.f_code.co_filename], tb.tb_next
-        from_journal = any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames) or str(target.journal) in str(exc)
+        from_journal = (any(f"optuna{os.sep}storages{os.sep}journal" in f for f in frames)
+                        or str(target.journal) in str(exc))
         if from_journal and isinstance(exc, OSError) and exc.errno in UNWRITABLE and target.journal.exists():  # type: ignore[union-attr]
             return OutputError(f"the study journal {target.journal} cannot be written ({exc.strerror or exc}); it is "
                                f"intact up to its last complete line, and so are the trials' run directories under "
                                f"{study_dir}: make it writable (or free space) and run the same command again; the "
                                "trials it still shows as running are taken up then")
         if isinstance(exc, (ValueError, OSError)) and from_journal:
-            return journal_error(target, study_dir, "damaged (a cut or garbled line)" if target.journal.exists() else "deleted")  # type: ignore[union-attr]
+            return journal_error(target, study_dir, "damaged (a cut or garbled line)"
+                                 if target.journal.exists() else "deleted")  # type: ignore[union-attr]
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -197,136 +204,6 @@ def budget_used(trials: list[Any]) -> int:
     """Trials that count against ``n_trials``: all but FAILED trials that a retry replaced."""
     from optuna.trial import TrialState
 
-    replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    replaced = {n for t in trials for n in retry_history(t)}
     replaced |= {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None}
     return sum(1 for t in trials if t.state != TrialState.FAIL or t.number not in replaced)
-
-
-# -- the study lock ---------------------------------------------------------------
-class StudyLock:
-    """Mutual exclusion between every worker of one study: an ``fcntl`` file lock beside a journal or SQLite file,
-    a PostgreSQL advisory lock keyed by the study. :meth:`acquire` and :meth:`release` may happen in different
-    places (taken before a trial is created, released as soon as it exists); releasing a free lock does nothing."""
-
-    def __init__(self, target: StorageTarget, study: str) -> None:
-        self.target, self.held = target, False
-        self._key = int.from_bytes(hashlib.blake2b(f"trickbox:{study}".encode(), digest_size=8).digest(), "big", signed=True)
-        self._conn: Any = None
-        self._fh: Any = None
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-    def _sql(self, query: str) -> None:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.pool import NullPool
-
-        if self._conn is None:
-            self._conn = create_engine(self.target.url, poolclass=NullPool).connect()
-        self._conn.execute(text(query), {"k": self._key})
-        self._conn.commit()
-
-    def acquire(self) -> None:
-        if self.held:
-            return
-        if self.target.kind == "postgresql":
-            self._sql("SELECT pg_advisory_lock(:k)")
-        else:
-            import fcntl
-
-            assert self.target.lock_file is not None
-            self.target.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.target.lock_file, "a+")
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
-        self.held = True
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        if self._fh is not None:
-            self._fh.close()  # closing the file releases the fcntl lock
-            self._fh = None
-            return
-        try:
-            self._sql("SELECT pg_advisory_unlock(:k)")
-        except Exception:  # a dropped connection releases the lock anyway
-            self.close()
-
-    def close(self) -> None:
-        self.release()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path`` (released when the process dies)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        yield
-
-
-# -- owners and leases --------------------------------------------------------------
-def host_id() -> str:
-    return os.environ.get(HOST_ENV) or socket.gethostname()
-
-
-def _proc_start(pid: int) -> int | None:
-    """The start time (clock ticks) of a live, non-zombie ``pid`` from /proc; ``None`` when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def owner_record(worker: str) -> dict[str, Any]:
-    """Who runs a trial: this host, PID and process start time (guards against PID reuse)."""
-    return {"host": host_id(), "pid": os.getpid(), "start": _proc_start(os.getpid()), "worker": worker}
-
-
-def owner_gone(owner: Any, lease: Any, now: float) -> str | None:
-    """Why a RUNNING trial's owner is gone (its process on this host died; its lease on another host ran out)."""
-    if not isinstance(owner, dict):
-        return None
-    if owner.get("host") != host_id():
-        if isinstance(lease, (int, float)) and now > lease:
-            return f"its worker on {owner.get('host')} stopped renewing its lease ({now - lease:.0f} s ago)"
-        return None
-    pid = owner.get("pid")
-    if isinstance(pid, int) and Path("/proc/self/stat").exists():
-        start = _proc_start(pid)
-        if start is None or owner.get("start") not in (None, start):
-            return f"its worker (pid {pid} on {owner.get('host')}) died"
-    return None
-
-
-class Lease:
-    """Renews a journal trial's ``lease`` user attribute every ``interval`` s (the lease lasts ``grace`` s)."""
-
-    def __init__(self, trial: Any, interval: float, grace: float) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(trial, interval, grace), daemon=True)
-        trial.set_user_attr("lease", time.time() + grace)
-        self._thread.start()
-
-    def _run(self, trial: Any, interval: float, grace: float) -> None:
-        while not self._stop.wait(interval):
-            with contextlib.suppress(Exception):  # a blip must not kill the trial; the grace period covers it
-                trial.set_user_attr("lease", time.time() + grace)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

@@ -20,18 +20,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..seeding import derive_seed
-from .spec import FIRST_DIR, SweepSpec
-from .storage import (
-    JournalWatch,
-    Lease,
-    StaleRetry,
-    StorageTarget,
-    StudyLock,
-    budget_used,
-    open_storage,
-    owner_gone,
-    owner_record,
-)
+from .leases import Lease, owner_gone, owner_record
+from .locks import StudyLock
+from .spec import FIRST_DIR, PRUNERS, SAMPLERS, SweepSpec
+from .storage import JournalWatch, StaleRetry, StorageTarget, budget_used, open_storage, retry_history
 
 POLL_SECONDS = 1.0
 
@@ -85,20 +77,21 @@ def build_sampler(spec: SweepSpec, worker_index: int, start: int = 0) -> Any:
         return optuna.samplers.GridSampler({d.name: list(d.choices or ()) for d in spec.search}, seed=seed)
     if seed is not None:  # workers (and a restarted worker) must not draw the same random points
         seed = derive_seed(int(seed), worker_index, start) % (2**31)
+    sampler = getattr(optuna.samplers, SAMPLERS[spec.sampler.name])  # the spec's one table of names
     if spec.sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return sampler(seed=seed)
     opts.setdefault("constant_liar", True)  # concurrent workers: don't all sample next to the same running trial
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return optuna.samplers.TPESampler(seed=seed, **opts)
+        return sampler(seed=seed, **opts)
 
 
 def build_pruner(name: str, options: dict[str, Any]) -> Any:
+    """Optuna's pruner that the spec's table names (``none``: Optuna's ``NopPruner``, which takes no options)."""
     import optuna
 
-    kinds = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-             "threshold": optuna.pruners.ThresholdPruner}
-    return kinds[name](**options) if name in kinds else optuna.pruners.NopPruner()
+    pruner = getattr(optuna.pruners, PRUNERS[name])
+    return pruner() if name == "none" else pruner(**options)
 
 
 class Coordinator:
@@ -133,7 +126,8 @@ class Coordinator:
         mine, theirs = self.spec.summary(), study.user_attrs.get("trickbox")
         if theirs is None:
             if study.trials:
-                raise ConfigError(f"study {self.spec.study!r} in {self.target.display()} was not made by trickbox sweep; use --study NEW_NAME")
+                raise ConfigError(f"study {self.spec.study!r} in {self.target.display()} was not made by trickbox "
+                                  "sweep; use --study NEW_NAME")
             study.set_user_attr("trickbox", {**mine, "created": time.time(), "storage": self.target.display()})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning
@@ -188,7 +182,8 @@ class Coordinator:
         return any(t.state == TrialState.WAITING for t in trials) or n is None or budget_used(trials) < n
 
     # -- one trial -----------------------------------------------------------------
-    def run_one(self, runner: Callable[[TrialPlan], Outcome], stopping: Callable[[], bool] = lambda: False) -> tuple[TrialPlan, Outcome] | None:
+    def run_one(self, runner: Callable[[TrialPlan], Outcome],
+                stopping: Callable[[], bool] = lambda: False) -> tuple[TrialPlan, Outcome] | None:
         """Run the next trial with ``runner``; ``None`` when the study's budget is used up (after waiting for the
         other workers' trials, one of which might crash and need a retry)."""
         from optuna.trial import TrialState
@@ -231,7 +226,7 @@ class Coordinator:
 
     def _plan(self, trial: Any) -> TrialPlan:
         frozen = self._frozen(trial.number)  # a retry inherits its failed trial's attributes, run_dir included
-        history = frozen.system_attrs.get("retry_history", [])  # Optuna's retry callback writes it
+        history = retry_history(frozen)
         retry_of = history[-1] if history else None
         inherited = frozen.user_attrs.get("run_dir") if retry_of is not None else None
         run_dir = self.study_dir / f"trial-{trial.number}"
@@ -273,7 +268,8 @@ class Coordinator:
 
         attrs = {"seconds": round(outcome.seconds, 3), "epochs": outcome.epochs, **outcome.attrs}
         if outcome.state == "failed":
-            attrs.update(error=outcome.error[:1000], **({"failed_rank": outcome.failed_rank} if outcome.failed_rank is not None else {}))
+            attrs.update(error=outcome.error[:1000],
+                         **({"failed_rank": outcome.failed_rank} if outcome.failed_rank is not None else {}))
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if outcome.state == "complete" and outcome.value is not None and math.isfinite(outcome.value):
@@ -294,3 +290,8 @@ class Coordinator:
 
     def say(self, msg: str) -> None:
         print(f"trickbox sweep [{self.worker}]: {msg}", file=sys.stderr, flush=True)
+
+
+def wandb_names(plan: TrialPlan) -> dict[str, Any]:
+    """The W&B run of a trial: named ``trial-<n>``, grouped by its study, job type ``trial``."""
+    return {"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial", "tags": [f"study:{plan.study}"]}

@@ -3,23 +3,14 @@
 :class:`TrainRunner` trains it with :func:`trickbox.loop.train` in this process (on every rank of a distributed
 trial: rank 0 broadcasts the plan, :func:`follow_trials` is the other ranks' side); its :class:`EpochReporter`
 wraps the tricks' epoch-end hooks, reports to the pruner and makes every rank act on one decision.
-:class:`ScriptRunner` runs a user's script, which reports through :func:`trickbox.sweep.current_trial` over a
-local connection to this worker, the one that talks to the study.
+:class:`~trickbox.sweep.script.ScriptRunner` (in :mod:`trickbox.sweep.script`, with the script's side of the
+protocol) runs a user's script instead.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import math
-import os
-import secrets
-import shlex
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +19,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..trick import hookimpl
 from .distributed import Channel, TrialFailedOnRank, write_rank_file
-from .helper import ENV_TRIAL
+from .script import ScriptRunner
 from .spec import SweepSpec
-from .study import Coordinator, Outcome, TrialPlan
+from .study import Coordinator, Outcome, TrialPlan, wandb_names
 
 Report = Callable[[float, int], bool]
 """``report(value, epoch) -> prune?``: the study's pruner, on rank 0 only."""
@@ -67,7 +58,8 @@ def print_outcome(worker: str, plan: TrialPlan, outcome: Outcome, objective: str
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in plan.params.items())
     what = {"complete": f"complete {objective}={outcome.value or 0:.4f}", "pruned": outcome.error or "pruned"}.get(
         outcome.state, f"FAILED: {outcome.error}" + (" (will be retried)" if outcome.retry else ""))
-    print(f"trickbox sweep [{worker}]: trial {plan.number} {what} in {outcome.seconds:.1f}s ({params})", file=sys.stderr, flush=True)
+    print(f"trickbox sweep [{worker}]: trial {plan.number} {what} in {outcome.seconds:.1f}s ({params})",
+          file=sys.stderr, flush=True)
 
 
 # -- trickbox's own loop, in this process ---------------------------------------------------
@@ -93,7 +85,8 @@ class EpochReporter:
             if value is None:
                 config_error = True
                 have = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
-                raise ConfigError(f"objective {objective!r} is not among the epoch's metrics ({have}); fix objective: in the spec")
+                raise ConfigError(f"objective {objective!r} is not among the epoch's metrics ({have}); fix objective: "
+                                  "in the spec")
         except Exception as exc:
             ok, message = False, f"rank {rank}: {describe(exc)}"
         allowed = self.tricks.report_epochs() if self.spec.restart_aware else None
@@ -124,7 +117,8 @@ class TrainRunner:
 
     def __init__(self, spec: SweepSpec, accelerator: Any, channel: Channel, report: Report | None = None,
                  progress: bool = True) -> None:
-        self.spec, self.accelerator, self.channel, self.report, self.progress = spec, accelerator, channel, report, progress
+        self.spec, self.accelerator, self.channel = spec, accelerator, channel
+        self.report, self.progress = report, progress
 
     def __call__(self, plan: TrialPlan) -> Outcome:  # rank 0: tell the other ranks first
         if self.channel.world_size > 1:
@@ -140,7 +134,8 @@ class TrainRunner:
         from ..loop import Preempted, at_best_val, train
 
         start, rank = time.perf_counter(), self.channel.rank
-        write_rank_file(plan.run_dir, rank, {"trial": plan.number, "params": plan.params, "epochs": [], "decisions": []})
+        write_rank_file(plan.run_dir, rank,
+                        {"trial": plan.number, "params": plan.params, "epochs": [], "decisions": []})
         reporter = EpochReporter(plan, self.spec, self.channel, self.report)
         try:
             cfg = load_config(base=plan.mapping)
@@ -159,7 +154,8 @@ class TrainRunner:
             outcome = (Outcome("complete", float(value), attrs={"test": {k: float(v) for k, v in result.test.items()},
                                                                  "metrics": metrics})
                        if value is not None and math.isfinite(float(value))
-                       else Outcome("failed", error=f"objective {self.spec.objective} is {value!r} at the end of training"))
+                       else Outcome("failed",
+                                    error=f"objective {self.spec.objective} is {value!r} at the end of training"))
         except optuna.TrialPruned as exc:
             outcome = Outcome("pruned", error=str(exc))
         except TrialFailedOnRank as exc:
@@ -177,7 +173,8 @@ class TrainRunner:
             else:
                 gc.collect()
         outcome.seconds, outcome.epochs = time.perf_counter() - start, len(reporter.epochs)
-        write_rank_file(plan.run_dir, rank, {"state": outcome.state, "error": outcome.error if outcome.state == "failed" else ""})
+        write_rank_file(plan.run_dir, rank,
+                        {"state": outcome.state, "error": outcome.error if outcome.state == "failed" else ""})
         return outcome
 
     def _after_error(self, plan: TrialPlan, rank: int, exc: Exception) -> Outcome:
@@ -189,13 +186,9 @@ class TrainRunner:
         if peers:
             return Outcome("failed", error=peers[min(peers)], failed_rank=min(peers), fatal=True, exit_code=1)
         if is_comm_error(exc):
-            return Outcome("failed", error=f"a peer rank died or lost its connection ({mine})", retry=True, fatal=True, exit_code=1)
+            return Outcome("failed", error=f"a peer rank died or lost its connection ({mine})", retry=True, fatal=True,
+                           exit_code=1)
         return Outcome("failed", error=mine, failed_rank=rank, fatal=True, exit_code=1)
-
-
-def wandb_names(plan: TrialPlan) -> dict[str, Any]:
-    """The W&B run of a trial: named ``trial-<n>``, grouped by its study, job type ``trial``."""
-    return {"name": f"trial-{plan.number}", "group": plan.study, "job_type": "trial", "tags": [f"study:{plan.study}"]}
 
 
 def describe(exc: BaseException) -> str:
@@ -209,95 +202,5 @@ def is_comm_error(exc: BaseException) -> bool:
 
     text = str(exc).lower()
     return isinstance(exc, getattr(dist, "DistError", ())) or any(
-        s in text for s in ("connection closed by peer", "connection reset", "gloo", "nccl", "timed out", "broken pipe"))
-
-
-# -- a user's script, as a subprocess -----------------------------------------------------
-class ScriptRunner:
-    """A trial as a run of the user's script (``--script``, optionally under ``--launch``)."""
-
-    def __init__(self, spec: SweepSpec, script: str, launch: str | None, coordinator: Coordinator) -> None:
-        self.spec, self.script, self.launch, self.coordinator = spec, script, launch, coordinator
-
-    def __call__(self, plan: TrialPlan) -> Outcome:
-        from multiprocessing.connection import Listener
-
-        start, run_dir = time.perf_counter(), Path(plan.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(16)
-        listener = Listener(("127.0.0.1", 0), authkey=key)
-        ended: dict[str, Any] = {}
-        server = threading.Thread(target=self._serve, args=(listener, ended), daemon=True)
-        server.start()
-        info_path = run_dir / "trial.json"
-        info_path.write_text(json.dumps(self.trial_info(plan, listener.address, key), indent=1, default=str))
-        env = {**os.environ, ENV_TRIAL: str(info_path), "WANDB_RUN_GROUP": plan.study, "WANDB_JOB_TYPE": "trial",
-               "WANDB_NAME": f"trial-{plan.number}"}
-        cmd = [*(shlex.split(self.launch) if self.launch else [sys.executable]), *shlex.split(self.script)]
-        try:
-            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            rc = proc.wait()
-        except OSError as exc:
-            return Outcome("failed", error=f"cannot start {cmd[0]}: {exc}", fatal=True, exit_code=2)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            return Outcome("failed", error="interrupted", retry=True, fatal=True, exit_code=130)
-        finally:
-            with contextlib.suppress(OSError):  # wakes a server still in accept(): it fails the handshake and ends
-                socket.create_connection(listener.address, timeout=1).close()
-            server.join(timeout=5)
-            listener.close()
-        seconds = time.perf_counter() - start
-        if ended.get("state") == "pruned":
-            return Outcome("pruned", error=f"pruned at epoch {ended.get('epoch')}", seconds=seconds)
-        if rc == 0 and ended.get("state") == "complete":
-            return Outcome("complete", float(ended["value"]), seconds=seconds)
-        if rc == 0:
-            return Outcome("failed", error="the script exited without calling trickbox.sweep.current_trial().finish(value)", seconds=seconds)
-        if rc < 0:
-            return Outcome("failed", error=f"the script was killed by signal {-rc}", retry=True, seconds=seconds)
-        return Outcome("failed", error=f"the script exited with code {rc}", seconds=seconds)
-
-    def _serve(self, listener: Any, ended: dict[str, Any]) -> None:
-        """Answer the script's rank 0: ``("report", value, epoch)`` → prune?, ``("finish", value)``."""
-        from multiprocessing import AuthenticationError
-
-        try:
-            conn = listener.accept()
-        except (OSError, EOFError, AuthenticationError):
-            return
-        with conn:
-            while True:
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    return
-                if msg[0] == "report" and not ended:
-                    pruned = self.coordinator.report(float(msg[1]), int(msg[2]))
-                    if pruned:
-                        ended.update(state="pruned", epoch=int(msg[2]))
-                    conn.send(pruned)
-                elif msg[0] == "finish":
-                    ended.setdefault("state", "complete")
-                    ended.setdefault("value", float(msg[1]))
-                    conn.send(True)
-                else:
-                    conn.send(ended.get("state") == "pruned")
-
-    def trial_info(self, plan: TrialPlan, address: Any, key: bytes) -> dict[str, Any]:
-        """What the script's :class:`~trickbox.sweep.helper.SweepTrial` reads (``trial.json``)."""
-        trial = {"number": plan.number, "study": plan.study, "params": plan.params, "retry_of": plan.retry_of}
-        return {**trial, "config": plan.mapping, "targets": {d.name: list(d.target) for d in self.spec.search},
-                "run_dir": plan.run_dir, "resume_dir": plan.resume_from, "objective": self.spec.objective,
-                "address": list(address), "authkey": key.hex(), "wandb": {**wandb_names(plan), "config": {"trial": trial}}}
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the worker dies (Linux), so no orphan keeps writing to the trial."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        s in text for s in ("connection closed by peer", "connection reset", "gloo", "nccl", "timed out",
+                            "broken pipe"))

@@ -20,10 +20,12 @@ from typing import Any
 
 from ..errors import ConfigError, OutputError
 from .distributed import Channel
+from .locks import file_lock
+from .script import ScriptRunner
 from .spec import FIRST_DIR, SweepSpec
-from .storage import StorageTarget, file_lock, journal_damage
+from .storage import StorageTarget, journal_damage
 from .study import Coordinator
-from .trials import ScriptRunner, TrainRunner, follow_trials, run_trials
+from .trials import TrainRunner, follow_trials, run_trials
 
 
 def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
@@ -73,7 +75,8 @@ def make_sweep_accelerator(spec: SweepSpec, distributed: bool) -> Any:
     from ..config import load_config
     from ..loop import make_accelerator
 
-    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=spec.options.distributed.timeout))] if distributed else []
+    handlers = ([InitProcessGroupKwargs(timeout=timedelta(seconds=spec.options.distributed.timeout))] if distributed
+                else [])
     return make_accelerator(load_config(base=spec.base), kwargs_handlers=handlers)
 
 
@@ -182,18 +185,21 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
     coordinator = Coordinator(spec, target, study_dir, worker="main", deadline=deadline, wait_for_others=False)
     budget = f"{spec.n_trials} trials" if spec.n_trials else f"{spec.timeout:g} s"
     where = f" on GPUs {', '.join(p for p in pins if p is not None)}" if gpus else " on CPU"
-    print(f"trickbox sweep: study {spec.study!r} ({budget}) in {target.display()}; {n} worker(s){where}", file=sys.stderr, flush=True)
+    print(f"trickbox sweep: study {spec.study!r} ({budget}) in {target.display()}; {n} worker(s){where}",
+          file=sys.stderr, flush=True)
     try:
         with coordinator.lock.hold():
             coordinator.reap()
             left = coordinator.budget_left()
         if not left:
-            print(f"trickbox sweep: study {spec.study!r} has used its budget; nothing to run (raise it with --n-trials)",
+            print(f"trickbox sweep: study {spec.study!r} has used its budget; nothing to run (raise it with "
+                  "--n-trials)",
                   file=sys.stderr, flush=True)
             return 0
         if n == 1:
             try:
-                return run_worker(spec, target, study_dir, index=0, deadline=deadline, progress=True, script=script, launch=launch)
+                return run_worker(spec, target, study_dir, index=0, deadline=deadline, progress=True, script=script,
+                                  launch=launch)
             except KeyboardInterrupt:
                 return 130
         return _Workers(coordinator, worker_args, pins, max_restarts).run()
@@ -210,7 +216,8 @@ def supervise(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, worker
 class _Workers:
     """N worker processes on one study: started, watched, restarted."""
 
-    def __init__(self, coordinator: Coordinator, worker_args: list[str], pins: list[str | None], max_restarts: int) -> None:
+    def __init__(self, coordinator: Coordinator, worker_args: list[str], pins: list[str | None],
+                 max_restarts: int) -> None:
         self.coordinator, self.args, self.pins, self.max_restarts = coordinator, worker_args, pins, max_restarts
         self.procs: list[subprocess.Popen[bytes]] = [self.start(i) for i in range(len(pins))]
         self.restarts = [0] * len(pins)
@@ -221,7 +228,8 @@ class _Workers:
             env["CUDA_VISIBLE_DEVICES"] = str(self.pins[i])
         elif "OMP_NUM_THREADS" not in env:  # CPU: share the cores instead of oversubscribing them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self.pins)))
-        return subprocess.Popen([sys.executable, "-m", "trickbox", "sweep", *self.args, "--as-worker", str(i), "--quiet-trials"], env=env)
+        return subprocess.Popen([sys.executable, "-m", "trickbox", "sweep", *self.args, "--as-worker", str(i),
+                                 "--quiet-trials"], env=env)
 
     def run(self) -> int:
         def on_term(signum: int, frame: Any) -> None:
@@ -256,7 +264,8 @@ class _Workers:
                     else:
                         done[i] = rc == 0
         except KeyboardInterrupt:
-            print("trickbox sweep: stopping the workers; their running trials are checkpointed and retried on the next run",
+            print("trickbox sweep: stopping the workers; their running trials are checkpointed and retried on the next "
+                  "run",
                   file=sys.stderr, flush=True)
             self.terminate()
             code = 130

@@ -22,9 +22,11 @@ class Distillation(Trick):
     name = "distillation"
     summary = "learn from a trained teacher's softened logits"
     params = (
-        Param("teacher", str, None, "a trickbox run directory, or a timm model name (then set checkpoint)", artifact=True),
+        Param("teacher", str, None, "a trickbox run directory, or a timm model name (then set checkpoint)",
+              artifact=True),
         Param("checkpoint", str, None, "teacher weights (.safetensors, or a weights_only-loadable .pt)", optional=True),
-        Param("temperature", float, 4.0, "softening temperature T", low=0, low_open=True, search=Search(1.0, 10.0, log=True)),
+        Param("temperature", float, 4.0, "softening temperature T", low=0, low_open=True,
+              search=Search(1.0, 10.0, log=True)),
         Param("weight", float, 1.0, "weight w of the distillation term", low=0, search=Search(0.1, 2.0, log=True)),
     )
 
@@ -41,7 +43,8 @@ class Distillation(Trick):
             )
         target = path / "model.safetensors" if path.is_dir() else path
         if not target.is_file() or not _readable(target):
-            raise ConfigError(f"teacher weights {str(target)!r} are missing or unreadable; train a teacher first (trickbox train)")
+            raise ConfigError(f"teacher weights {str(target)!r} are missing or unreadable; train a teacher first "
+                              "(trickbox train)")
 
     @hookimpl
     def trickbox_setup(self, ctx: RunContext) -> None:

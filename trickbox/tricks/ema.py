@@ -53,7 +53,8 @@ class ModelEMA(Trick):
 
     def check(self) -> None:
         if self.min_decay > self.decay:
-            raise ConfigError(f"tricks.ema.min_decay={self.min_decay} exceeds tricks.ema.decay={self.decay}; lower min_decay")
+            raise ConfigError(f"tricks.ema.min_decay={self.min_decay} exceeds tricks.ema.decay={self.decay}; lower "
+                              "min_decay")
 
     def decay_at(self, step: int) -> float:
         """The decay of the update after optimizer step ``step`` (1-based)."""

@@ -50,7 +50,8 @@ class Mixup(Trick):
               search=Search(0.05, 4.0, log=True)),
         Param("per_sample", bool, False, "one λ per sample instead of one per batch"),
         Param("off_last_epochs", int, 0, "switch mixup off for the last N epochs", low=0),
-        Param("pairing", str, "random", "random permutation (RP) or k nearest neighbours (KNN)", choices=("random", "knn")),
+        Param("pairing", str, "random", "random permutation (RP) or k nearest neighbours (KNN)",
+              choices=("random", "knn")),
         Param("scope", str, "all", "partners from all classes (AC) or the same class (SC)", choices=("all", "same")),
         Param("k", int, 200, "neighbours per image for pairing=knn", low=1),
         Param("layer", int, 0, "0 mixes inputs; n >= 1 mixes the output of feature stage n", low=0),
@@ -70,8 +71,8 @@ class Mixup(Trick):
             raise ConfigError("tricks.mixup.ways > 2 works with pairing=random and layer=0 only")
         if self.pairing == "knn" and self.layer > 0:
             raise ConfigError(
-                f"tricks.mixup.pairing=knn pairs images by their nearest neighbours in input space, so it mixes inputs only; "
-                f"use layer=0 with pairing=knn, or pairing=random with layer={self.layer}"
+                "tricks.mixup.pairing=knn pairs images by their nearest neighbours in input space, so it mixes inputs "
+                f"only; use layer=0 with pairing=knn, or pairing=random with layer={self.layer}"
             )
 
     # -- setup -------------------------------------------------------------
@@ -81,7 +82,8 @@ class Mixup(Trick):
             return
         loader = ctx.train_loader
         if loader is None or not hasattr(loader, "knn_features") or not hasattr(loader, "fetch"):
-            raise ConfigError("tricks.mixup.pairing=knn needs trickbox's training loader; use pairing=random in your own loop")
+            raise ConfigError("tricks.mixup.pairing=knn needs trickbox's training loader; use pairing=random in your "
+                              "own loop")
         features, labels = loader.knn_features()
         self._table = knn_table(features, self.k, labels=labels if self.scope == "same" else None).to(ctx.device)
 
@@ -92,7 +94,8 @@ class Mixup(Trick):
         stages = feature_stages(model)
         if self.layer > len(stages):
             raise ConfigError(
-                f"tricks.mixup.layer={self.layer} but model {type(model).__name__} has {len(stages)} stages; use 0..{len(stages)}"
+                f"tricks.mixup.layer={self.layer} but model {type(model).__name__} has {len(stages)} stages; use "
+                f"0..{len(stages)}"
             )
         self._stage = stages[self.layer - 1][1]
         return None
@@ -101,8 +104,9 @@ class Mixup(Trick):
     def active(self, ctx: RunContext) -> bool:
         if ctx.step >= ctx.total_steps and not self._warned_past_end:  # an own loop that trains longer than it said
             self._warned_past_end = True
-            warnings.warn(f"tricks.mixup: step {ctx.step} is past the {ctx.epochs} epochs x {ctx.steps_per_epoch} steps "
-                          "given to tricks.setup; mixup is off from here on (pass the real epochs to setup)", stacklevel=2)
+            warnings.warn(f"tricks.mixup: step {ctx.step} is past the {ctx.epochs} epochs x {ctx.steps_per_epoch} "
+                          "steps given to tricks.setup; mixup is off from here on (pass the real epochs to setup)",
+                          stacklevel=2)
         return ctx.epoch < ctx.epochs - self.off_last_epochs
 
     @hookimpl
@@ -117,7 +121,8 @@ class Mixup(Trick):
         lam_np = sample_lambda(self.alpha, size, rng)
         if not np.isfinite(lam_np).all():  # λ is drawn on the host: checking it reads nothing from the device
             raise NonFiniteError(f"mixup drew a non-finite λ ({lam_np})")
-        lam: float | Tensor = float(lam_np) if size is None else torch.as_tensor(lam_np, dtype=batch.x.dtype).to(batch.x.device, non_blocking=True)
+        lam: float | Tensor = (float(lam_np) if size is None
+                               else torch.as_tensor(lam_np, dtype=batch.x.dtype).to(batch.x.device, non_blocking=True))
         meta: dict[str, Any] = {"lam": lam, "mixup_layer": self.layer}
         if self.pairing == "knn":
             assert self._table is not None
@@ -147,7 +152,8 @@ class Mixup(Trick):
 
     def _mix_k(self, batch: Batch, rng: Any, gen: torch.Generator, size: int | None) -> Batch:
         w = torch.as_tensor(kway_weights(self.alpha, self.ways, size, rng), dtype=batch.x.dtype, device=batch.x.device)
-        pick = (lambda: same_class_partners(batch.labels.cpu(), gen)) if self.scope == "same" else (lambda: random_partners(batch.size, gen))
+        pick = ((lambda: same_class_partners(batch.labels.cpu(), gen)) if self.scope == "same"
+                else (lambda: random_partners(batch.size, gen)))
         perms = [torch.arange(batch.size)] + [pick() for _ in range(self.ways - 1)]
         perms = [p.to(batch.x.device, non_blocking=True) for p in perms]
         x, y = mix_k(batch.x, batch.y, w, perms)

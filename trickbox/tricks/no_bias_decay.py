@@ -17,15 +17,18 @@ from ..trick import ConfigError, Param, Trick, hookimpl
 class NoBiasDecay(Trick):
     name = "no_bias_decay"
     summary = "no weight decay on biases and normalisation parameters"
-    params = (Param("exclude", list, None, "more parameter-name globs without decay, e.g. ['*.pos_embed']", optional=True),)
+    params = (Param("exclude", list, None, "more parameter-name globs without decay, e.g. ['*.pos_embed']",
+                    optional=True),)
 
     def check(self) -> None:
         if self.exclude is not None and not all(isinstance(g, str) and g for g in self.exclude):
-            raise ConfigError(f"tricks.no_bias_decay.exclude must be a list of parameter-name globs, got {self.exclude!r}; "
+            raise ConfigError("tricks.no_bias_decay.exclude must be a list of parameter-name globs, got "
+                              f"{self.exclude!r}; "
                               "e.g. exclude=['*.pos_embed']")
 
     @hookimpl
-    def trickbox_configure_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, ctx: RunContext) -> None:
+    def trickbox_configure_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                                     ctx: RunContext) -> None:
         names = {id(p): n for n, p in model.named_parameters()}
         listed = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else ()
         globs = [*(self.exclude or ()), *sorted(listed)]

@@ -10,7 +10,8 @@ from ..trick import Param, Search, Trick, hookimpl
 class GaussianNoise(Trick):
     name = "noise"
     summary = "Gaussian input noise (VRM baseline of the mixup paper)"
-    params = (Param("sigma", float, 0.1, "noise std in normalised input units", low=0, search=Search(0.01, 0.5, log=True)),)
+    params = (Param("sigma", float, 0.1, "noise std in normalised input units", low=0,
+                    search=Search(0.01, 0.5, log=True)),)
 
     @hookimpl
     def trickbox_transform_batch(self, batch: Batch, ctx: RunContext) -> Batch:

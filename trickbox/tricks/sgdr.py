@@ -33,7 +33,8 @@ class SGDR(Trick):
         Param("t0", float, None, "first period in epochs, after the warmup (default: the rest of the run, i.e. plain "
               "cosine; timm's t_initial)",
               low=1, optional=True, search=Search(1, 20, step=1)),
-        Param("t_mult", float, 1.0, "period growth factor, T_i = t0 * t_mult^i", low=1, search=Search(choices=(1.0, 2.0))),
+        Param("t_mult", float, 1.0, "period growth factor, T_i = t0 * t_mult^i", low=1,
+              search=Search(choices=(1.0, 2.0))),
         Param("min_lr", float, 0.0, "eta_min", low=0),
         Param("warmup_epochs", float, 0.0, "linear warmup BEFORE the first cycle (timm's warmup_prefix=True; timm's "
               "default instead replaces the cycle's first steps)", low=0),

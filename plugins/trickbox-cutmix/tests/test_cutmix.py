@@ -84,7 +84,8 @@ def test_parameters_are_validated_with_one_line_errors():
 
 
 def test_non_image_inputs_are_refused():
-    flat = Batch(x=torch.zeros(4, 64), y=torch.full((4, K), 1 / K), labels=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
+    flat = Batch(x=torch.zeros(4, 64), y=torch.full((4, K), 1 / K), labels=torch.zeros(4, dtype=torch.long),
+                 index=torch.arange(4))
     with pytest.raises(trickbox.ConfigError, match=r"needs image batches"):
         CutMix(prob=1.0).trickbox_transform_batch(batch=flat, ctx=ctx())
     with pytest.raises(ValueError):
@@ -93,8 +94,10 @@ def test_non_image_inputs_are_refused():
 
 def test_in_a_hand_written_loop_with_label_smoothing_after_it():
     """trickbox validates the class's hooks, runs CutMix before label smoothing and trains through it."""
-    tricks = trickbox.load_tricks({"cutmix": {"alpha": 1.0, "prob": 1.0}, "label_smoothing": {"eps": 0.1}}, extra=[CutMix])
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, K))
+    tricks = trickbox.load_tricks({"cutmix": {"alpha": 1.0, "prob": 1.0}, "label_smoothing": {"eps": 0.1}},
+                                  extra=[CutMix])
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, K))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     tricks.setup(model, optimizer, num_classes=K, epochs=1, steps_per_epoch=3)
     for _ in range(3):

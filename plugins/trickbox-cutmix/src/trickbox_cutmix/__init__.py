@@ -82,7 +82,8 @@ class CutMix(trickbox.Trick):
             return None
         if batch.x.ndim != 4:
             raise trickbox.ConfigError(
-                f"tricks.cutmix needs image batches (B, C, H, W), got inputs of shape {tuple(batch.x.shape)}; remove cutmix for this data"
+                f"tricks.cutmix needs image batches (B, C, H, W), got inputs of shape {tuple(batch.x.shape)}; remove "
+                "cutmix for this data"
             )
         lam = float(rng.beta(self.alpha, self.alpha))
         box = sample_box(batch.x.shape[-2], batch.x.shape[-1], lam, rng)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .sweep.storage import open_storage, resolve_storage
+from ..errors import ConfigError
+from .storage import open_storage, resolve_storage
 
 SEED_PARAM = "train.seed"
 MIN_TRIALS_FOR_IMPORTANCE = 3
@@ -45,13 +45,15 @@ def load_study(name: str, storage: str | None, out_dir: Path) -> tuple[Any, Any]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     target = resolve_storage(storage, (out_dir / name).resolve())
     if target.kind == "journal" and not (target.journal and target.journal.is_file()):
-        raise ConfigError(f"no study {name!r} at {target.display()}; pass --storage URL (or --out-dir) where the sweep ran")
+        raise ConfigError(f"no study {name!r} at {target.display()}; pass --storage URL (or --out-dir) where the sweep "
+                          "ran")
     store = open_storage(target)
     try:
         return optuna.load_study(study_name=name, storage=store), target
     except KeyError:
         names = optuna.get_all_study_names(storage=store)
-        raise ConfigError(f"no study {name!r} in {target.display()} (studies there: {', '.join(names) or 'none'})") from None
+        raise ConfigError(f"no study {name!r} in {target.display()} (studies there: "
+                          f"{', '.join(names) or 'none'})") from None
 
 
 def objective_name(study: Any, info: dict[str, Any]) -> str:
@@ -68,7 +70,8 @@ def history_figure(study: Any, objective: str) -> Any:
         trials = [t for t in study.get_trials(deepcopy=False, states=(state,))
                   if t.value is not None or t.intermediate_values]
         ys = [t.value if t.value is not None else t.intermediate_values[max(t.intermediate_values)] for t in trials]
-        fig.add_scatter(x=[t.number for t in trials], y=ys, mode="markers", name=state.name.lower(), marker_symbol=symbol)
+        fig.add_scatter(x=[t.number for t in trials], y=ys, mode="markers", name=state.name.lower(),
+                        marker_symbol=symbol)
     values = [v for d in fig.data for v in d.y if v is not None and math.isfinite(v)]
     if values:
         pad = 0.05 * (max(values) - min(values) or abs(max(values)) or 1.0)
@@ -101,7 +104,8 @@ def figures(study: Any, objective: str) -> dict[str, Any]:
     return out
 
 
-def grid_rows(study: Any, order: list[str] | None = None, choices: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+def grid_rows(study: Any, order: list[str] | None = None,
+              choices: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """The grid points of a study with their trials pooled over seeds: ``params``, ``values`` (objective of
     complete trials), ``metrics`` (each complete trial's stored metrics), ``states``, ``trials`` (numbers).
     Rows follow the order of the spec's choices (variants in the order written), not the order trials ran."""
@@ -123,13 +127,15 @@ def grid_rows(study: Any, order: list[str] | None = None, choices: dict[str, lis
         row["trials"].append(t.number)
     keys = [n for n in (order or []) if n != SEED_PARAM]
     ranks = {n: {json.dumps(c, default=str): i for i, c in enumerate((choices or {}).get(n, []))} for n in keys}
-    return sorted(rows.values(), key=lambda r: tuple(ranks[n].get(json.dumps(r["params"].get(n), default=str), len(ranks[n]))
+    return sorted(rows.values(),
+                  key=lambda r: tuple(ranks[n].get(json.dumps(r["params"].get(n), default=str), len(ranks[n]))
                                                        for n in keys))
 
 
 def grid_table(study: Any, objective: str, order: list[str] | None = None, *,
                choices: dict[str, list[Any]] | None = None, columns: list[dict[str, Any]] | None = None) -> str:
-    """One Markdown row per grid point (seeds pooled): parameters, objective and ``columns`` as mean ± std, trials, states."""
+    """One Markdown row per grid point (seeds pooled): parameters, objective and ``columns`` as mean ± std, trials,
+    states."""
     rows = grid_rows(study, order, choices)
     names = [n for n in (order or []) if n != SEED_PARAM]
     names += [k for row in rows for k in row["params"] if k not in names]
@@ -139,13 +145,15 @@ def grid_table(study: Any, objective: str, order: list[str] | None = None, *,
     header = [*names, f"{objective} (mean ± std)", *(c["title"] for c in cols), "seeds", "trials"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        extra = [_stat([m[c["metric"]] for m in row["metrics"] if isinstance(m.get(c["metric"]), (int, float))], c["error"])
+        extra = [_stat([m[c["metric"]] for m in row["metrics"] if isinstance(m.get(c["metric"]), (int, float))],
+                       c["error"])
                  for c in cols]
         counts: dict[str, int] = {}
         for state in row["states"]:
             counts[state] = counts.get(state, 0) + 1
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        cells = [_cell(row["params"].get(n)) for n in names] + [_stat(row["values"]), *extra, str(len(row["values"])), states]
+        cells = ([_cell(row["params"].get(n)) for n in names]
+                 + [_stat(row["values"]), *extra, str(len(row["values"])), states])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -166,8 +174,9 @@ def render_html(study: Any, info: dict[str, Any], figs: dict[str, Any], best: di
                 counts: dict[str, int], objective: str) -> str:
     e = html.escape
     parts = [f'<section class="figure"><h2>{e(title)}</h2>'
-             f'{fig.update_layout(title=title).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, default_width="100%")}'
-             "</section>" for i, (title, fig) in enumerate(figs.items())]
+             + fig.update_layout(title=title).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
+                                                      default_width="100%")
+             + "</section>" for i, (title, fig) in enumerate(figs.items())]
     best_html = "<p>No complete trial yet.</p>"
     if best is not None:
         items = "".join(f"<tr><td>{e(k)}</td><td>{e(_cell(v))}</td></tr>" for k, v in best["params"].items())
@@ -178,7 +187,8 @@ def render_html(study: Any, info: dict[str, Any], figs: dict[str, Any], best: di
         note = ([f"retry of {t.user_attrs['retry_of']}"] if t.user_attrs.get("retry_of") is not None else []) + \
                ([str(t.user_attrs["error"])[:200]] if t.user_attrs.get("error") else [])
         params = ", ".join(f"{k}={_cell(v)}" for k, v in t.params.items())
-        rows.append(f"<tr><td>{t.number}</td><td>{t.state.name.lower()}</td><td>{'' if t.value is None else f'{t.value:.4f}'}"
+        rows.append(f"<tr><td>{t.number}</td><td>{t.state.name.lower()}</td>"
+                    f"<td>{'' if t.value is None else f'{t.value:.4f}'}"
                     f"</td><td>{e(params)}</td><td>{e('; '.join(note))}</td></tr>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>trickbox study {e(study.study_name)}</title>
@@ -221,10 +231,12 @@ def write_report(name: str, *, storage: str | None = None, out_dir: Path = Path(
     html_path.write_text(render_html(study, info, figs, best, counts, objective))
     lines = [f"study {name}: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})"]
     if best is not None:
-        lines += [f"best {objective} = {best['value']:.4f} (trial {best['number']})"] + [f"  {k}: {_cell(v)}" for k, v in best["params"].items()]
+        lines += ([f"best {objective} = {best['value']:.4f} (trial {best['number']})"]
+                  + [f"  {k}: {_cell(v)}" for k, v in best["params"].items()])
     md_path, table = None, ""
     if info.get("grid"):
-        table = grid_table(study, objective, info.get("params"), choices=info.get("choices"), columns=info.get("columns"))
+        table = grid_table(study, objective, info.get("params"), choices=info.get("choices"),
+                           columns=info.get("columns"))
         md_path = html_path.with_suffix(".md")
         md_path.write_text(f"# Study {name}\n\n{table}")
         lines.append(table.rstrip())
@@ -236,26 +248,30 @@ def write_report(name: str, *, storage: str | None = None, out_dir: Path = Path(
 
 
 def _wandb_on(info: dict[str, Any]) -> bool:
-    from .tracking import wandb_mode
+    from ..tracking import wandb_mode
 
     return info.get("tracker", "wandb") == "wandb" and wandb_mode() != "disabled"
 
 
-def _log_wandb(name: str, info: dict[str, Any], figs: dict[str, Any], best: dict[str, Any] | None, trials: list[Any]) -> str | None:
+def _log_wandb(name: str, info: dict[str, Any], figs: dict[str, Any], best: dict[str, Any] | None,
+               trials: list[Any]) -> str | None:
     """The plots and the trial table in one W&B run (job type ``summary``); never fails the report."""
-    from .tracking import wandb_mode
+    from ..tracking import wandb_mode
 
     try:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        config = {"study": name, **{k: v for k, v in info.items() if k in ("objective", "direction", "sampler", "pruner", "search")}}
-        run = wandb.init(project=info.get("project") or "trickbox", group=name, job_type="summary", name=f"{name}-summary",
-                         config=config, settings=wandb.Settings(mode=wandb_mode(), console="off", x_disable_stats=True),
+        config = {"study": name,
+                  **{k: v for k, v in info.items() if k in ("objective", "direction", "sampler", "pruner", "search")}}
+        run = wandb.init(project=info.get("project") or "trickbox", group=name, job_type="summary",
+                         name=f"{name}-summary", config=config,
+                         settings=wandb.Settings(mode=wandb_mode(), console="off", x_disable_stats=True),
                          reinit="finish_previous")
-        logged: dict[str, Any] = {"study/" + t.split(" (")[0].lower().replace(" ", "_"): wandb.Html(f.to_html(include_plotlyjs="cdn"))
-                                  for t, f in figs.items()}
-        rows = [[t.number, t.state.name.lower(), None if t.value is None else float(t.value), json.dumps(t.params, default=str)]
+        logged: dict[str, Any] = {"study/" + t.split(" (")[0].lower().replace(" ", "_"):
+                                  wandb.Html(f.to_html(include_plotlyjs="cdn")) for t, f in figs.items()}
+        rows = [[t.number, t.state.name.lower(), None if t.value is None else float(t.value),
+                 json.dumps(t.params, default=str)]
                 for t in trials]
         logged["study/trials"] = wandb.Table(columns=["number", "state", "value", "params"], data=rows)
         run.log(logged)

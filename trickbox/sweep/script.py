@@ -1,4 +1,5 @@
-"""Inside a user's own training script: the trial this process runs for ``trickbox sweep --script``.
+"""``trickbox sweep --script``: both sides of one protocol. In the user's script, :func:`current_trial` is the
+trial this process runs; in the worker, :class:`ScriptRunner` starts the script and answers it.
 
 ::
 
@@ -16,13 +17,25 @@ its worker over a local authenticated connection and broadcasts the pruner's dec
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the script's side imports nothing heavy: the worker's types only for annotations
+    from .spec import SweepSpec
+    from .study import Coordinator, Outcome, TrialPlan
 
 ENV_TRIAL = "TRICKBOX_TRIAL"
 
@@ -156,3 +169,101 @@ def current_trial() -> SweepTrial:
             raise RuntimeError(f"{ENV_TRIAL}={path} is not a readable trial file ({exc}); run the script through "
                                "trickbox sweep --script or unset it") from None
     return _CURRENT
+
+
+# -- a user's script, as a subprocess -----------------------------------------------------
+class ScriptRunner:
+    """A trial as a run of the user's script (``--script``, optionally under ``--launch``)."""
+
+    def __init__(self, spec: SweepSpec, script: str, launch: str | None, coordinator: Coordinator) -> None:
+        self.spec, self.script, self.launch, self.coordinator = spec, script, launch, coordinator
+
+    def __call__(self, plan: TrialPlan) -> Outcome:
+        from multiprocessing.connection import Listener
+
+        from .study import Outcome
+
+        start, run_dir = time.perf_counter(), Path(plan.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(16)
+        listener = Listener(("127.0.0.1", 0), authkey=key)
+        ended: dict[str, Any] = {}
+        server = threading.Thread(target=self._serve, args=(listener, ended), daemon=True)
+        server.start()
+        info_path = run_dir / "trial.json"
+        info_path.write_text(json.dumps(self.trial_info(plan, listener.address, key), indent=1, default=str))
+        env = {**os.environ, ENV_TRIAL: str(info_path), "WANDB_RUN_GROUP": plan.study, "WANDB_JOB_TYPE": "trial",
+               "WANDB_NAME": f"trial-{plan.number}"}
+        cmd = [*(shlex.split(self.launch) if self.launch else [sys.executable]), *shlex.split(self.script)]
+        try:
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            rc = proc.wait()
+        except OSError as exc:
+            return Outcome("failed", error=f"cannot start {cmd[0]}: {exc}", fatal=True, exit_code=2)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            return Outcome("failed", error="interrupted", retry=True, fatal=True, exit_code=130)
+        finally:
+            with contextlib.suppress(OSError):  # wakes a server still in accept(): it fails the handshake and ends
+                socket.create_connection(listener.address, timeout=1).close()
+            server.join(timeout=5)
+            listener.close()
+        seconds = time.perf_counter() - start
+        if ended.get("state") == "pruned":
+            return Outcome("pruned", error=f"pruned at epoch {ended.get('epoch')}", seconds=seconds)
+        if rc == 0 and ended.get("state") == "complete":
+            return Outcome("complete", float(ended["value"]), seconds=seconds)
+        if rc == 0:
+            return Outcome("failed",
+                           error="the script exited without calling trickbox.sweep.current_trial().finish(value)",
+                           seconds=seconds)
+        if rc < 0:
+            return Outcome("failed", error=f"the script was killed by signal {-rc}", retry=True, seconds=seconds)
+        return Outcome("failed", error=f"the script exited with code {rc}", seconds=seconds)
+
+    def _serve(self, listener: Any, ended: dict[str, Any]) -> None:
+        """Answer the script's rank 0: ``("report", value, epoch)`` → prune?, ``("finish", value)``."""
+        from multiprocessing import AuthenticationError
+
+        try:
+            conn = listener.accept()
+        except (OSError, EOFError, AuthenticationError):
+            return
+        with conn:
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    return
+                if msg[0] == "report" and not ended:
+                    pruned = self.coordinator.report(float(msg[1]), int(msg[2]))
+                    if pruned:
+                        ended.update(state="pruned", epoch=int(msg[2]))
+                    conn.send(pruned)
+                elif msg[0] == "finish":
+                    ended.setdefault("state", "complete")
+                    ended.setdefault("value", float(msg[1]))
+                    conn.send(True)
+                else:
+                    conn.send(ended.get("state") == "pruned")
+
+    def trial_info(self, plan: TrialPlan, address: Any, key: bytes) -> dict[str, Any]:
+        """What the script's :class:`SweepTrial` reads (``trial.json``)."""
+        from .study import wandb_names
+
+        trial = {"number": plan.number, "study": plan.study, "params": plan.params, "retry_of": plan.retry_of}
+        return {**trial, "config": plan.mapping, "targets": {d.name: list(d.target) for d in self.spec.search},
+                "run_dir": plan.run_dir, "resume_dir": plan.resume_from, "objective": self.spec.objective,
+                "address": list(address), "authkey": key.hex(),
+                "wandb": {**wandb_names(plan), "config": {"trial": trial}}}
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the worker dies (Linux), so no orphan keeps writing to the trial."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass

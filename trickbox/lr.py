@@ -1,0 +1,43 @@
+"""The learning-rate driver: the schedule a trick returned (``trickbox_lr_schedule``), applied to an optimizer.
+
+``lr(step)`` is a pure function of the optimizer step, so the rate after a resume is the rate of an uninterrupted
+run. Every parameter group keeps its ratio to the base rate (a head at 10x stays at 10x; ``optim.lr_mult``, layer
+decay). Without a schedule trick the driver leaves the rate alone: a user's own scheduler keeps working.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class LearningRate:
+    """``schedule`` (or None) over the optimizer it is attached to; ``base_lr`` is the rate groups are scaled from."""
+
+    def __init__(self, schedule: Callable[[int], float] | None, base_lr: float) -> None:
+        self.schedule, self.base_lr = schedule, base_lr
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drive ``optimizer``: each group remembers its ratio to the base rate once."""
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group.setdefault("lr_scale", group["initial_lr"] / self.base_lr if self.base_lr > 0 else 1.0)
+
+    def at(self, step: int | None) -> float:
+        """The scheduled rate at ``step``; without a schedule, the optimizer's current rate (``step`` None) or the base
+        rate."""
+        if self.schedule is not None and step is not None:
+            return float(self.schedule(step))
+        if self.optimizer is not None:
+            return float(self.optimizer.param_groups[0]["lr"])
+        return self.base_lr
+
+    def apply(self, step: int) -> float:
+        """Set every group's rate for ``step`` (its ratio times the schedule); returns the base group's rate."""
+        lr = self.at(step if self.schedule is not None else None)
+        if self.optimizer is not None and self.schedule is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
