@@ -124,12 +124,16 @@ class TrickSet:
         new_model = call_chain(self.pm, "trickbox_configure_model", inner, ctx=ctx)
         if new_model is not inner:
             if prepared:
-                raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before prepare")
+                raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before "
+                                  "prepare")
             model = new_model
-        new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator), ctx=ctx)
+        new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer,
+                                   model=_unwrap(model, accelerator), ctx=ctx)
         if new_optimizer is not optimizer and prepared:
-            raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
-        self.rate = LearningRate(hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)  # after the setup hooks (linear scaling)
+            raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before "
+                              "prepare")
+        # after the setup hooks (linear scaling)
+        self.rate = LearningRate(hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)
         self.attach(new_optimizer, step=self._pending_step)
         return model, new_optimizer
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class RunContext:
     """``log({"name": value}, step=None)``: scalars to every tracker, main process only."""
     log_images: Callable[..., None] = _no_log
     """``log_images({"name": [PIL.Image or path]}, step=None)``."""
-    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     evaluate: Callable[..., dict[str, float]] | None = None
     """``evaluate(model, split)``: the loop's metrics (top1, top5, nll, ece) of any model on ``"val"`` or
     ``"test"`` (a trick's EMA weights, say); ``None`` in a user's loop."""

@@ -52,7 +52,8 @@ class DeviceDefaults:
 
 
 def profile_for(device: torch.device, requested: str = "auto") -> str:
-    """``cuda`` or ``cpu``: the named profile, or under ``auto`` the one of ``device`` (other devices take the CPU's)."""
+    """``cuda`` or ``cpu``: the named profile, or under ``auto`` the one of ``device`` (other devices take the
+    CPU's)."""
     if requested != "auto":
         return requested
     return "cuda" if torch.device(device).type == "cuda" else "cpu"

@@ -15,7 +15,8 @@ class NonFiniteError(FloatingPointError):
 
 
 class OutputError(RuntimeError):
-    """A file of the run could not be written (a full disk, a read-only folder); says what is intact and how to go on."""
+    """A file of the run could not be written (a full disk, a read-only folder); says what is intact and how to go
+    on."""
 
 
 def on_every_rank(exc: BaseException) -> BaseException:

@@ -99,7 +99,8 @@ class FiniteGuard:
         """Read the flag (one host read) and agree with the other ranks; raise :class:`NonFiniteError`, or return
         the stop signal any rank received (``None``: none)."""
         names = sorted(self._seen, key=lambda n: n == "grad_norm")  # loss terms first: a bad loss makes a bad gradient
-        packed = [self._bad, self._first.float()] + [t for n in names for t in self._seen[n]] if self._bad is not None else []
+        seen = [t for n in names for t in self._seen[n]]
+        packed = [self._bad, self._first.float(), *seen] if self._bad is not None else []
         values = torch.stack(packed).tolist() if packed else [0.0, -1.0]  # the one host read
         bad, first = values[0], int(values[1]) if values[0] else -1
         detail = ", ".join(f"{n}={values[2 + 2 * i + 1]:g}" for i, n in enumerate(names) if values[2 + 2 * i])
@@ -115,7 +116,8 @@ class FiniteGuard:
             first = int(-flags[2]) if flags[2] > -1e18 else -1
         if bad:
             kind = "the gradient norm" if detail.startswith("grad_norm") else "loss"
-            raise on_every_rank(NonFiniteError(f"{kind} is not finite at step {first} ({detail or 'on another process'}); "
+            raise on_every_rank(NonFiniteError(f"{kind} is not finite at step {first} "
+                                               f"({detail or 'on another process'}); "
                                                "no update from that step on was applied"))
         return sig or None
 
@@ -143,7 +145,8 @@ def check_state(tensors: Mapping[str, Tensor], accelerator: Any, what: str) -> N
         anywhere = bool(flag.item())
     if anywhere:
         where = bad if bad is not None else "on another process"
-        raise on_every_rank(NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or save it"))
+        raise on_every_rank(NonFiniteError(f"the model's state is not finite {what} ({where}); refusing to evaluate or "
+                                           "save it"))
 
 
 class DeferredRows:

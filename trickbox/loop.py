@@ -137,7 +137,8 @@ class Run:
         last = self.history[-1] if self.history else {}
         val = {k.removeprefix("val/"): v for k, v in last.items() if k.startswith("val/")}
         steps = self.ctx.step if self.ctx is not None else 0
-        return TrainResult(self.run_dir, val, test or {}, self.best, self.history, steps, time.perf_counter() - self.t_start)
+        return TrainResult(self.run_dir, val, test or {}, self.best, self.history, steps,
+                           time.perf_counter() - self.t_start)
 
     @contextlib.contextmanager
     def closing(self) -> Iterator[None]:
@@ -234,7 +235,8 @@ def _finite(value: Any) -> bool:
 
 
 # -- the steps of train() -----------------------------------------------------------------
-def start_run(cfg: RunConfig, *, resume: bool, tricks: TrickSet | None, accelerator: Any, plugins: Sequence[Any]) -> Run:
+def start_run(cfg: RunConfig, *, resume: bool, tricks: TrickSet | None, accelerator: Any,
+              plugins: Sequence[Any]) -> Run:
     """Validate the tricks, the model and the optimizer settings, and make the Accelerator; nothing is written yet."""
     from .build import check_model_config, check_optim_config
 
@@ -263,7 +265,8 @@ def load_data(run: Run) -> Any:
     from .data import LoaderOptions, open_run_data
 
     tc, acc = run.cfg.train, run.accelerator
-    options = LoaderOptions(batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed, device=acc.device,
+    options = LoaderOptions(batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=tc.seed,
+                            device=acc.device,
                             rank=acc.process_index, world_size=acc.num_processes, progress=tc.progress and run.main,
                             want_fit="train" in tc.eval_each_epoch + tc.eval_at_end)
     with acc.main_process_first():
@@ -340,7 +343,8 @@ def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSe
     out.train.mixed_precision = str(accelerator.mixed_precision)
     out.data = dataclasses.replace(data.config, loader=data.path, pin_memory=cfg.data.pin_memory)
     out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
-                   "precision": str(accelerator.mixed_precision), "data_path": data.path, "data_path_reason": data.reason,
+                   "precision": str(accelerator.mixed_precision), "data_path": data.path,
+                   "data_path_reason": data.reason,
                    "device_defaults": device.as_dict()}
     return out
 
@@ -526,11 +530,13 @@ def save(run: Run, model: torch.nn.Module, optimizer: Any, epoch: int, batch_in_
     if run.main:
         from .run_dir import writing
 
-        earlier = f"the checkpoints of earlier steps in {run.run_dir / 'checkpoints'} are intact: free space and run again " \
+        earlier = f"the checkpoints of earlier steps in {run.run_dir / 'checkpoints'} are intact: free space and run " \
+                  "again " \
                   f"with --resume train.run_name={run.run_dir.name}"
         with writing(run.run_dir / "checkpoints" / f"step-{run.ctx.step:08d}", earlier):
-            save_checkpoint(run.run_dir / "checkpoints", model_state=unwrapped.state_dict(), optimizer_state=optimizer.state_dict(),
-                            step=run.ctx.step, epoch=epoch, batch_in_epoch=batch_in_epoch, keep=run.cfg.train.keep_checkpoints,
+            save_checkpoint(run.run_dir / "checkpoints", model_state=unwrapped.state_dict(),
+                            optimizer_state=optimizer.state_dict(), step=run.ctx.step, epoch=epoch,
+                            batch_in_epoch=batch_in_epoch, keep=run.cfg.train.keep_checkpoints,
                             extra={"history": run.history, "fingerprint": run.fingerprint})
     acc.wait_for_everyone()
 
@@ -567,8 +573,8 @@ def save_final_model(run: Run, model: torch.nn.Module, data: Any) -> None:
     if run.main:
         card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
                           mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
-        with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run again "
-                                                        f"with --resume train.run_name={run.run_dir.name}"):
+        with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run "
+                                                        f"again with --resume train.run_name={run.run_dir.name}"):
             save_model(bare(run.accelerator, model), run.run_dir, card)
     run.accelerator.wait_for_everyone()
 
@@ -579,10 +585,12 @@ def final_metrics(run: Run, model: torch.nn.Module, data: Any) -> dict[str, floa
     test = evaluate(model, data.test, acc)
     test.update(run.tricks.evaluate(model, "test"))
     final = {f"test/{k}": v for k, v in test.items()}
-    if data.fit is not None and "train" in run.cfg.train.eval_at_end and "train" not in run.cfg.train.eval_each_epoch and run.history:
+    tc = run.cfg.train
+    if data.fit is not None and "train" in tc.eval_at_end and "train" not in tc.eval_each_epoch and run.history:
         fit = {f"train/{k}": v for k, v in evaluate(model, data.fit, acc).items()}
         final.update(fit)
-        run.history[-1].update(fit)  # the last epoch's weights, as if evaluated every epoch: sweeps and summaries see it there
+        # the last epoch's weights, as if evaluated every epoch: sweeps and summaries see it there
+        run.history[-1].update(fit)
     return final
 
 

@@ -77,7 +77,8 @@ class DataConfig:
     cache_dir: str | None = None
     """Where decoded images are cached; None: ``$TRICKBOX_CACHE`` or ``~/.cache/trickbox``."""
     train_split: str = "train"
-    """stream path: the training split, a folder name or (wds) a shard pattern such as ``train-{000000..000127}.tar``."""
+    """stream path: the training split, a folder name or (wds) a shard pattern such as
+    ``train-{000000..000127}.tar``."""
     val_split: str | None = None
     """stream path: a validation split of its own (folder or shard pattern); None: ``val/`` when ``test/`` exists
     too, else ``val_fraction`` of the training split."""
@@ -145,7 +146,8 @@ class DataConfig:
             raise DataError(f"data.name={self.name} is held in memory; data.loader=stream is for imagefolder and wds "
                             "(use data.loader=auto or memory)")
         if self.loader == "memory" and self.name in STREAM_ONLY:
-            raise DataError(f"data.name={self.name} (WebDataset shards) can only be streamed; use data.loader=auto or stream")
+            raise DataError(f"data.name={self.name} (WebDataset shards) can only be streamed; use data.loader=auto or "
+                            "stream")
 
     def resolved(self, native: tuple[int, int] | None) -> DataConfig:
         """This config with its augmentation settled for images of ``native`` ``(h, w)`` (None: sizes differ):
@@ -156,8 +158,8 @@ class DataConfig:
             small = native is not None and max(native) <= PAD_CROP_MAX_SIZE
             crop = "pad" if self.name in MEMORY_ONLY or small else "resized"
         if crop == "pad" and native is None and self.image_size is None:
-            raise DataError("data.crop=pad needs images of one size, and these differ: set data.image_size=N (each image "
-                            "is resized to NxN first) or use data.crop=resized")
+            raise DataError("data.crop=pad needs images of one size, and these differ: set data.image_size=N (each "
+                            "image is resized to NxN first) or use data.crop=resized")
         size = self.image_size or (DEFAULT_RESIZED_SIZE if crop == "resized" else None)
         side = size or min(native or (1, 1))
         padding = self.effective_crop_padding(side) if crop == "pad" else self.crop_padding

@@ -30,7 +30,8 @@ class FolderImages(Dataset[Item]):
     """Images of one split by position, read with Pillow and transformed; keys are ``(epoch, position)``."""
 
     def __init__(self, paths: list[str], labels: Tensor, transform: Transform, seed: int, stream: str) -> None:
-        self.paths, self.labels, self.transform, self.seed, self.stream = paths, labels.tolist(), transform, seed, stream
+        self.paths, self.labels, self.transform = paths, labels.tolist(), transform
+        self.seed, self.stream = seed, stream
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -108,9 +109,10 @@ class FolderTrainLoader:
 
         n, d = len(self.images), 3 * KNN_SIZE * KNN_SIZE
         if n * d * 4 > KNN_LIMIT_BYTES:
-            raise DataError(f"tricks.mixup.pairing=knn compares {KNN_SIZE}x{KNN_SIZE} thumbnails of every training image: "
-                            f"{n:,} images need {n * d * 4 / 2**30:.1f} GiB, above the {KNN_LIMIT_BYTES >> 30} GiB limit; "
-                            f"use data.train_subset<={KNN_LIMIT_BYTES // (d * 4):,} or pairing=random")
+            raise DataError(f"tricks.mixup.pairing=knn compares {KNN_SIZE}x{KNN_SIZE} thumbnails of every training "
+                            f"image: {n:,} images need {n * d * 4 / 2**30:.1f} GiB, above the "
+                            f"{KNN_LIMIT_BYTES >> 30} GiB "
+                            f"limit; use data.train_subset<={KNN_LIMIT_BYTES // (d * 4):,} or pairing=random")
         thumbs = FolderImages(self.images.paths, torch.tensor(self.images.labels),
                               Compose([Resize((KNN_SIZE, KNN_SIZE)), ToNumpy()]), self.seed, "knn")
         features = torch.zeros(n, d, dtype=torch.uint8)
@@ -129,7 +131,8 @@ def _pass(images: FolderImages, cfg: DataConfig, batch_size: int) -> Any:
                       **loader_options(cfg, torch.device("cpu"), persistent=False))
 
 
-def training_stats(planned: PlannedSplit, cfg: DataConfig, eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def training_stats(planned: PlannedSplit, cfg: DataConfig,
+                   eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The pad crop's normalisation on the stream path: the mean and std of the training images as the memory
     path holds them (resized to ``image_size`` when it is set), from 256-bin histograms in one streamed pass."""
     from timm.data.transforms import ToNumpy
@@ -160,5 +163,6 @@ def folder_run_data(planned: dict[str, PlannedSplit], classes: list[str], cfg: D
 
     return RunData(path="stream", reason=reason, config=cfg, classes=list(classes), in_chans=3, train=train,
                    val=split("val"), test=split("test"), fit=split("train") if options.want_fit else None,
-                   sizes={k: len(v.names) for k, v in planned.items()}, files={k: list(v.names) for k, v in planned.items()})
+                   sizes={k: len(v.names) for k, v in planned.items()},
+                   files={k: list(v.names) for k, v in planned.items()})
 

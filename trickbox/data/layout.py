@@ -190,8 +190,8 @@ def _folder_layout(cfg: DataConfig, root: Path, tree: Tree, kind: str) -> Layout
                             f"({len(classes)} classes)")
         empty = [c for c in classes if not found[c]]
         if empty:
-            raise DataError(f"{root / name / empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put the "
-                            "class's images in it, or remove the empty class folder")
+            raise DataError(f"{root / name / empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put "
+                            "the class's images in it, or remove the empty class folder")
         return FolderSplit(str(root / name), [(p, index[c]) for c in classes for p in found[c]])
 
     return Layout(kind, root, classes, split(train_name), split(val_name) if val_name else None, split(test_name))
@@ -204,7 +204,8 @@ def _shard_layout(cfg: DataConfig, root: Path) -> Layout:
     train = _shard_split(root, cfg.train_split if cfg.train_split != "train" else "train-*.tar", "train_split")
     test_pattern = cfg.test_split or ("test-*.tar" if glob.glob(str(root / "test-*.tar")) else "val-*.tar")
     test = _shard_split(root, test_pattern, "test_split")
-    val_pattern = cfg.val_split or ("val-*.tar" if test_pattern != "val-*.tar" and glob.glob(str(root / "val-*.tar")) else None)
+    val_shards = test_pattern != "val-*.tar" and glob.glob(str(root / "val-*.tar"))
+    val_pattern = cfg.val_split or ("val-*.tar" if val_shards else None)
     val = _shard_split(root, val_pattern, "val_split") if val_pattern else test
     classes = _shard_classes(root, max(max(s.labels, default=-1) for s in (train, val, test)) + 1)
     for split in (train, val, test):
@@ -248,13 +249,15 @@ def _shard_labels(shard: str) -> list[int]:
                     data = tar.extractfile(member)
                     cls[key] = int((data.read() if data else b"").strip())
     except (tarfile.TarError, OSError, ValueError) as e:
-        raise DataError(f"{shard} is not a readable tar shard of images with .cls labels ({e}); rewrite or remove it") from e
+        raise DataError(f"{shard} is not a readable tar shard of images with .cls labels ({e}); rewrite or remove "
+                        "it") from e
     if not _ends_like_a_tar(shard):
         raise DataError(f"{shard} ends without a tar's end-of-archive blocks: it was cut short (a copy or a download "
                         "that stopped between two samples), so its last samples may be missing; copy it again")
     missing = sorted(images - set(cls))
     if missing:
-        raise DataError(f"{shard}: sample {missing[0]!r} has an image but no .cls label; give every sample a class index")
+        raise DataError(f"{shard}: sample {missing[0]!r} has an image but no .cls label; give every sample a class "
+                        "index")
     return [cls[k] for k in sorted(images)]
 
 
@@ -276,7 +279,8 @@ def _shard_classes(root: Path, count: int) -> list[str]:
         try:
             text = names_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise DataError(f"{names_file} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class per line") from None
+            raise DataError(f"{names_file} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class per "
+                            "line") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if len(names) < count:
             raise DataError(f"{names_file} names {len(names)} classes but the shards use class index {count - 1}; "

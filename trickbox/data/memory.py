@@ -32,7 +32,8 @@ KNN_SIZE = 32
 def stats(mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``mean * 255`` and ``std * 255`` as float32 ``(C, 1, 1)`` tensors on ``device``, checked."""
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one per channel")
+        raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one per "
+                        "channel")
     if min(std) <= 0:
         raise DataError(f"std={tuple(std)} must be > 0 in every channel; use the training split's std")
     m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -144,7 +145,8 @@ class InMemoryLoader:
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, device: torch.device | str, mean: Sequence[float],
-                 std: Sequence[float], augment: bool = True, crop_padding: int = 4, flip: bool = True, crop: str = "pad",
+                 std: Sequence[float], augment: bool = True, crop_padding: int = 4, flip: bool = True,
+                 crop: str = "pad",
                  size: int | None = None, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  crop_pct: float = 0.875, shuffle: bool = True, drop_last: bool = False, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -268,7 +270,8 @@ def memory_run_data(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptio
     """Decoded splits under settled config ``cfg``: the training split on the device, cropped and flipped there,
     and this process's disjoint share of each evaluation split (viewed as the evaluation transform does)."""
     train = train_loader(arrays, cfg, options)
-    view = (lambda x: eval_view(x, size=cfg.image_size, crop_pct=cfg.crop_pct)) if cfg.crop == "resized" else (lambda x: x)  # type: ignore[arg-type]
+    def view(x: Tensor) -> Tensor:
+        return eval_view(x, size=cfg.image_size, crop_pct=cfg.crop_pct) if cfg.crop == "resized" else x  # type: ignore[arg-type]
     r, world = options.rank, options.world_size
 
     def part(x: Tensor, y: Tensor) -> DataLoader[tuple[Tensor, ...]]:

@@ -152,13 +152,12 @@ def _stream_stats(cfg: DataConfig, layout: Layout, eval_tf: Callable[..., object
 
     if cfg.mean and cfg.std:
         return tuple(cfg.mean), tuple(cfg.std)
-    if isinstance(layout.train, ShardSplit):
-        names = list(layout.train.shards)
-        compute: Callable[[], tuple[tuple[float, ...], ...]] = lambda: shard_stats(layout.train, cfg, eval_tf)  # type: ignore[arg-type]
-    else:
-        planned = plan_folders(layout, cfg)["train"]
-        names = planned.names
-        compute = lambda: folder_stats(planned, cfg, eval_tf)  # noqa: E731
+    shards = layout.train if isinstance(layout.train, ShardSplit) else None
+    planned = None if shards is not None else plan_folders(layout, cfg)["train"]
+    names = list(shards.shards) if shards is not None else planned.names  # type: ignore[union-attr]
+
+    def compute() -> tuple[tuple[float, ...], ...]:
+        return shard_stats(shards, cfg, eval_tf) if shards is not None else folder_stats(planned, cfg, eval_tf)  # type: ignore[arg-type]
     stamps = [(n, os.stat(n).st_size, os.stat(n).st_mtime_ns) for n in names]
     key = hashlib.blake2b(repr((stamps, cfg.image_size, cfg.interpolation)).encode(), digest_size=10).hexdigest()
     path = cfg.resolved_cache_dir() / f"stats-{key}.json"
@@ -208,4 +207,5 @@ def eval_split(cfg: DataConfig, split: str, *, batch_size: int, progress: bool =
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         return ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(y), batch_size))
 
-    return EvalSplit(batches, len(y), arrays.num_classes, arrays.in_chans, tuple(settled.mean or ()), tuple(settled.std or ()))
+    return EvalSplit(batches, len(y), arrays.num_classes, arrays.in_chans, tuple(settled.mean or ()),
+                     tuple(settled.std or ()))

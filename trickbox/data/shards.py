@@ -113,7 +113,8 @@ class _EvalShards(IterableDataset[Item]):
         mine = self.shards[info.id::info.num_workers] if info else self.shards
         if not mine:
             return
-        for sample in wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False):
+        reader = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+        for sample in reader:
             key = next(k for k in SHARD_IMAGE_KEYS if k in sample)
             label = int(sample["cls"])
             name = f"{sample.get('__url__', '?')}:{sample['__key__']}.{key}"
@@ -130,16 +131,19 @@ def _eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, devic
     mine = split.shards[rank::world_size]
     options["num_workers"] = min(options["num_workers"], max(1, len(mine)))
     loader = DataLoader(_EvalShards(mine, transform), batch_size=batch_size, **options)
-    return OnDevice(loader, device, cfg.mean or (), cfg.std or (), BadImages(cfg.max_bad_fraction, split.num_samples, name))
+    bad = BadImages(cfg.max_bad_fraction, split.num_samples, name)
+    return OnDevice(loader, device, cfg.mean or (), cfg.std or (), bad)
 
 
-def eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions, name: str) -> OnDevice:
+def eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions,
+                name: str) -> OnDevice:
     """This process's shards of an evaluation split, in order, on the device."""
-    return _eval_loader(split, transform, cfg, options.device, options.eval_batch_size, options.rank, options.world_size,
-                        name)
+    return _eval_loader(split, transform, cfg, options.device, options.eval_batch_size, options.rank,
+                        options.world_size, name)
 
 
-def training_stats(split: ShardSplit, cfg: DataConfig, eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def training_stats(split: ShardSplit, cfg: DataConfig,
+                   eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The pad crop's normalisation: the mean and std of the training shards' images, from histograms in one pass."""
     counts = torch.zeros(3, 256, dtype=torch.float64)
     for x, _y, _i, _f in _eval_loader(split, eval_tf, cfg, torch.device("cpu"), 64, 0, 1, "train").loader:

@@ -75,7 +75,8 @@ def _tensor_dataset(cfg: DataConfig) -> DatasetArrays:
     classes, train_x, train_y, test_x, test_y = tensor_source(cfg)
     plan = plan_splits(train_y, test_y, len(classes), cfg)
     clean = train_y[plan.train]
-    noisy = add_label_noise(clean, cfg.label_noise, len(classes), cfg.noise_seed) if cfg.label_noise > 0 else clean.clone()
+    noisy = (add_label_noise(clean, cfg.label_noise, len(classes), cfg.noise_seed) if cfg.label_noise > 0
+             else clean.clone())
     tx = train_x[plan.train].contiguous()
     mean, std = channel_stats(tx)
     return DatasetArrays(cfg.name, classes, tx, noisy, clean, train_x[plan.val].contiguous(), train_y[plan.val],
@@ -107,7 +108,8 @@ def _cifar(cfg: DataConfig) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
     except (RuntimeError, OSError) as exc:
         title = "CIFAR-10" if cfg.name == "cifar10" else "CIFAR-100"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        what = f"download of {title} failed ({reason})" if cfg.download else f"{title} not found under data.root={root!r}"
+        what = (f"download of {title} failed ({reason})" if cfg.download
+                else f"{title} not found under data.root={root!r}")
         fixes = ("check the internet connection" if cfg.download else "set data.download=true (needs internet)") + \
             f" or point data.root at a torchvision {title} root"
         if cfg.name == "cifar10":
@@ -190,7 +192,7 @@ def _decode(layout: Layout, names: list[str], size: int | None, interpolation: s
     images = np.concatenate(arrays) if arrays else np.zeros((0, 3, 1, 1), np.uint8)
     out: Decoded = {}
     row = 0
-    for chunk, (array, failures) in zip(chunks, parts):
+    for chunk, (_, failures) in zip(chunks, parts):
         failed = {n for n, _ in (f.split("\0", 1) for f in failures)}
         for name in chunk:
             if name in failed:
@@ -293,5 +295,6 @@ def _save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set data.cache_dir to a writable folder",
+        warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set data.cache_dir to a writable "
+                      "folder",
                       stacklevel=2)

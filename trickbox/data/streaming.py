@@ -105,7 +105,8 @@ def collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
     good = [it for it in items if it.image is not None]
     bad = [it.bad for it in items if it.image is None]
     if not good:
-        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), bad
+        empty = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, dtype=torch.uint8), empty, empty.clone(), bad
     x = torch.stack([torch.as_tensor(it.image) for it in good])
     return x, torch.tensor([it.label for it in good]), torch.tensor([it.index for it in good]), bad
 
@@ -145,7 +146,8 @@ class BadImages:
             last = f" (e.g. {self.last})" if self.last else ""
             raise on_every_rank(DataError(
                 f"data: {count} of {self.total:,} images of the {self.split} split could not be read, above "
-                f"data.max_bad_fraction={self.max_fraction}{last}; fix or remove the files, or raise data.max_bad_fraction"))
+                f"data.max_bad_fraction={self.max_fraction}{last}; fix or remove the files, or raise "
+                "data.max_bad_fraction"))
         return count
 
 
