@@ -102,12 +102,8 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, train_loader,
                                                                                   val_loader, test_loader)
-    tricks = trickbox.load_tricks(t.suggest({"mixup": {"alpha": 0.2}, "label_smoothing": {"eps": 0.1},
-                                             "sgdr": {"t0": 2, "t_mult": 2},
-                                             **({"distillation": {"teacher": args.teacher, "temperature": 4.0}}
-                                                if args.teacher else {})}))
-    tricks.setup(model, optimizer, accelerator=accelerator, num_classes=num_classes, epochs=args.epochs,
-                 steps_per_epoch=len(train_loader), seed=args.seed)
+    tricks = trickbox.load_tricks(t.suggest({"mixup": {"alpha": 0.2}, "label_smoothing": {"eps": 0.1}, "sgdr": {"t0": 2, "t_mult": 2}, **({"distillation": {"teacher": args.teacher, "temperature": 4.0}} if args.teacher else {})}))  # noqa: E501
+    tricks.setup(model, optimizer, accelerator=accelerator, num_classes=num_classes, epochs=args.epochs, steps_per_epoch=len(train_loader), seed=args.seed)  # noqa: E501
     accelerator.init_trackers("own-loop", config=vars(args))
 
     model.train()

@@ -427,8 +427,8 @@ REGIME = {
               "90 % of them by epoch 21 of 40). The test split (1,000 images) is evaluated after every epoch: \"best\" "
               "is the test error of the epoch that the clean validation split (500 images) picks, \"last\" the final "
               "epoch's; the fit to the noisy training labels is measured once, at the end.",
-    "regression": "A short table that CI retrains (`experiments/regression.py`, in `tests/test_paper_grids.py`): two "
-                  "rows, two seeds, about two minutes on 2 cores. 300 images, half of their labels random, no "
+    "regression": "A short table that CI retrains (`experiments/regression.py`, in `tests/e2e/test_paper_grids.py`): "
+                  "two rows, two seeds, about two minutes on 2 cores. 300 images, half of their labels random, no "
                   "augmentation, 20 epochs (batch 32, weight decay 1e-4): ERM memorises the noisy labels, mixup (α = "
                   "8) does not, and CI fails when that gap loses its direction or half its size.",
     "ablation": _PROFILE + " KNN pairs use k = 3 of 800 images, the paper's 200 of 50,000 in proportion.",

@@ -50,7 +50,8 @@ def launch_two_ranks() -> list[str]:
     """``accelerate launch`` for 2 ranks on this machine (gloo; run it with ``ACCELERATE_USE_CPU=1``), fp32, no
     dynamo, on a free port: the command every multi-process test puts in front of its script and arguments."""
     return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(free_port())]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -106,7 +107,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-SMALL_RUN = ["data.name=digits", "data.train_subset=256", "data.test_subset=100", "train.epochs=1", "train.batch_size=64",
+SMALL_RUN = ["data.name=digits", "data.train_subset=256", "data.test_subset=100", "train.epochs=1",
+             "train.batch_size=64",
              "train.progress=false", "train.tracker=none", "model.name=cifar_resnet8"]
 """A run of a few seconds: 4 optimizer steps per epoch on 256 digits."""
 
@@ -144,6 +146,7 @@ ANNOUNCE = re.compile(r"^trickbox: \d+ process(es)? on .*\n?", re.MULTILINE)
 
 
 def told(stderr: str) -> str:
-    """``stderr`` without the run's first line (processes, device, precision, data path: :func:`trickbox.loop.announce`),
+    """``stderr`` without the run's first line (processes, device, precision, data path:
+    :func:`trickbox.loop.announce`),
     so that a test of a one-line message sees only the message."""
     return ANNOUNCE.sub("", stderr)

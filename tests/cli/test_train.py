@@ -50,8 +50,10 @@ def test_print_config_shows_every_parameter_and_trains_nothing(tmp_path):
 
 
 def test_overrides_on_either_side_of_flags(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "train", "train.epochs=1", "--tracker", "none", "train.seed=1",
-                           "--print-config"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "trickbox", "train", "train.epochs=1", "--tracker", "none",
+                           "train.seed=1",
+                           "--print-config"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert printed["train"]["epochs"] == 1 and printed["train"]["seed"] == 1 and printed["train"]["tracker"] == "none"

@@ -18,7 +18,8 @@ CUDA_ON_CPU = [*SMALL_RUN, "train.device_defaults=cuda", "model.compile_backend=
 
 def test_unset_keys_take_the_profile_and_set_keys_win():
     cpu = resolve(load_config([], []), torch.device("cpu"))
-    assert (cpu.profile, cpu.channels_last, cpu.compile, cpu.fused, cpu.pin_memory) == ("cpu", False, False, True, False)
+    assert (cpu.profile, cpu.channels_last, cpu.compile, cpu.fused, cpu.pin_memory) == ("cpu", False, False, True,
+                                                                                        False)
     forced = resolve(load_config([], ["train.device_defaults=cuda"]), torch.device("cpu"))
     assert (forced.profile, forced.channels_last, forced.compile, forced.pin_memory) == ("cuda", True, True, True)
     mixed = resolve(load_config([], ["train.device_defaults=cuda", "model.compile=false", "optim.fused=false"]),

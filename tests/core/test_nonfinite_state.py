@@ -59,7 +59,8 @@ def test_nan_written_at_an_epoch_end_stops_the_run_before_it_is_evaluated_or_sav
 
 def test_nan_on_one_of_two_processes_stops_both_with_nothing_saved(tmp_path, fault):
     fault("NaN written into a buffer, a weight and the EMA on rank 1 of 2 at the last epoch's end")
-    runs = [{"overrides": [*POISON, f"train.run_name={what}", f"tricks.poison_state.what={what}", "tricks.poison_state.at=2",
+    runs = [{"overrides": [*POISON, f"train.run_name={what}", f"tricks.poison_state.what={what}",
+                           "tricks.poison_state.at=2",
                            "tricks.poison_state.rank=1"]} for what in ("buffer", "parameter", "ema")]
     results, _ = runs_in_one_launch(tmp_path, runs, env={"TRICKBOX_PLUGINS": "poison_state"})
     assert [r["status"] for r in results] == ["nonfinite"] * 3, results

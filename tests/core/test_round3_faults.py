@@ -23,7 +23,8 @@ from trickbox.plots import LR_CURVE_POINTS, lr_curve_steps
 
 from ..conftest import SMALL_RUN, told
 
-STREAM = ["model.name=cifar_resnet8", "data.image_size=32", "data.workers=0", "data.loader=stream", "train.batch_size=8",
+STREAM = ["model.name=cifar_resnet8", "data.image_size=32", "data.workers=0", "data.loader=stream",
+          "train.batch_size=8",
           "train.epochs=1", "train.tracker=none", "train.progress=false"]
 
 
@@ -134,7 +135,8 @@ def test_4_a_fifo_named_like_an_image_is_not_listed(tmp_path, fault):
     os.mkfifo(root / "train" / "c0" / "zzz.png")
     for loader in ("memory", "stream"):
         data = open_run_data(DataConfig(name="imagefolder", root=str(root), loader=loader, workers=0,
-                                        cache_dir=str(tmp_path / "cache")), LoaderOptions(batch_size=8, eval_batch_size=8, seed=0))
+                                        cache_dir=str(tmp_path / "cache")), LoaderOptions(batch_size=8,
+                                                                                          eval_batch_size=8, seed=0))
         assert not any(name.endswith("zzz.png") for split in data.files.values() for name in split)
         assert sum(data.sizes[s] for s in ("train", "val")) == 24
         next(iter(data.train.batches(0)))  # reads without blocking
@@ -313,7 +315,8 @@ def test_20_a_skipped_image_warning_is_one_line_with_the_name_quoted(tmp_path, c
     bad = root / "train" / "c2" / "two\nlines.png"
     bad.write_bytes(b"not a png")
     data = open_run_data(DataConfig(name="imagefolder", root=str(root), loader="memory", max_bad_fraction=0.05,
-                                    cache_dir=str(tmp_path / "cache")), LoaderOptions(batch_size=8, eval_batch_size=8, seed=0))
+                                    cache_dir=str(tmp_path / "cache")), LoaderOptions(batch_size=8, eval_batch_size=8,
+                                                                                      seed=0))
     data.close()
     lines = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
     assert len(lines) == 1 and "two\\nlines.png" in lines[0] and lines[0].startswith("trickbox: warning: data:"), lines

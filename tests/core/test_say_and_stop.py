@@ -21,7 +21,8 @@ FIXTURES = str(REPO / "tests" / "fixtures")
 def test_the_first_line_says_processes_device_precision_and_data_path_without_a_progress_bar(tmp_path, monkeypatch,
                                                                                              capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what `accelerate launch --num_processes 2` without --multi_gpu sets
+    # what `accelerate launch --num_processes 2` without --multi_gpu sets
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(SystemExit) as done:
         _cli(["train", *SMALL_RUN])
@@ -62,12 +63,14 @@ def test_a_signal_during_setup_stops_at_once_and_says_nothing_was_trained(tmp_pa
         _cli(["train", *SMALL_RUN, "tricks.signal_at.where=setup", "train.run_name=s"])
     assert done.value.code == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert "trickbox: stopped by signal 15 before training began; nothing was trained: run the same command again" in err
+    assert ("trickbox: stopped by signal 15 before training began; nothing was trained: run the same command "
+            "again") in err
     assert latest_checkpoint(tmp_path / "runs" / "s" / "checkpoints") is None
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone with the run
 
 
-STREAM = ["data.name=imagefolder", "data.loader=stream", "data.workers=2", "model.name=cifar_resnet8", "data.image_size=32",
+STREAM = ["data.name=imagefolder", "data.loader=stream", "data.workers=2", "model.name=cifar_resnet8",
+          "data.image_size=32",
           "train.batch_size=16", "train.epochs=2", "train.tracker=none", "train.progress=false", "optim.lr=0.05",
           "tricks.mixup.alpha=0.4", "tricks.mixup.grid=false"]
 RESUME = ["--resume", "tricks.signal_at.at=10000", "train.resume_allow=[tricks.signal_at]"]

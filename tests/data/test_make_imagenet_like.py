@@ -35,7 +35,8 @@ def _make(script: ModuleType, out: Path, source: Path, *extra: str) -> int:
 
 def _files(root: Path) -> dict[str, bytes]:
     """Every file under root except README.md (it names OUT_DIR), by relative path."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "README.md"}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "README.md"}
 
 
 def _samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
@@ -53,7 +54,8 @@ def _samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
-def test_layout_sizes_shards(script: ModuleType, cifar_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_layout_sizes_shards(script: ModuleType, cifar_zip: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
     assert _make(script, out, cifar_zip, "--workers", "2") == 0
     printed = capsys.readouterr().out
@@ -113,7 +115,8 @@ def test_same_seed_same_dataset(script: ModuleType, cifar_zip: Path, tmp_path: P
     assert _files(c) != files_a
 
 
-def test_crash_leaves_no_out_dir(script: ModuleType, cifar_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_leaves_no_out_dir(script: ModuleType, cifar_zip: Path, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     real, calls = script.render, []
 
     def failing(spec: object) -> bytes:
@@ -128,7 +131,8 @@ def test_crash_leaves_no_out_dir(script: ModuleType, cifar_zip: Path, tmp_path: 
     assert not list(tmp_path.iterdir())  # neither OUT_DIR nor the partial sibling
 
 
-def test_refuses_non_empty_out_dir(script: ModuleType, cifar_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_non_empty_out_dir(script: ModuleType, cifar_zip: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -139,7 +143,8 @@ def test_refuses_non_empty_out_dir(script: ModuleType, cifar_zip: Path, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
-@pytest.mark.parametrize("bad", [["--images", "ten"], ["--val-fraction", "1.5"], ["--images", "5", "--classes", "6"], []])
+@pytest.mark.parametrize("bad", [["--images", "ten"], ["--val-fraction", "1.5"], ["--images", "5", "--classes", "6"],
+                                 []])
 def test_misuse_exits_2(script: ModuleType, tmp_path: Path, bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     argv = [str(tmp_path / "ds"), *bad] if bad else []
     with pytest.raises(SystemExit) as info:

@@ -83,7 +83,8 @@ def test_the_run_config_records_the_settled_augmentation_and_the_path(tmp_path, 
     for loader, cfg in configs.items():
         assert cfg["runtime"]["data_path"] == cfg["data"]["loader"] == loader
         assert cfg["runtime"]["data_path_reason"] == f"data.loader={loader}"
-    memory, stream = ({k: v for k, v in c["data"].items() if k not in ("loader", "mean", "std")} for c in configs.values())
+    memory, stream = ({k: v for k, v in c["data"].items() if k not in ("loader", "mean",
+                                                                       "std")} for c in configs.values())
     assert memory == stream and memory["crop"] == "pad" and memory["crop_padding"] == 4 and memory["flip"] is True
 
 

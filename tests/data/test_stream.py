@@ -38,7 +38,8 @@ def _runtime(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_streamed_image_folder_with_val_trains_with_mixup_label_smoothing_and_sgdr(imagenet_like, tmp_path):
-    res = _train(tmp_path, "data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}", *TRICKS)
+    res = _train(tmp_path, "data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}",
+                 *TRICKS)
     assert _runtime(res.run_dir)["data_path"] == "stream"
     assert [h["epoch"] for h in res.history] == [1, 2] and all(h["train/loss"] > 0 for h in res.history)
     n = len(list((imagenet_like / "folder" / "train").rglob("*.jpg")))
@@ -69,7 +70,8 @@ from accelerate import Accelerator
 from trickbox.data import DataConfig, LoaderOptions, open_run_data
 acc = Accelerator(cpu=True)
 cfg = DataConfig(name="imagefolder", root=sys.argv[1], loader="stream", image_size=16, workers=1)
-data = open_run_data(cfg, LoaderOptions(batch_size=8, eval_batch_size=8, seed=3, device=acc.device, rank=acc.process_index,
+data = open_run_data(cfg, LoaderOptions(batch_size=8, eval_batch_size=8, seed=3, device=acc.device,
+rank=acc.process_index,
                                         world_size=acc.num_processes))
 data.train.set_epoch(1)
 seen = [i for _, _, idx in data.train.batches() for i in idx.tolist()]
@@ -98,13 +100,14 @@ def test_two_cpu_ranks_on_the_stream_path_read_disjoint_parts_whose_union_is_the
 
 @pytest.mark.slow
 def test_resume_mid_epoch_on_the_stream_path_gives_the_same_weights(imagenet_like, tmp_path, fault):
-    from ..test_resume import assert_same_weights
+    from ..core.test_resume import assert_same_weights
 
     fault("SIGTERM mid-epoch on the stream path (class folders)", resumed=True, exact=True)
 
     data = ["data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}", *TRICKS]
     reference = _train(tmp_path / "ref", *data)
-    args = [sys.executable, str(REPO / "train.py"), f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r", *SMALL, *data]
+    args = [sys.executable, str(REPO / "train.py"), f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r", *SMALL,
+            *data]
     env = subprocess_env(TRICKBOX_PLUGINS="signals", PYTHONPATH=str(REPO / "tests" / "fixtures"))
     first = subprocess.run([*args, "tricks.signal_at.at=8"], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 143, first.stderr[-2000:]  # SIGTERM at step 8: mid-way through epoch 2
@@ -171,14 +174,15 @@ def test_a_bad_layout_exits_2_with_one_line_before_anything_is_written(imagenet_
     (folder / "val" / "stray").mkdir()
     (folder / "val" / "stray" / "x.jpg").write_bytes((folder / "val").rglob("*.jpg").__next__().read_bytes())
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "data.name=imagefolder", f"data.root={folder}",
-                           "train.tracker=none"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                           "train.tracker=none"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "stray" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
-def test_auto_holds_the_cifar_zip_and_small_same_size_folders_in_memory_and_streams_the_rest(imagenet_like, cifar_zip, tmp_path):
-    cpu = torch.device("cpu")
+def test_auto_holds_the_cifar_zip_and_small_same_size_folders_in_memory_and_streams_the_rest(imagenet_like, cifar_zip,
+                                                                                             tmp_path):
     path, why = _path(DataConfig(name="imagefolder", root=str(cifar_zip)))
     assert path == "memory" and ".zip" in why
     mixed = DataConfig(name="imagefolder", root=str(imagenet_like / "folder"))
@@ -201,7 +205,8 @@ def _path(cfg: DataConfig) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_knn_mixup_on_the_stream_path_pairs_from_a_streamed_thumbnail_pass(imagenet_like, tmp_path):
-    res = _train(tmp_path, "data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}", "train.epochs=1",
+    res = _train(tmp_path, "data.name=imagefolder", "data.loader=stream", f"data.root={imagenet_like / 'folder'}",
+                 "train.epochs=1",
                  "tricks.mixup.alpha=0.4", "tricks.mixup.pairing=knn", "tricks.mixup.k=3", "tricks.mixup.grid=false")
     assert len(res.history) == 1 and res.history[0]["train/loss"] > 0
 
@@ -225,7 +230,8 @@ def test_timm_augmentation_strings_are_accepted_and_a_bad_one_is_one_line():
             train_tf, eval_tf = transforms(cfg, (0.5,) * 3, (0.2,) * 3)
             assert tuple(train_tf(image).shape) == (3, 48, 48) and tuple(eval_tf(image).shape) == (3, 48, 48)
     with pytest.raises(DataError, match="data.auto_augment='rand-x9' is not a timm augmentation string"):
-        transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9").resolved(None), (0.5,) * 3, (0.2,) * 3)
+        transforms(DataConfig(name="imagefolder", root="x", auto_augment="rand-x9").resolved(None), (0.5,) * 3, (0.2,
+                                                                                                                 ) * 3)
 
 
 def _children(pid: int) -> list[int]:

@@ -16,7 +16,8 @@ def test_kl_is_the_cross_entropy_minus_the_teacher_entropy():
     p = torch.softmax(r / t, dim=-1)
     entropy = -(p * p.log()).sum(-1).mean() * t**2
     assert torch.allclose(distillation_loss(z, r, t) - distillation_kl(z, r, t), entropy, atol=1e-3)
-    assert float(distillation_kl(r, r, t)) < 1e-5  # the student that matches its teacher: KL 0, cross-entropy ≈ T² log K
+    # the student that matches its teacher: KL 0, cross-entropy ≈ T² log K
+    assert float(distillation_kl(r, r, t)) < 1e-5
     assert float(distillation_loss(r, r, t)) > 0.9 * t**2 * math.log(10)
 
 
@@ -24,7 +25,8 @@ def test_the_trick_returns_kd_for_the_total_and_kd_kl_for_the_log(tmp_path):
     model = create_model("cifar_resnet8", num_classes=10, in_chans=1)
     save_model(model, tmp_path, {"name": "cifar_resnet8", "num_classes": 10, "in_chans": 1})
     tricks = trickbox.load_tricks({"distillation": {"teacher": str(tmp_path), "temperature": 20.0}})
-    tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=10, epochs=1, steps_per_epoch=1, in_chans=1)
+    tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=10, epochs=1, steps_per_epoch=1,
+                 in_chans=1)
     batch = tricks.batch(torch.randn(4, 1, 8, 8), torch.arange(4))
     parts = tricks.loss(model.eval()(batch.x), batch)  # the student is its own teacher here (both in eval mode)
     assert set(parts.parts) == {"ce", "kd"} and set(parts.logged) == {"kd_kl"}

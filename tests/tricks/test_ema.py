@@ -1,4 +1,5 @@
-"""Model EMA against timm's ModelEmaV3, and through the loop: evaluated each epoch, saved only when training completed."""
+"""Model EMA against timm's ModelEmaV3, and through the loop: evaluated each epoch, saved only when training
+completed."""
 from __future__ import annotations
 
 import pytest
@@ -57,7 +58,8 @@ def test_decay_schedule_equals_timm():
     assert [trick.decay_at(s) for s in range(0, 200)] == pytest.approx([reference.get_decay(s) for s in range(0, 200)])
 
 
-BASE = ["data.name=digits", "data.train_subset=256", "train.batch_size=64", "train.tracker=none", "train.progress=false",
+BASE = ["data.name=digits", "data.train_subset=256", "train.batch_size=64", "train.tracker=none",
+        "train.progress=false",
         "optim.lr=0.05", "tricks.sgdr={}", "tricks.ema.decay=0.8"]
 
 

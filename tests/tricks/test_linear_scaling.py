@@ -26,10 +26,12 @@ def cosine(step: int, steps_per_epoch: int, peak: float, epochs: int) -> float:
 
 def test_every_group_scales_and_the_schedule_runs_from_the_scaled_rate():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, K))
-    optimizer = torch.optim.SGD([{"params": model[1].parameters()}, {"params": model[3].parameters(), "lr": 1.0}], lr=0.1)
+    optimizer = torch.optim.SGD([{"params": model[1].parameters()}, {"params": model[3].parameters(), "lr": 1.0}],
+                                lr=0.1)
     tricks = load_tricks({"sgdr": {}, "linear_scaling": {}}, autoload=False)
     # 32 images x 2 processes x 2 accumulation steps = 128 = half the reference batch
-    tricks.setup(model, optimizer, num_classes=K, epochs=2, steps_per_epoch=5, batch_size=32, world_size=2, grad_accum=2)
+    tricks.setup(model, optimizer, num_classes=K, epochs=2, steps_per_epoch=5, batch_size=32, world_size=2,
+                 grad_accum=2)
     for step in range(10):
         assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine(step, 5, 0.1 * 128 / 256, 2), abs=1e-15)
         assert optimizer.param_groups[1]["lr"] == pytest.approx(cosine(step, 5, 1.0 * 128 / 256, 2), abs=1e-15)
@@ -70,7 +72,8 @@ def test_one_and_two_processes_with_the_same_global_batch_train_at_the_same_rate
         [*launch_two_ranks(), str(REPO / "train.py"), *ARGS, "train.batch_size=32"],
         cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    one = train(load_config([default_config_path()], [*ARGS, "train.batch_size=64", f"train.out_dir={tmp_path / 'one'}"]))
+    one = train(load_config([default_config_path()], [*ARGS, "train.batch_size=64",
+                                                      f"train.out_dir={tmp_path / 'one'}"]))
     lr1, lr2 = _logged_lr(one.run_dir), _logged_lr(two / "runs" / "r")
     steps = len(lr1)
     assert steps == one.steps > 2 and sorted(lr1) == sorted(lr2) == list(range(steps))  # the same optimizer steps

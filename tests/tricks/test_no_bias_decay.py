@@ -56,7 +56,8 @@ def test_groups_keep_the_order_older_checkpoints_have():
     written then must still load into a run with the trick."""
     model = create_model("cifar_resnet8", num_classes=10, in_chans=3)
     optimizer = create_optimizer(model, OptimConfig())
-    load_tricks({"no_bias_decay": {}}, autoload=False).setup(model, optimizer, num_classes=10, epochs=1, steps_per_epoch=1)
+    load_tricks({"no_bias_decay": {}}, autoload=False).setup(model, optimizer, num_classes=10, epochs=1,
+                                                             steps_per_epoch=1)
     old = [[p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]]
     assert [g["params"] for g in optimizer.param_groups] == old
     assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]

@@ -1,5 +1,6 @@
 """SGDR's warmup runs before the first cycle: the sgdr trick equals timm's CosineLRScheduler with warmup_prefix=True
-(the arguments docs/recipes.md gives), and differs from timm's default, where warmup replaces the cycle's first steps."""
+(the arguments docs/recipes.md gives), and differs from timm's default, where warmup replaces the cycle's first
+steps."""
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,8 @@ def trick_lrs(base_lr: float) -> list[float]:
 def timm_lrs(base_lr: float, warmup_prefix: bool) -> list[float]:
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=base_lr)
     sched = CosineLRScheduler(optimizer, t_initial=SGDR["t0"] * SPE, warmup_t=int(SGDR["warmup_epochs"] * SPE),
-                              warmup_lr_init=SGDR["warmup_start_lr"], warmup_prefix=warmup_prefix, lr_min=SGDR["min_lr"],
+                              warmup_lr_init=SGDR["warmup_start_lr"], warmup_prefix=warmup_prefix,
+                              lr_min=SGDR["min_lr"],
                               cycle_mul=SGDR["t_mult"], cycle_decay=SGDR["cycle_decay"], cycle_limit=100,
                               t_in_epochs=False)
     out = []

@@ -65,7 +65,8 @@ def test_with_autoload_off_an_unknown_trick_says_plugins_were_not_loaded(monkeyp
 def test_tricks_from_a_module_named_in_trickbox_plugins(monkeypatch, tmp_path):
     (tmp_path / "my_local_trick.py").write_text(
         "from trickbox import Trick, hookimpl\n"
-        "class Local(Trick):\n    name = 'local_one'\n    @hookimpl\n    def trickbox_setup(self, ctx):\n        pass\n")
+        "class Local(Trick):\n    name = 'local_one'\n    @hookimpl\n"
+        "    def trickbox_setup(self, ctx):\n        pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("TRICKBOX_PLUGINS", "my_local_trick")
     cat = discover()

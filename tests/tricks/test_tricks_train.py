@@ -13,7 +13,8 @@ from trickbox.context import RunContext
 from trickbox.loop import train
 from trickbox.registry import discover
 
-BASE = ["train.tracker=none", "train.progress=false", "train.epochs=1", "train.batch_size=64", "optim.lr=0.05", "data.name=digits"]
+BASE = ["train.tracker=none", "train.progress=false", "train.epochs=1", "train.batch_size=64", "optim.lr=0.05",
+        "data.name=digits"]
 
 
 def _run(tmp_path, name, *overrides):
@@ -24,7 +25,8 @@ def _run(tmp_path, name, *overrides):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config([], [*BASE, f"train.out_dir={out}", "train.run_name=t", "train.epochs=3", "optim.lr=0.05", "tricks.sgdr={}"])
+    cfg = load_config([], [*BASE, f"train.out_dir={out}", "train.run_name=t", "train.epochs=3", "optim.lr=0.05",
+                           "tricks.sgdr={}"])
     return train(cfg).run_dir
 
 
@@ -49,14 +51,15 @@ def test_trick_trains(tmp_path, overrides):
     res = _run(tmp_path, "r", *overrides)
     assert res.steps > 0
     assert res.test["top1"] > 0.2  # one epoch of digits is far above chance (0.1)
-    rows = [json.loads(l) for l in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/ce" in r for r in rows) and all(r.get("lr", 0) >= 0 for r in rows)
 
 
 def test_all_four_tricks_together(tmp_path, teacher):
-    res = _run(tmp_path, "all", "train.epochs=2", "optim.lr=0.05", "tricks.sgdr.t0=1", "tricks.mixup.alpha=0.2", "tricks.label_smoothing.eps=0.1",
+    res = _run(tmp_path, "all", "train.epochs=2", "optim.lr=0.05", "tricks.sgdr.t0=1", "tricks.mixup.alpha=0.2",
+               "tricks.label_smoothing.eps=0.1",
                f"tricks.distillation.teacher={teacher}", "tricks.distillation.temperature=4")
-    rows = [json.loads(l) for l in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = set().union(*rows)
     assert {"loss/ce", "loss/kd", "loss", "lr"} <= logged
     assert (res.run_dir / "lr_curve.png").stat().st_size > 1000
@@ -88,7 +91,8 @@ def test_manifold_mixup_leaves_earlier_stages_unmixed():
     stages = [m for _, m in feature_stages(model)]
     seen: dict[int, torch.Tensor] = {}
     # stage outputs, and what stage 3 actually receives (after any mixing of stage 2's output)
-    handles = [s.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out.detach().clone())) for i, s in enumerate(stages)]
+    handles = [s.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out.detach().clone())) for i,
+               s in enumerate(stages)]
     handles.append(stages[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("into3", a[0].detach().clone())))
     x = torch.randn(6, 3, 32, 32)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])

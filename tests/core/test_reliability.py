@@ -1,6 +1,6 @@
 """Faults a training run must survive or refuse cleanly: NaN/inf, W&B outages, hostile files, broken plugins.
 
-Resume, checkpoints and signals are in ``tests/test_resume.py``. Every
+Resume, checkpoints and signals are in ``tests/core/test_resume.py``. Every
 injected fault is appended to a JSON-lines log (the ``fault`` fixture) so that the
 numbers in ``docs/reliability.md`` come from a test run.
 """
@@ -28,7 +28,7 @@ from trickbox.loop import train
 from trickbox.registry import Catalog, discover, hook_problems
 from trickbox.trick import ConfigError, NonFiniteError, Param, Trick, hookimpl
 
-from .conftest import REPO, launch_two_ranks, subprocess_env, told
+from ..conftest import REPO, launch_two_ranks, subprocess_env, told
 
 TRAIN_PY = str(REPO / "train.py")
 KEY = "secret-test-key-123"
@@ -146,7 +146,8 @@ def _nan_teacher(path: Path) -> Path:
 
     from trickbox.build import create_model
 
-    state = {k: v.clone().contiguous() for k, v in create_model("cifar_resnet8", num_classes=10, in_chans=1).state_dict().items()}
+    state = {k: v.clone().contiguous() for k, v in create_model("cifar_resnet8", num_classes=10,
+                                                                in_chans=1).state_dict().items()}
     state["fc.weight"].fill_(float("nan"))
     save_file(state, str(path))
     return path
@@ -156,11 +157,13 @@ def test_nan_teacher_logits_stop_the_cli_with_exit_3(tmp_path, monkeypatch, caps
     fault("NaN teacher logits (CLI)")
     teacher = _nan_teacher(tmp_path / "nan_teacher.safetensors")
     monkeypatch.chdir(tmp_path)
-    code = cli_main(["train", *SMALL, "train.tracker=none", "train.run_name=kd", "tricks.distillation.teacher=cifar_resnet8",
+    code = cli_main(["train", *SMALL, "train.tracker=none", "train.run_name=kd",
+                     "tricks.distillation.teacher=cifar_resnet8",
                      f"tricks.distillation.checkpoint={teacher}"])
     assert code == 3
     line = _one_line(capsys.readouterr().err)
-    assert line == "trickbox: stopped: teacher logits are not finite; no optimizer step or checkpoint was written with it"
+    assert line == ("trickbox: stopped: teacher logits are not finite; no optimizer step or checkpoint was written "
+                    "with it")
     assert list_checkpoints(tmp_path / "runs" / "kd" / "checkpoints") == []
 
 
@@ -323,7 +326,8 @@ def test_teacher_pickle_payload_is_refused_by_the_cli(tmp_path, fault):
 
 def test_checkpoint_with_a_pickle_payload_is_refused_on_resume(tmp_path, fault):
     fault("pickle payload in a checkpoint's optimizer.pt")
-    cfg = load_config([], [*SMALL, "train.tracker=none", f"train.out_dir={tmp_path}", "train.run_name=r", "train.epochs=2",
+    cfg = load_config([], [*SMALL, "train.tracker=none", f"train.out_dir={tmp_path}", "train.run_name=r",
+                           "train.epochs=2",
                            "train.stop_after_epoch=1"])
     train(cfg)
     ckpt = latest_checkpoint(tmp_path / "r" / "checkpoints")
@@ -364,7 +368,8 @@ def test_yaml_python_tags_are_refused(tmp_path, fault):
     ],
     ids=["unknown-trick", "bad-value", "unknown-key", "wrong-type"],
 )
-def test_bad_config_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys, override, fragment, fault, request):
+def test_bad_config_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys, override, fragment, fault,
+                                                       request):
     fault(f"invalid config ({request.node.callspec.id})")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")  # a run that started would create ./wandb
@@ -428,14 +433,16 @@ def plugin_site(tmp_path) -> Path:
 @pytest.mark.slow
 def test_trickbox_list_reports_broken_plugins_by_name_and_reason(tmp_path, plugin_site, fault):
     fault("broken third-party plugins (import error, bad hook name, bad hook argument)")
-    res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120,
                          env=subprocess_env(PYTHONPATH=str(plugin_site)))
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "fakegood  (tbx-fake-plugins 0.3.0)  a well-behaved third-party trick" in out
     assert "! fakebroken (tbx-fake-plugins) not loaded: import failed: ModuleNotFoundError" in out
     assert "a_module_that_does_not_exist_4711" in out
-    assert "! fakebadhook (tbx-fake-plugins) not loaded: hook trickbox_transfrom_batch does not exist; did you mean 'trickbox_transform_batch'?" in out
+    assert ("! fakebadhook (tbx-fake-plugins) not loaded: hook trickbox_transfrom_batch does not exist; did you mean "
+            "'trickbox_transform_batch'?") in out
     assert "! fakebadarg (tbx-fake-plugins) not loaded: hook trickbox_loss takes optimizer" in out
     for builtin in ("sgdr", "label_smoothing", "distillation", "mixup", "noise"):
         assert f"\n{builtin}  (trickbox " in "\n" + out
@@ -445,7 +452,8 @@ def test_broken_plugins_leave_the_others_working(tmp_path, plugin_site, monkeypa
     monkeypatch.syspath_prepend(str(plugin_site))
     cat = discover()
     assert {b.name for b in cat.broken} >= {"fakebroken", "fakebadhook", "fakebadarg"}
-    with pytest.raises(ConfigError, match="trick 'fakebadarg' from tbx-fake-plugins could not be loaded: hook trickbox_loss takes optimizer"):
+    with pytest.raises(ConfigError, match="trick 'fakebadarg' from tbx-fake-plugins could not be loaded: hook "
+                                          "trickbox_loss takes optimizer"):
         cat.get("fakebadarg")
     cfg = load_config([], [*SMALL, "train.tracker=none", f"train.out_dir={tmp_path}", "train.run_name=ok",
                            "tricks.fakegood.scale=0.5", "tricks.label_smoothing.eps=0.1"])
@@ -583,4 +591,5 @@ def test_nan_on_one_rank_stops_every_rank_without_a_hang(tmp_path, fault):
     )
     assert res.returncode != 0
     assert "not finite" in res.stderr or "non-finite" in res.stderr, res.stderr[-2000:]
-    assert not list((tmp_path / "runs" / "r" / "checkpoints").glob("step-*"))  # stopped in epoch 1, before any checkpoint
+    # stopped in epoch 1, before any checkpoint
+    assert not list((tmp_path / "runs" / "r" / "checkpoints").glob("step-*"))

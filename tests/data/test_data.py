@@ -29,7 +29,7 @@ from trickbox.data.sources import tensor_source
 from trickbox.data.splits import plan_splits, stratified_take
 from trickbox.seeding import generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cifar_zip() -> Path | None:
@@ -298,7 +298,8 @@ def test_loader_rejects_bad_arguments() -> None:
 
 
 def test_make_train_loader_uses_dataset_defaults(digits: DatasetArrays) -> None:
-    loader = train_loader(digits, DataConfig().resolved((8, 8)), LoaderOptions(batch_size=64, eval_batch_size=64, seed=0))
+    loader = train_loader(digits, DataConfig().resolved((8, 8)), LoaderOptions(batch_size=64, eval_batch_size=64,
+                                                                               seed=0))
     assert (loader.flip, loader.crop_padding, loader.augment) == (False, 1, True)
     assert DataConfig(name="cifar10").effective_crop_padding(32) == 4
     assert DataConfig(name="cifar10").effective_flip() is True

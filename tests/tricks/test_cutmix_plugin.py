@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 PLUGIN = REPO / "plugins" / "trickbox-cutmix"
 TRICKBOX = str(Path(sys.executable).parent / "trickbox")
@@ -41,12 +41,13 @@ def test_cutmix_plugin_installs_trains_and_uninstalls_cleanly(tmp_path):
     try:
         listed = _trickbox(tmp_path, "list")
         assert listed.returncode == 0, listed.stderr
-        line = next(l for l in listed.stdout.splitlines() if l.startswith("cutmix "))
+        line = next(x for x in listed.stdout.splitlines() if x.startswith("cutmix "))
         assert "(trickbox-cutmix 0.1.0)" in line
         assert "alpha: float = 1.0" in listed.stdout and "prob: float = 0.5" in listed.stdout
 
         run = _trickbox(tmp_path, "train", "train.epochs=1", "tricks.cutmix.alpha=1.0", "tricks.cutmix.prob=1.0",
-                        "train.tracker=none", "train.progress=false", f"train.out_dir={tmp_path / 'runs'}", "train.run_name=cm")
+                        "train.tracker=none", "train.progress=false", f"train.out_dir={tmp_path / 'runs'}",
+                        "train.run_name=cm")
         assert run.returncode == 0, run.stderr[-3000:]
         assert "trickbox: done" in run.stdout
         assert "cutmix" in (tmp_path / "runs" / "cm" / "config.yaml").read_text()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
+from ..wandb_reader import config_value, offline_runs, read_run
 from .test_sweep import load_study
-from .wandb_reader import config_value, offline_runs, read_run
 
 SPEC = REPO / "tests" / "fixtures" / "sweep_dist.yaml"
 pytestmark = pytest.mark.slow
@@ -31,7 +31,8 @@ def fault(**where: object) -> dict[str, str]:
 def launch(cwd: Path, *extra: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     cmd = [*launch_two_ranks(), str(REPO / "train.py"), "--sweep", str(SPEC),
            "--out-dir", str(cwd / "out"), *extra, *env.pop("overrides", "").split()]
-    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(ACCELERATE_USE_CPU="1", **env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(ACCELERATE_USE_CPU="1", **env), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def rank_files(out: Path, study: str, number: int) -> list[dict]:
@@ -87,7 +88,8 @@ def test_wandb_runs_hold_lr_history_mixup_images_and_params(wandb_sweep):
         assert config_value(run.config, "optim")["lr"] == trial.params["optim.lr"]  # the full resolved config
         lrs = [v for _, v in run.series("lr")]
         steps_per_epoch = run.series("val/top1")[0][0]  # the step at which epoch 1 ended
-        expected = [sgdr_lr(s, steps_per_epoch=steps_per_epoch, base_lr=trial.params["optim.lr"], t0=trial.params["sgdr.t0"],
+        expected = [sgdr_lr(s, steps_per_epoch=steps_per_epoch, base_lr=trial.params["optim.lr"],
+                            t0=trial.params["sgdr.t0"],
                             t_mult=trial.params["sgdr.t_mult"]) for s in range(len(lrs))]
         assert len(lrs) == steps_per_epoch * len(run.series("val/top1"))
         assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)

@@ -1,4 +1,5 @@
-"""The embedded ImageNet recipe (``--config imagenet_bot``) composes and trains one epoch on a tiny ImageNet-layout folder."""
+"""The embedded ImageNet recipe (``--config imagenet_bot``) composes and trains one epoch on a tiny ImageNet-layout
+folder."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 BENCH = REPO / "benchmarks"
 
@@ -40,17 +40,20 @@ def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Completed
 def test_run_quick_writes_table(tmp_path: Path) -> None:
     data = _fake_cifar_zip(tmp_path / "cifar.zip")
     out = tmp_path / "docs" / "performance.md"
-    proc = _run([str(BENCH / "run.py"), "--quick", "--threads", "1", "--data", str(data), "--out", str(out), "--skip", "sweep"], tmp_path)
+    proc = _run([str(BENCH / "run.py"), "--quick", "--threads", "1", "--data", str(data), "--out", str(out), "--skip",
+                 "sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    for needle in ("(b)/(a)", "(c)/(d)", "mixup + label smoothing + SGDR", "distillation", "(e) loader", "KNN table", "torch "):
+    for needle in ("(b)/(a)", "(c)/(d)", "mixup + label smoothing + SGDR", "distillation", "(e) loader", "KNN table",
+                   "torch "):
         assert needle in text, needle
     assert "PASS" in text or "MISS" in text
     assert "| measurement | measured | target | result | note |" in proc.stdout
     assert "<!-- results:start -->" in text
     # a second run replaces only the block between the markers
     out.write_text("# Perf\n\nhand-written notes\n\n" + text[text.index("<!-- results:start -->"):] + "\nmore notes\n")
-    proc = _run([str(BENCH / "run.py"), "--quick", "--threads", "1", "--data", str(data), "--out", str(out), "--skip", "sweep",
+    proc = _run([str(BENCH / "run.py"), "--quick", "--threads", "1", "--data", str(data), "--out", str(out), "--skip",
+                 "sweep",
                  "--skip", "knn", "--skip", "loaders"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()

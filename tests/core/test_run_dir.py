@@ -16,7 +16,7 @@ from trickbox.cli import main as cli_main
 from trickbox.config import load_config
 from trickbox.loop import train
 
-from .conftest import REPO, subprocess_env, told
+from ..conftest import REPO, subprocess_env, told
 from .test_resume import CONFIG, assert_same_weights
 
 TRAIN = [sys.executable, str(REPO / "train.py")]
@@ -112,7 +112,8 @@ def test_a_finished_run_name_needs_resume_and_a_live_one_is_refused(tmp_path, ca
 
     _, lock, _ = claim(out, "busy", "x", resume=False)  # this process holds it, as a live run would
     try:
-        holder = subprocess.run([*TRAIN, f"train.out_dir={out}", "train.run_name=busy", "--resume", *FAST], cwd=tmp_path,
+        holder = subprocess.run([*TRAIN, f"train.out_dir={out}", "train.run_name=busy", "--resume", *FAST],
+                                cwd=tmp_path,
                                 env=subprocess_env(), capture_output=True, text=True, timeout=120)
         assert holder.returncode == 2 and "is in use by a live process" in holder.stderr, holder.stderr
     finally:
@@ -148,7 +149,8 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
         check_resume({"processes": 2, "train.seed": 0}, {"processes": 1, "train.seed": 0}, [], tmp_path)
 
 
-def test_a_full_disk_while_checkpointing_is_one_line_and_resume_then_ends_identical(tmp_path, capsys, monkeypatch, fault):
+def test_a_full_disk_while_checkpointing_is_one_line_and_resume_then_ends_identical(tmp_path, capsys, monkeypatch,
+                                                                                    fault):
     f = fault("ENOSPC while writing the epoch-2 checkpoint", resumed=True)
     cfg, out = _cfg(tmp_path), tmp_path / "out"
     ref = train(load_config([cfg], [f"train.out_dir={tmp_path / 'ref'}", "train.run_name=ref"]))

@@ -41,8 +41,10 @@ def counting_host_reads():
 
 
 def test_the_training_step_reads_nothing_back_from_the_device():
-    tricks = trickbox.load_tricks({"mixup": {"alpha": 0.4, "grid": False}, "label_smoothing": {"eps": 0.1}, "sgdr": {"t0": 1}})
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+    tricks = trickbox.load_tricks({"mixup": {"alpha": 0.4, "grid": False}, "label_smoothing": {"eps": 0.1},
+                                   "sgdr": {"t0": 1}})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
     tricks.setup(model, optimizer, num_classes=10, epochs=2, steps_per_epoch=20, finite_check_every=32)
     batches = [(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))) for _ in range(10)]

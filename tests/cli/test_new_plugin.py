@@ -1,4 +1,5 @@
-"""``trickbox new-plugin``: the package it writes installs, shows in ``trickbox list``, passes its own test and trains."""
+"""``trickbox new-plugin``: the package it writes installs, shows in ``trickbox list``, passes its own test and
+trains."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,7 @@ from trickbox import ConfigError
 from trickbox.cli import main
 from trickbox.scaffold import check_name, class_name, plugin_files, write_plugin
 
-from .conftest import subprocess_env
+from ..conftest import subprocess_env
 
 TRICKBOX = str(Path(sys.executable).parent / "trickbox")
 NAME = "scaffold_probe"  # unlikely to clash with a real trick
@@ -36,7 +37,8 @@ def pip_install_editable(path: Path) -> None:
     _pip("install", "--no-deps", "--quiet", *(["--no-build-isolation"] if offline else []), "-e", str(path))
 
 
-@pytest.mark.parametrize("bad", ["Bad-Name", "1abc", "with space", "class", "trailing_", "double__under", "", "x" * 41, "café"])
+@pytest.mark.parametrize("bad", ["Bad-Name", "1abc", "with space", "class", "trailing_", "double__under", "", "x" * 41,
+                                 "café"])
 def test_bad_names_are_refused(bad):
     with pytest.raises(ConfigError, match="is not valid: use lowercase letters"):
         check_name(bad)
@@ -90,18 +92,21 @@ def test_scaffolded_plugin_installs_passes_its_test_and_trains(tmp_path):
     assert main(["new-plugin", NAME, "--dir", str(pkg)]) == 0
     pip_install_editable(pkg)
     try:
-        listed = subprocess.run([TRICKBOX, "list"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        listed = subprocess.run([TRICKBOX, "list"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                                timeout=120)
         assert listed.returncode == 0, listed.stderr
         assert f"{NAME}  ({DIST} 0.1.0)" in listed.stdout
         assert not any(line.startswith("!") for line in listed.stdout.splitlines()), listed.stdout  # nothing broken
 
-        own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg, env=subprocess_env(),
+        own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg,
+                             env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
         assert own.returncode == 0, own.stdout[-3000:]
         assert "5 passed" in own.stdout
 
         run = subprocess.run(
-            [TRICKBOX, "train", "train.epochs=1", f"tricks.{NAME}.weight=0.2", "train.tracker=none", "train.progress=false",
+            [TRICKBOX, "train", "train.epochs=1", f"tricks.{NAME}.weight=0.2", "train.tracker=none",
+             "train.progress=false",
              "train.log_every=1", f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r"],
             cwd=tmp_path, env=subprocess_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=300,
         )

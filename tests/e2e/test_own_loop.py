@@ -15,8 +15,8 @@ import pytest
 
 from trickbox.functional import sgdr_lr
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
-from .wandb_reader import offline_runs, read_run
+from ..conftest import REPO, launch_two_ranks, subprocess_env
+from ..wandb_reader import offline_runs, read_run
 
 EXAMPLES = REPO / "examples"
 MAX_CHANGED_LINES = 12
@@ -26,8 +26,10 @@ def changed_lines(old: str, new: str) -> tuple[int, list[str]]:
     """Lines added, removed or changed (a changed line counts once), ignoring blank lines; and the diff."""
     a = [line for line in old.splitlines() if line.strip()]
     b = [line for line in new.splitlines() if line.strip()]
-    count = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if tag != "equal")
-    diff = [line for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    opcodes = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    count = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in opcodes if tag != "equal")
+    diff = [line for line in difflib.unified_diff(a, b, lineterm="",
+                                                  n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     return count, diff
 
 
@@ -41,7 +43,8 @@ def test_own_loop_differs_from_the_plain_script_by_at_most_a_dozen_lines():
     assert not re.search(r"\btricks\.", plain)
     # what the diff must contain: the whole API a loop needs
     added = "\n".join(line for line in diff if line.startswith("+"))
-    for call in ("trickbox.load_tricks(", "tricks.setup(", "tricks.batch(", "tricks.loss(", "tricks.forward(", "tricks.step("):
+    for call in ("trickbox.load_tricks(", "tricks.setup(", "tricks.batch(", "tricks.loss(", "tricks.forward(",
+                 "tricks.step("):
         assert call in added
     for trick in ("mixup", "label_smoothing", "sgdr", "distillation"):
         assert f'"{trick}"' in added
@@ -75,7 +78,8 @@ def _test_accuracy(stdout: str) -> list[float]:
 
 
 def _check_logged_run(cwd: Path, epochs: int) -> None:
-    """One W&B run (main process only) whose per-step LR is the script's SGDR (t0=2, t_mult=2) and whose loss has named parts."""
+    """One W&B run (main process only) whose per-step LR is the script's SGDR (t0=2, t_mult=2) and whose loss has named
+    parts."""
     runs = offline_runs(cwd)
     assert len(runs) == 1
     run = read_run(runs[0])
@@ -83,18 +87,22 @@ def _check_logged_run(cwd: Path, epochs: int) -> None:
     steps_per_epoch = len(lrs) // epochs
     assert len(lrs) == epochs * steps_per_epoch
     for step, lr in enumerate(lrs):  # tricks.step() logs the LR each optimizer step used
-        assert lr == pytest.approx(sgdr_lr(step, steps_per_epoch=steps_per_epoch, base_lr=0.05, t0=2, t_mult=2), abs=1e-9)
+        assert lr == pytest.approx(sgdr_lr(step, steps_per_epoch=steps_per_epoch, base_lr=0.05, t0=2, t_mult=2),
+                                   abs=1e-9)
     parts = [row for row in run.history if "loss/ce" in row]
-    assert parts and all("loss/kd" in row and row["loss"] == pytest.approx(row["loss/ce"] + row["loss/kd"], rel=1e-5) for row in parts)
+    assert parts and all("loss/kd" in row and row["loss"] == pytest.approx(row["loss/ce"] + row["loss/kd"],
+                                                                           rel=1e-5) for row in parts)
     assert run.summary["test/accuracy"] > 0.5
     assert len([row for row in run.history if "val/accuracy" in row]) == epochs
 
 
 @pytest.mark.slow
 def test_own_loop_one_process_with_the_four_tricks(teacher, tmp_path):
-    # W&B offline in a scratch directory: the loss parts and the LR reach the Accelerator's tracker through tricks.step()
+    # W&B offline in a scratch directory: the loss parts and the LR reach the Accelerator's tracker through
+    # tricks.step()
     res = subprocess.run(
-        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "3", "--teacher", str(teacher), "--tracker", "wandb"],
+        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "3", "--teacher", str(teacher), "--tracker",
+         "wandb"],
         cwd=tmp_path, env=subprocess_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -109,8 +117,10 @@ def test_own_loop_one_process_with_the_four_tricks(teacher, tmp_path):
 @pytest.mark.slow
 def test_own_loop_two_cpu_processes_with_the_four_tricks(teacher, tmp_path):
     res = subprocess.run(
-        [*launch_two_ranks(), str(EXAMPLES / "own_loop.py"), "--epochs", "2", "--teacher", str(teacher), "--tracker", "wandb"],
-        cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
+        [*launch_two_ranks(), str(EXAMPLES / "own_loop.py"), "--epochs", "2", "--teacher", str(teacher), "--tracker",
+         "wandb"],
+        cwd=tmp_path, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True,
+                         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
@@ -131,7 +141,8 @@ def test_plain_script_runs(tmp_path):
 @pytest.mark.slow
 def test_own_loop_on_a_cifar_zip(cifar_zip, tmp_path):
     res = subprocess.run(
-        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "1", "--data", str(cifar_zip), "--limit", "300", "--tracker", "none"],
+        [sys.executable, str(EXAMPLES / "own_loop.py"), "--epochs", "1", "--data", str(cifar_zip), "--limit", "300",
+         "--tracker", "none"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -152,11 +163,12 @@ def test_sweep_drives_own_loop_three_trials_three_wandb_runs(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from .wandb_reader import offline_runs, read_run
+    from ..wandb_reader import offline_runs, read_run
 
     cmd = [sys.executable, "-m", "trickbox", "sweep", str(REPO / "sweeps" / "own_loop.yaml"),
            "--script", f"{REPO / 'examples' / 'own_loop.py'} --epochs 1", "--out-dir", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(WANDB_MODE="offline"), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "out" / "own_loop" / "journal.log")))
     trials = load_study(study_name="own_loop", storage=storage).get_trials()

@@ -14,7 +14,7 @@ from trickbox.sweep.storage import budget_used, resolve_storage
 from trickbox.sweep.workers import assign_gpus, worker_count
 from trickbox.trick import ConfigError
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 
@@ -61,11 +61,13 @@ def test_bag_of_tricks_searches_the_five_parameters():
     names = {d.name for d in spec.search}
     assert {"mixup.alpha", "label_smoothing.eps", "distillation.temperature", "sgdr.t0", "sgdr.t_mult"} <= names
     assert spec.train_first is not None  # the spec trains its own teacher first
-    assert spec.artifacts == {"distillation": ["teacher"]}  # the trick's Param(artifact=True), not a name the sweep knows
+    # the trick's Param(artifact=True), not a name the sweep knows
+    assert spec.artifacts == {"distillation": ["teacher"]}
 
 
 def test_plain_config_keys_choices_and_shorthands():
-    raw = smoke(search={"optim.lr": {"low": 0.01, "high": 0.2, "log": True}, "mixup.pairing": {"choices": ["random", "knn"]},
+    raw = smoke(search={"optim.lr": {"low": 0.01, "high": 0.2, "log": True}, "mixup.pairing": {"choices": ["random",
+                                                                                                           "knn"]},
                         "tricks.mixup.per_sample": "default", "train.batch_size": [16, 32]})
     spec = spec_from_mapping(raw)
     assert spec.dimension("optim.lr").kind == "float"
@@ -106,7 +108,8 @@ def test_grid_with_seeds_counts_every_point_per_seed():
     (smoke(seeds=[0, 1]), "seeds repeats every grid point"),
     (smoke(pruning={"restart_aware": True}, base={"tricks": {"mixup": {}, "label_smoothing": {}}},
            search={"mixup.alpha": {}}), "no trick under base.tricks declares them"),
-    (smoke(base={"train": {"epoch": 2}, "tricks": {"mixup": {}}}, search={"mixup.alpha": {}}), "unknown config key 'train.epoch'"),
+    (smoke(base={"train": {"epoch": 2}, "tricks": {"mixup": {}}}, search={"mixup.alpha": {}}), "unknown config key "
+                                                                                               "'train.epoch'"),
     (smoke(train_first={"train": {"epochs": 1}}), "no enabled trick has such a parameter"),
 ])
 def test_spec_errors_are_one_line(raw, needle):
@@ -114,7 +117,8 @@ def test_spec_errors_are_one_line(raw, needle):
 
 
 def test_script_mode_allows_the_scripts_own_parameters():
-    raw = smoke(search={"lr": {"low": 0.001, "high": 0.1, "log": True}, "width": {"low": 8, "high": 64}, "mixup.alpha": {}})
+    raw = smoke(search={"lr": {"low": 0.001, "high": 0.1, "log": True}, "width": {"low": 8, "high": 64},
+                        "mixup.alpha": {}})
     with pytest.raises(ConfigError, match="neither <trick>.<param> nor a config key"):
         spec_from_mapping(raw)
     spec = spec_from_mapping(raw, script=True)
@@ -159,7 +163,8 @@ BAD_SPECS = {
     "unknown key": ("bogus: 1\n", "unknown key 'bogus'"),
     "test split": ("objective: test/top1\n", "uses the test split"),
     "unknown param": ("search: {mixup.alpah: {}}\n", "trick mixup has no parameter 'alpah'; did you mean 'alpha'?"),
-    "grid without choices": ("sampler: grid\nn_trials: null\n", "sampler grid needs choices for every searched parameter"),
+    "grid without choices": ("sampler: grid\nn_trials: null\n", "sampler grid needs choices for every searched "
+                                                                "parameter"),
 }
 
 
@@ -222,11 +227,12 @@ def test_coordinator_runs_exactly_n_trials_and_retries_dead_owners(tmp_path):
 
     spec, co = _coordinator(tmp_path)
     # trial 0 belongs to a process that is gone (a finished child's pid), as if its worker was SIGKILLed mid-trial
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
     orphan = co.study.ask()
     params = {d.name: d.suggest(orphan) for d in spec.search}
-    orphan.set_user_attr("owner", {"host": co.trials()[0].user_attrs.get("owner", {}).get("host") or __import__("socket").gethostname(),
-                                   "pid": int(dead), "start": None, "worker": "gone"})
+    host = co.trials()[0].user_attrs.get("owner", {}).get("host") or __import__("socket").gethostname()
+    orphan.set_user_attr("owner", {"host": host, "pid": int(dead), "start": None, "worker": "gone"})
     orphan.set_user_attr("run_dir", str(tmp_path / "smoke" / "trial-0"))
     plans = []
 

@@ -32,7 +32,7 @@ from trickbox.config import load_config
 from trickbox.functional import sgdr_lr
 from trickbox.loop import train
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
 
 TRAIN_PY = str(REPO / "train.py")
 EPOCHS = 3
@@ -65,7 +65,8 @@ def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[0]}: max |Δ| = {(wa[diff[0]].float() - wb[diff[0]].float()).abs().max():.3g}"
+    assert not diff, (f"{len(diff)} tensors differ, e.g. {diff[0]}: "
+                      f"max |Δ| = {(wa[diff[0]].float() - wb[diff[0]].float()).abs().max():.3g}")
 
 
 def _train_here(cfg_file: Path, out: Path, name: str, *overrides: str, resume: bool = False):
@@ -103,7 +104,8 @@ def spawn():
     started: list[subprocess.Popen[str]] = []
 
     def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         started.append(proc)
         return proc
 
@@ -234,7 +236,8 @@ def test_stop_after_epoch_then_resume_matches_an_uninterrupted_run(cfg_file, ref
     assert_same_weights(reference, second.run_dir)
 
 
-def test_truncated_newest_checkpoint_is_skipped_on_resume_through_the_cli(cfg_file, reference, stopped_mid_cycle, tmp_path, fault):
+def test_truncated_newest_checkpoint_is_skipped_on_resume_through_the_cli(cfg_file, reference, stopped_mid_cycle,
+                                                                          tmp_path, fault):
     fault("newest checkpoint truncated to half", resumed=True, exact=True)
     run_dir = tmp_path / "t"
     shutil.copytree(stopped_mid_cycle, run_dir)
@@ -328,7 +331,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(cfg_file, tmp_pat
     f = fault("SIGTERM to one of 2 ranks (accelerate launch)")
     run_dir = tmp_path / "mp"
     proc = subprocess.Popen([*launch_two_ranks(), *_cli(cfg_file, tmp_path, "mp")[1:]], cwd=tmp_path,
-                            env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     ranks: dict[int, int] = {}
     try:
         _wait_until(proc, lambda: _steps_logged(run_dir / "metrics.jsonl") >= 3, "3 steps were logged", timeout=300)
@@ -362,7 +366,8 @@ state = {"w": torch.randn(2_000_000)}
 print("ready", flush=True)
 while True:
     step += 1
-    save_checkpoint(root, model_state=state, optimizer_state={"step": torch.tensor(step)}, step=step, epoch=step, batch_in_epoch=0)
+    save_checkpoint(root, model_state=state, optimizer_state={"step": torch.tensor(step)}, step=step, epoch=step,
+                    batch_in_epoch=0)
 """
 
 
@@ -401,7 +406,8 @@ def test_sigterm_in_the_first_epoch_before_any_checkpoint_resumes_exactly(cfg_fi
                            env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
     assert first.returncode == 143, first.stderr[-2000:]
     found = latest_checkpoint(tmp_path / "early" / "checkpoints")
-    assert found is not None and (found.step, found.epoch, found.batch_in_epoch) == (3, 0, 3)  # the step after the signal
+    # the step after the signal
+    assert found is not None and (found.step, found.epoch, found.batch_in_epoch) == (3, 0, 3)
     resumed = subprocess.run(_cli(cfg_file, tmp_path, "early", "--resume", "tricks.signal_at.at=10000"), cwd=tmp_path,
                              env=subprocess_env(**PLUGINS), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 2 and "tricks.signal_at.at" in resumed.stderr  # a changed trick: refused

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
+from ..wandb_reader import config_value, offline_runs, read_run
 from .test_sweep import load_study
-from .wandb_reader import config_value, offline_runs, read_run
 
 SCRIPT = REPO / "tests" / "fixtures" / "sweep_script.py"
 SPEC = REPO / "tests" / "fixtures" / "sweep_script.yaml"
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def sweep(cwd: Path, spec: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trickbox", "sweep", str(spec), "--script", str(SCRIPT), "--out-dir", str(cwd / "out"), *extra]
+    cmd = [sys.executable, "-m", "trickbox", "sweep", str(spec), "--script", str(SCRIPT), "--out-dir", str(cwd / "out"),
+           *extra]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
 
 
@@ -40,14 +41,16 @@ def test_script_sweep_records_three_trials_and_three_wandb_runs(tmp_path):
         assert run.summary["val/accuracy"] == pytest.approx(t.value)
         used = json.loads((tmp_path / "out" / "script" / f"trial-{t.number}" / "rank-0.json").read_text())
         assert used["params"] == t.params
-        assert used["tricks"]["mixup"]["alpha"] == t.params["mixup.alpha"]  # t.suggest() put the trial's values in place
+        # t.suggest() put the trial's values in place
+        assert used["tricks"]["mixup"]["alpha"] == t.params["mixup.alpha"]
         assert used["tricks"]["sgdr"]["t0"] == t.params["sgdr.t0"]
 
 
 def test_script_runs_standalone_outside_a_sweep(tmp_path):
     env = subprocess_env()
     env.pop("TRICKBOX_TRIAL", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]  # no sweep, no trial: the script trains with its defaults
 
 
@@ -64,7 +67,8 @@ def test_script_under_accelerate_launch_shares_params_and_prune_decisions(tmp_pa
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["PRUNED"]
     for t in trials:
-        ranks = [json.loads((tmp_path / "out" / "script" / f"trial-{t.number}" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        trial_dir = tmp_path / "out" / "script" / f"trial-{t.number}"
+        ranks = [json.loads((trial_dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["params"] == ranks[1]["params"] == t.params
         assert list(t.intermediate_values) == [1]  # both ranks stopped after epoch 1 (rank 1 got rank 0's decision)
 

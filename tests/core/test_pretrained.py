@@ -62,7 +62,8 @@ class FirstWeights:
 def test_timm_weights_from_the_hf_cache_start_the_run(tmp_path, cached_test_resnet):
     probe = FirstWeights()
     cfg = load_config([], ["data.name=digits", "data.train_subset=64", "train.batch_size=32", "train.epochs=1",
-                           "train.tracker=none", "train.progress=false", f"train.out_dir={tmp_path}", "model.name=test_resnet",
+                           "train.tracker=none", "train.progress=false", f"train.out_dir={tmp_path}",
+                           "model.name=test_resnet",
                            "model.pretrained=true"])
     train(cfg, plugins=[probe])
     start, ref = probe.state, cached_test_resnet
@@ -111,9 +112,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("args, fragment", [
     (["model.name=test_resnet", "model.pretrained=true"], "looked in the Hugging Face cache"),
     (["model.name=cifar_resnet8", "model.pretrained=true"],
-     "model 'cifar_resnet8' has no pretrained weights (trickbox's CIFAR models are trained from scratch); give your own "
+     "model 'cifar_resnet8' has no pretrained weights (trickbox's CIFAR models are trained from scratch); give your "
+     "own "
      "with model.pretrained_file=PATH"),
-    (["model.pretrained_file=/no/such/weights.safetensors"], "model.pretrained_file='/no/such/weights.safetensors' does "
+    (["model.pretrained_file=/no/such/weights.safetensors"], "model.pretrained_file='/no/such/weights.safetensors' "
+                                                             "does "
                                                               "not exist"),
 ])
 def test_cli_exits_2_with_one_line(tmp_path, hf_cache, capsys, args, fragment):

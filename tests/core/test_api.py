@@ -142,7 +142,8 @@ def test_loss_parts_are_named_ce_and_kd(teacher_dir):
 
     tricks = builtin({"distillation": {"teacher": str(teacher_dir), "temperature": 3.0, "weight": 0.5}})
     model = small_model()
-    tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=2, in_chans=1)
+    tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=2,
+                 in_chans=1)
     batch = tricks.batch(torch.randn(8, 1, 8, 8), torch.randint(0, K, (8,)))
     logits = tricks.forward(model, batch)
     parts = tricks.loss(logits, batch)
@@ -218,7 +219,8 @@ class NewOptimizer(Trick):
     name = "new_optimizer"
 
     @hookimpl
-    def trickbox_configure_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module, ctx: RunContext) -> torch.optim.Optimizer:
+    def trickbox_configure_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module,
+                                     ctx: RunContext) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=optimizer.param_groups[0]["lr"])
 
 
@@ -243,7 +245,8 @@ class Wrapped(nn.Module):
 def test_configure_hooks_may_replace_model_and_optimizer_before_prepare():
     tricks = load_tricks({"new_model": {}, "new_optimizer": {}}, catalog=_catalog())
     model = small_model()
-    new_model, new_optimizer = tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=1)
+    new_model, new_optimizer = tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1,
+                                            steps_per_epoch=1)
     assert isinstance(new_model, nn.Sequential) and new_model[0] is model
     assert isinstance(new_optimizer, torch.optim.AdamW) and tricks.optimizer is new_optimizer
 
@@ -251,7 +254,8 @@ def test_configure_hooks_may_replace_model_and_optimizer_before_prepare():
 def test_replacing_a_wrapped_model_raises():
     tricks = load_tricks({"new_model": {}}, catalog=_catalog())
     model = Wrapped(small_model())
-    with pytest.raises(ConfigError, match="replaced the model after accelerator.prepare; call tricks.setup before prepare"):
+    with pytest.raises(ConfigError, match="replaced the model after accelerator.prepare; call tricks.setup before "
+                                          "prepare"):
         tricks.setup(model, torch.optim.SGD(model.parameters(), lr=0.1), num_classes=K, epochs=1, steps_per_epoch=1)
 
 
@@ -306,7 +310,8 @@ def _order_trick(trick_name: str, **marker: bool) -> type[Trick]:
 @pytest.fixture
 def order_catalog() -> Catalog:
     cat = Catalog()
-    for cls in (_order_trick("a"), _order_trick("b"), _order_trick("first", tryfirst=True), _order_trick("last", trylast=True)):
+    for cls in (_order_trick("a"), _order_trick("b"), _order_trick("first", tryfirst=True), _order_trick("last",
+                                                                                                         trylast=True)):
         cat.add(cls)
     assert not cat.broken, cat.broken
     return cat

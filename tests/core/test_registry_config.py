@@ -11,7 +11,7 @@ from trickbox.config import load_config, parse_override
 from trickbox.registry import discover, hook_problems
 from trickbox.trick import ConfigError, Param, Trick, hookimpl
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 
 def test_builtins_come_from_entry_points():
@@ -94,7 +94,8 @@ def test_distillation_temperature_must_be_positive(tmp_path):
     from trickbox.build import create_model
     from trickbox.checkpoint import save_model
 
-    save_model(create_model("cifar_resnet8", num_classes=10, in_chans=1), tmp_path, {"name": "cifar_resnet8", "num_classes": 10, "in_chans": 1})
+    save_model(create_model("cifar_resnet8", num_classes=10, in_chans=1), tmp_path, {"name": "cifar_resnet8",
+                                                                                     "num_classes": 10, "in_chans": 1})
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         discover().build({"distillation": {"teacher": str(tmp_path), "temperature": 0}})
 
@@ -115,7 +116,8 @@ def test_blocking_and_autoload(monkeypatch):
 def test_config_layers_and_errors(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train: {epochs: 3}\ntricks: {mixup: {alpha: 0.4}, sgdr: {}}\n")
-    cfg = load_config([f], ["tricks.mixup.alpha=1.0", "tricks.sgdr=null", "tricks.label_smoothing.eps=0.2", "optim.lr=0.01"])
+    cfg = load_config([f], ["tricks.mixup.alpha=1.0", "tricks.sgdr=null", "tricks.label_smoothing.eps=0.2",
+                            "optim.lr=0.01"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.01
     assert cfg.tricks == {"mixup": {"alpha": 1.0}, "label_smoothing": {"eps": 0.2}}
     with pytest.raises(ConfigError, match=r"unknown config key 'train.epohcs'; did you mean 'epochs'\?"):
@@ -133,7 +135,8 @@ def test_config_layers_and_errors(tmp_path):
 
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(WANDB_MODE="disabled"),
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
+                          env=subprocess_env(WANDB_MODE="disabled"),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -151,13 +154,15 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 def test_cli_bad_config_exits_2_with_one_line(tmp_path, args, fragment):
     res = _cli(*args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
-    lines = [l for l in res.stderr.strip().splitlines() if l]
+    lines = [line for line in res.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and fragment in lines[0], res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
 
 
 def test_cli_list_shows_tricks_and_params(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "mixup  (trickbox" in res.stdout and "alpha: float = 0.2" in res.stdout and "search [0.05, 4] log" in res.stdout
+    assert "mixup  (trickbox" in res.stdout and "alpha: float = 0.2" in res.stdout
+    assert "search [0.05, 4] log" in res.stdout

@@ -10,14 +10,14 @@ import pytest
 
 from trickbox.functional import sgdr_lr
 
-from .conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, launch_two_ranks, subprocess_env
 
 ARGS = ["train.epochs=3", "train.batch_size=64", "tricks.sgdr.t0=1", "tricks.sgdr.t_mult=2", "tricks.mixup.alpha=0.2",
         "train.log_every=1", "train.run_name=r", "optim.lr=0.05"]
 
 
 def _lr_rows(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["lr"] for r in rows if "lr" in r}
 
 
@@ -35,7 +35,8 @@ def test_two_processes_match_one(tmp_path):
     assert r1.returncode == 0, r1.stderr[-2000:]
     r2 = subprocess.run(
         [*launch_two_ranks(), str(REPO / "train.py"), *ARGS],
-        cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True, timeout=300,
+        cwd=two, env=subprocess_env(ACCELERATE_USE_CPU="1", WANDB_MODE="offline"), capture_output=True, text=True,
+                        timeout=300,
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "Traceback" not in r2.stderr

@@ -15,7 +15,7 @@ from trickbox.loop import at_best_val
 from trickbox.sweep.spec import VARIANT, load_spec, spec_from_mapping
 from trickbox.trick import ConfigError
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 PAPER = REPO / "sweeps" / "paper"
 PAPER_SPECS = sorted(p for p in PAPER.glob("*.yaml") if "study" in (yaml.safe_load(p.read_text()) or {}))
@@ -42,7 +42,8 @@ def test_variants_are_one_grid_dimension_merged_over_the_base():
     assert spec.trial_mapping({VARIANT: "3-way"})["tricks"]["mixup"] == {"alpha": 1.0, "ways": 3}
     assert spec.trial_mapping({VARIANT: "dropout"})["model"]["drop_rate"] == 0.5
     assert spec.columns[0] == {"metric": "test/top1", "title": "test/top1", "error": False}
-    assert spec.columns[1]["error"] is True and spec.summary()["choices"][VARIANT] == ["ERM", "mixup", "3-way", "dropout"]
+    assert spec.columns[1]["error"] is True and spec.summary()["choices"][VARIANT] == ["ERM", "mixup", "3-way",
+                                                                                       "dropout"]
     # variants are part of the study's identity
     other = variant_spec(variants={"ERM": {"tricks": {"mixup": None}}, "mixup": {"tricks": {"mixup": {"alpha": 0.2}}}})
     assert spec_from_mapping(other).fingerprint() != spec.fingerprint()
@@ -91,7 +92,8 @@ def test_paper_specs_make_a_valid_config_for_every_grid_point(path: Path):
 def test_paper_specs_cover_the_issue_rows():
     rows = {p.stem: list(load_spec(p).variants) for p in PAPER_SPECS}
     assert rows["alpha"][0].startswith("ERM") and len(rows["alpha"]) == 7
-    assert len(rows["ablation"]) == 16 and {"mixup AC+KNN", "mixup SC+RP", "mix hidden layer 3", "3-way mixup"} <= set(rows["ablation"])
+    assert len(rows["ablation"]) == 16 and {"mixup AC+KNN", "mixup SC+RP", "mix hidden layer 3",
+                                            "3-way mixup"} <= set(rows["ablation"])
     assert load_spec(PAPER / "labels.yaml").dimension("data.label_noise").choices == (0.2, 0.5, 0.8)
     assert load_spec(PAPER / "capacity.yaml").dimension("model.kwargs.width").choices == (16, 32)
 
@@ -100,7 +102,8 @@ def test_eval_each_epoch_is_checked_and_at_best_val_picks_by_validation():
     with pytest.raises(ConfigError, match=r"train.eval_each_epoch must be a list of splits from \[test, train\]"):
         load_config(base={"train": {"eval_each_epoch": ["tset"]}})
     history = [{"val/top1": 0.5, "test/top1": 0.9, "epoch": 1}, {"val/top1": 0.7, "test/top1": 0.6, "epoch": 2},
-               {"val/top1": 0.7, "test/top1": 0.5, "epoch": 3}, {"val/top1": float("nan"), "test/top1": 0.99, "epoch": 4}]
+               {"val/top1": 0.7, "test/top1": 0.5, "epoch": 3}, {"val/top1": float("nan"), "test/top1": 0.99,
+                                                                 "epoch": 4}]
     picked = at_best_val(history)
     assert picked["at_best_val/test/top1"] == 0.6 and picked["at_best_val/epoch"] == 2  # first best, never test-chosen
     assert at_best_val([]) == {}
@@ -119,7 +122,8 @@ def test_grid_table_orders_rows_as_written_and_adds_columns(tmp_path):
     for name, acc in reversed([("ERM", 0.80), ("mixup", 0.85), ("3-way", 0.84), ("dropout", 0.79)]):
         for seed in (0, 1):
             t = create_trial(value=acc + seed / 100, params={VARIANT: name, "train.seed": seed}, distributions=dists,
-                             user_attrs={"metrics": {"test/top1": acc - 0.05 + seed / 100, "at_best_val/test/top1": acc - 0.1}})
+                             user_attrs={"metrics": {"test/top1": acc - 0.05 + seed / 100,
+                                                     "at_best_val/test/top1": acc - 0.1}})
             study.add_trial(t)
     info = spec.summary()
     absent = {"metric": "train/top1", "title": "train error (%)", "error": True}  # no trial has it: left out
@@ -132,10 +136,12 @@ def test_grid_table_orders_rows_as_written_and_adds_columns(tmp_path):
 
 def test_train_logs_test_and_train_metrics_every_epoch(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "train.epochs=2", "train.tracker=none", "train.progress=false",
-                           f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_each_epoch=[test,train]", "data.label_noise=0.5"],
+                           f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_each_epoch=[test,train]",
+                           "data.label_noise=0.5"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    epochs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line) for line in lines if '"epoch"' in line]
     assert len(epochs) == 2 and all({"val/top1", "test/top1", "train/top1"} <= set(e) for e in epochs)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["test/top1"] == epochs[-1]["test/top1"]  # the final test pass sees the last epoch's weights
@@ -148,10 +154,12 @@ def test_eval_at_end_fits_the_training_set_once(tmp_path):
     with pytest.raises(ConfigError, match=r"train.eval_at_end must be a list of splits from \[train\]"):
         load_config(base={"train": {"eval_at_end": ["test"]}})
     proc = subprocess.run([sys.executable, "train.py", "train.epochs=2", "train.tracker=none", "train.progress=false",
-                           f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_at_end=[train]", "data.label_noise=0.5"],
+                           f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_at_end=[train]",
+                           "data.label_noise=0.5"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    epochs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line) for line in lines if '"epoch"' in line]
     assert len(epochs) == 2 and not any("train/top1" in e for e in epochs)  # no pass over the training set per epoch
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert 0 < summary["train/top1"] < summary["val/top1"] and summary["train/n"] > 0  # half the labels are random
@@ -159,8 +167,10 @@ def test_eval_at_end_fits_the_training_set_once(tmp_path):
 
 @pytest.mark.slow
 def test_paper_runner_end_to_end_on_digits(tmp_path):
-    """alpha grid → table, plot and JSON; adversarial from its models; one row rerun reproduces its committed numbers."""
-    digits = ["data.name=digits", "data.root=null", "data.train_subset=null", "data.test_subset=null", "data.val_fraction=0.1",
+    """alpha grid → table, plot and JSON; adversarial from its models; one row rerun reproduces its committed
+    numbers."""
+    digits = ["data.name=digits", "data.root=null", "data.train_subset=null", "data.test_subset=null",
+              "data.val_fraction=0.1",
               "train.epochs=1", "train.eval_batch_size=256"]
     common = ["--out-dir", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "docs"), *digits]
 
@@ -172,7 +182,8 @@ def test_paper_runner_end_to_end_on_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = (tmp_path / "docs" / "paper_alpha.md").read_text()
     table = [line for line in doc.splitlines() if line.startswith("| ")]  # header, then rows ("|---|" is not "| ")
-    assert table[0].startswith("| variant |") and table[1].startswith("| ERM (α=0) |") and "| α=8 |" in doc and "- Command: `python experiments/paper.py alpha" in doc
+    assert table[0].startswith("| variant |") and table[1].startswith("| ERM (α=0) |") and "| α=8 |" in doc
+    assert "- Command: `python experiments/paper.py alpha" in doc
     assert "**Why these settings.**" in doc and "**ERM's final training error" in doc  # the regime, measured
     assert (tmp_path / "docs" / "paper_alpha.png").stat().st_size > 5000
     per_seed = json.loads((tmp_path / "docs" / "paper_alpha.json").read_text())
@@ -185,8 +196,10 @@ def test_paper_runner_end_to_end_on_digits(tmp_path):
 
     proc = paper("alpha", "--rerun", "α=1", "--seed", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "(a committed seed" in proc.stdout and "inside the committed seeds' prediction interval on every metric" in proc.stdout
-    proc = paper("alpha", "--rerun", "α=1", "--seed", "7")  # a seed the grid never trained: judged by the interval alone
+    assert "(a committed seed" in proc.stdout
+    assert "inside the committed seeds' prediction interval on every metric" in proc.stdout
+    # a seed the grid never trained: judged by the interval alone
+    proc = paper("alpha", "--rerun", "α=1", "--seed", "7")
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(a seed the table never trained)" in proc.stdout and "95 % prediction interval" in proc.stdout
     assert ("inside the committed" in proc.stdout) == (proc.returncode == 0)
@@ -209,8 +222,10 @@ def test_stats_agree_with_scipy_and_the_interval_formula():
     st = experiments_module("stats")
     a, b = [10.0, 11.0, 12.5], [14.0, 15.5, 13.0, 16.0]
     c = st.welch(a, b, higher=False)  # claim: a is lower
-    assert c.p == pytest.approx(sp.ttest_ind(a, b, equal_var=False).pvalue) and c.diff == pytest.approx(14.625 - 11.1666667)
-    assert c.low < c.diff < c.high and c.verdict == "reproduced" and "Welch t" in c.describe() and "p = " in c.describe()
+    assert c.p == pytest.approx(sp.ttest_ind(a, b,
+                                             equal_var=False).pvalue) and c.diff == pytest.approx(14.625 - 11.1666667)
+    assert c.low < c.diff < c.high and c.verdict == "reproduced"
+    assert "Welch t" in c.describe() and "p = " in c.describe()
     assert st.welch(a, b, higher=True).verdict == "not reproduced"  # significant against the claim
     x, y = [1.0, 2.0, 4.0], [0.5, 1.0, 2.5]
     d = st.paired([i - j for i, j in zip(x, y)])
@@ -233,7 +248,8 @@ def test_verdict_rule_can_say_each_of_its_words():
     assert verdicts.both(verdicts.lower(low, high), verdicts.lower(low, near))[0] == "inconclusive"
     assert verdicts.both(verdicts.lower(low, high), verdicts.lower(high, low))[0] == "not reproduced"
     block = verdicts.render()  # whatever is committed: every claim gets one of the words and names its test
-    rows = [line for line in block.splitlines() if line.startswith("| ") and line.count(" | ") == 5 and "experiment" not in line]
+    rows = [line for line in block.splitlines()
+            if line.startswith("| ") and line.count(" | ") == 5 and "experiment" not in line]
     assert len(rows) >= 25
     assert all(any(w in line for w in ("reproduced", "inconclusive", "not run")) for line in rows)
     assert all(("Welch t" in line or "paired t" in line) and "p = " in line for line in rows if "not run" not in line)
@@ -244,7 +260,8 @@ def test_regression_compare_fails_when_an_effect_is_gone():
 
     def table(erm_fit: float, mix_fit: float, erm_acc: float, mix_acc: float) -> dict:
         return {json.dumps({"variant": "ERM"}): {s: {"train/top1": erm_fit, "test/top1": erm_acc} for s in "01"},
-                json.dumps({"variant": "mixup (α=8)"}, ensure_ascii=False): {s: {"train/top1": mix_fit, "test/top1": mix_acc} for s in "01"}}
+                json.dumps({"variant": "mixup (α=8)"}, ensure_ascii=False): {s: {"train/top1": mix_fit,
+                                                                                 "test/top1": mix_acc} for s in "01"}}
 
     committed = table(0.9, 0.5, 0.30, 0.34)
     assert reg.compare(table(0.85, 0.55, 0.31, 0.34), committed) == []
@@ -258,10 +275,12 @@ def test_regression_compare_fails_when_an_effect_is_gone():
 @pytest.mark.slow
 def test_regression_table_keeps_the_committed_effects(tmp_path, cifar_zip):
     """The short corrupted-label table, retrained from scratch: its effects keep their committed direction."""
-    proc = subprocess.run([sys.executable, "experiments/regression.py", "--keep", str(tmp_path), f"data.root={cifar_zip}"],
+    proc = subprocess.run([sys.executable, "experiments/regression.py", "--keep", str(tmp_path),
+                           f"data.root={cifar_zip}"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("kept  ") == len(experiments_module("regression").EFFECTS) and (tmp_path / "docs" / "paper_regression.md").is_file()
+    assert proc.stdout.count("kept  ") == len(experiments_module("regression").EFFECTS)
+    assert (tmp_path / "docs" / "paper_regression.md").is_file()
 
 
 @pytest.mark.slow
@@ -270,9 +289,11 @@ def test_gpu_script_calibrates_then_runs_erm_against_mixup(tmp_path):
     the study comes back as one tarball, and TRICKBOX_COMMIT names the commit of a copied tree."""
     out = tmp_path / "out"
     env = {**subprocess_env(), "OUT": str(out), "WORKERS": "2", "PERF": "", "DATA": "null", "MAX_EPOCHS": "3",
-           "BUDGET_S": "600", "STUDIES": str(tmp_path / "studies"), "CAL": str(tmp_path / "cal"), "TRICKBOX_COMMIT": "abc1234",
+           "BUDGET_S": "600", "STUDIES": str(tmp_path / "studies"), "CAL": str(tmp_path / "cal"),
+           "TRICKBOX_COMMIT": "abc1234",
            "EXTRA": "data.name=digits data.test_subset=null model.name=cifar_resnet8 train.eval_batch_size=256"}
-    proc = subprocess.run(["bash", "experiments/gpu_paper.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["bash", "experiments/gpu_paper.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "training 3 epochs" in proc.stdout  # the calibration left room for more; MAX_EPOCHS caps it
     doc = (out / "paper_erm_mixup-full.md").read_text()

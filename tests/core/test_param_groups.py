@@ -25,7 +25,8 @@ def sgdr_by_hand(step: int, steps_per_epoch: int, base_lr: float, t0: float, t_m
 
 def test_two_groups_keep_a_ratio_of_10_at_every_sgdr_step():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, K))
-    optimizer = torch.optim.SGD([{"params": model[1].parameters(), "lr": 0.1}, {"params": model[3].parameters(), "lr": 0.01}])
+    optimizer = torch.optim.SGD([{"params": model[1].parameters(), "lr": 0.1}, {"params": model[3].parameters(),
+                                                                                "lr": 0.01}])
     tricks = load_tricks({"sgdr": {"t0": 1, "t_mult": 2}}, autoload=False)
     tricks.setup(model, optimizer, num_classes=K, epochs=7, steps_per_epoch=4)
     for step in range(28):
@@ -80,7 +81,8 @@ def test_lr_mult_puts_the_matching_parameters_in_their_own_group():
 def test_layer_decay_scales_each_layer_below_the_head():
     model = create_model("cifar_resnet8", num_classes=K, in_chans=3)  # stem, 3 blocks, head: 5 layers
     optimizer = create_optimizer(model, OptimConfig(lr=0.1, layer_decay=0.5, lr_mult={"fc.*": 10}))
-    lr_of = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    lr_of = {n: g["lr"] for g in optimizer.param_groups for n,
+             p in model.named_parameters() if any(p is q for q in g["params"])}
     assert lr_of["fc.weight"] == pytest.approx(0.1 * 10)
     assert lr_of["stages.2.0.conv1.weight"] == pytest.approx(0.1 * 0.5)
     assert lr_of["stages.1.0.bn2.bias"] == pytest.approx(0.1 * 0.25)

@@ -12,7 +12,7 @@ from trickbox.cli import main
 from trickbox.cli.eval import parse_eps
 from trickbox.trick import ConfigError
 
-from .conftest import subprocess_env
+from ..conftest import subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attack, extra", [("fgsm", []), ("ifgsm", ["--iterations", "3"])])
-def test_attack_error_at_least_clean(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], attack: str, extra: list[str]) -> None:
+def test_attack_error_at_least_clean(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], attack: str,
+                                     extra: list[str]) -> None:
     out = tmp_path / f"{attack}.json"
     rc = main(["eval", str(run_dir), "--attack", attack, "--eps", "2,8", "--no-progress", "--out", str(out), *extra])
     assert rc == 0
@@ -69,7 +70,8 @@ def test_clean_only_default_out(run_dir: Path, capsys: pytest.CaptureFixture[str
         (["--attack", "pgd"], "invalid choice"),
     ],
 )
-def test_bad_input_exits_2_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str) -> None:
+def test_bad_input_exits_2_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                          words: str) -> None:
     # the run directory does not exist: a bad number must be reported before anything is looked up
     assert _exit_code(["eval", str(tmp_path / "missing"), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -106,7 +108,8 @@ def _exit_code(argv: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_epoch_checkpoints_and_unfinished_runs_evaluate_too(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_epoch_checkpoints_and_unfinished_runs_evaluate_too(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     steps = sorted((run_dir / "checkpoints").iterdir())

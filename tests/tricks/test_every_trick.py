@@ -55,7 +55,8 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return create_model("cifar_resnet8", num_classes=K, in_chans=SHAPE[1], width=8)
 
 
-def build(config: dict[str, dict[str, Any]], model: nn.Module | None = None, *, groups: list[dict[str, Any]] | None = None,
+def build(config: dict[str, dict[str, Any]], model: nn.Module | None = None, *, groups: list[dict[str,
+                                                                                                  Any]] | None = None,
           weight_decay: float = 0.0, epochs: int = 2, steps_per_epoch: int = 3,
           **context: Any) -> tuple[TrickSet, nn.Module, torch.optim.Optimizer]:
     """``load_tricks(config)`` set up on ``model`` (default :func:`tiny_model`) and a plain SGD."""
@@ -136,7 +137,8 @@ def check_sgdr(tmp_path: Path) -> None:
     tricks, model, optimizer = build({"sgdr": params}, model, groups=[{"params": body}, {"params": head, "lr": LR / 2}],
                                      epochs=3, steps_per_epoch=4)
     used = [s.lrs for s in train(tricks, model, optimizer, steps=12)]
-    expected = [sgdr_lr(s, steps_per_epoch=4, base_lr=LR, min_lr=0.001, t0=1, t_mult=2, warmup_epochs=0.5) for s in range(12)]
+    expected = [sgdr_lr(s, steps_per_epoch=4, base_lr=LR, min_lr=0.001, t0=1, t_mult=2,
+                        warmup_epochs=0.5) for s in range(12)]
     assert [lr for lr, _ in used] == pytest.approx(expected, abs=1e-12)
     assert expected == pytest.approx([sgdr_by_hand(s, 4, LR, 0.001, 1, 2, 0.5) for s in range(12)], abs=1e-12)
     assert [half for _, half in used] == pytest.approx([lr / 2 for lr in expected], abs=1e-12)
@@ -188,7 +190,8 @@ def teacher_dir(root: Path) -> Path:
     from trickbox.checkpoint import save_model
 
     out = root / "teacher"
-    save_model(tiny_model(seed=1), out, {"name": "cifar_resnet8", "num_classes": K, "in_chans": SHAPE[1], "kwargs": {"width": 8}})
+    save_model(tiny_model(seed=1), out, {"name": "cifar_resnet8", "num_classes": K, "in_chans": SHAPE[1],
+                                         "kwargs": {"width": 8}})
     return out
 
 
@@ -215,7 +218,8 @@ def check_distillation(tmp_path: Path) -> None:
         assert torch.allclose(kd, weight * kd_by_hand(s.logits, r, temperature), rtol=1e-5)
         assert torch.allclose(s.parts.total, s.parts.parts["ce"] + s.parts.parts["kd"])
         assert float(s.parts.logged["kd_kl"]) > 0  # student and teacher differ
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), tricks.tricks[0].teacher_model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
+                                                 tricks.tricks[0].teacher_model.state_dict().values()))
 
 
 def check_ema(tmp_path: Path) -> None:
@@ -237,7 +241,8 @@ def check_ema(tmp_path: Path) -> None:
 
 
 def check_grad_clip(tmp_path: Path) -> None:
-    """By norm: the optimizer sees a global norm of max_norm where it was larger. By value: entries within ±max_value."""
+    """By norm: the optimizer sees a global norm of max_norm where it was larger. By value: entries within
+    ±max_value."""
     max_norm = 0.05
     tricks, model, optimizer = build({"grad_clip": {"max_norm": max_norm}})
     for s in train(tricks, model, optimizer, steps=3):
@@ -255,7 +260,8 @@ def check_linear_scaling(tmp_path: Path) -> None:
     model = tiny_model()
     head = list(model.get_classifier().parameters())
     body = [p for p in model.parameters() if all(p is not h for h in head)]
-    tricks, model, optimizer = build({"linear_scaling": {}}, model, groups=[{"params": body}, {"params": head, "lr": LR / 2}],
+    tricks, model, optimizer = build({"linear_scaling": {}}, model, groups=[{"params": body}, {"params": head,
+                                                                                               "lr": LR / 2}],
                                      batch_size=SHAPE[0])
     assert tricks.ctx is not None and tricks.ctx.base_lr == pytest.approx(LR * factor)
     for s in train(tricks, model, optimizer, steps=3):

@@ -6,9 +6,10 @@ Every ``import`` and ``from ... import`` in every module counts, also the ones i
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-from .conftest import REPO
+from ..conftest import REPO
 
 PACKAGE = REPO / "trickbox"
 
@@ -109,7 +110,8 @@ def test_the_core_never_names_a_trick():
     assert {"sgdr", "mixup"} <= set(names)
     core = sorted((PACKAGE / "sweep").glob("*.py")) + [PACKAGE / f for f in ("loop.py", "api.py", "registry.py")]
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-    found = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in core for i, line in enumerate(p.read_text().splitlines(), 1)
+    found = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in core for i,
+             line in enumerate(p.read_text().splitlines(), 1)
              for m in [pattern.search(line)] if m]
     assert not found, found
 
@@ -123,3 +125,31 @@ def test_no_function_is_longer_than_80_lines_and_train_fits_a_screen():
     assert lengths["trickbox.loop.train"] <= 60
     long = {k: v for k, v in lengths.items() if v > 80}
     assert not long, long  # docs/architecture.md would have to say why for each
+
+
+def test_data_is_laid_out_by_path_in_at_most_13_modules():
+    modules = sorted(p.name for p in (PACKAGE / "data").glob("*.py"))
+    assert len(modules) <= 13, modules
+    for name in ("opening.py", "layout.py", "memory.py", "streaming.py", "folders.py", "shards.py", "sources.py"):
+        assert name in modules  # the table in trickbox/data/__init__.py names each
+
+
+def test_modules_are_named_for_what_they_hold():
+    """No ``helper``, ``run`` or ``util`` module; ``build.py`` is the one verb, and docs/architecture.md says why."""
+    names = {p.stem for p in PACKAGE.rglob("*.py")}
+    assert not names & {"helper", "helpers", "run", "util", "utils", "misc"}, sorted(names & {"helper", "run"})
+    assert "`build.py` keeps a verb for a name" in (REPO / "docs" / "architecture.md").read_text()
+
+
+def test_the_pseudocode_names_every_hook_and_every_step_of_train():
+    """hookspecs.py's loop is the truth: every hook is in it, and every step ``loop.train`` calls is named there."""
+    import inspect
+
+    from trickbox import hookspecs, loop
+
+    doc = hookspecs.__doc__ or ""
+    hooks = [n for n, f in vars(hookspecs).items() if n.startswith("trickbox_") and callable(f)]
+    assert hooks and all(f"{h}(" in doc or h == "trickbox_report_epochs" for h in hooks), \
+        [h for h in hooks if f"{h}(" not in doc]
+    steps = [s for s in re.findall(r"\b([a-z_]+)\(run\b", inspect.getsource(loop.train)) if s != "range"]
+    assert steps and all(s in doc for s in steps), [s for s in steps if s not in doc]

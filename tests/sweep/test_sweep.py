@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, subprocess_env
+from ..conftest import REPO, subprocess_env
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 FAST = ["data.train_subset=300", "data.test_subset=100"]
@@ -101,7 +101,8 @@ def test_postgres_workers_on_two_hosts_share_one_study(tmp_path):
     study_name = f"pg-{os.getpid()}-{int(time.time())}"
     procs = []
     for host in ("host-a", "host-b"):
-        cmd = sweep(str(SMOKE), "--storage", url, "--study", study_name, "--out-dir", str(tmp_path / host), "--n-trials", "4",
+        cmd = sweep(str(SMOKE), "--storage", url, "--study", study_name, "--out-dir", str(tmp_path / host),
+                    "--n-trials", "4",
                     "train.epochs=1", *FAST)
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(TRICKBOX_SWEEP_HOST=host),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -116,7 +117,8 @@ def test_postgres_workers_on_two_hosts_share_one_study(tmp_path):
 
 
 # -- 6: a killed worker's trial is failed, retried with the same parameters, resumed -----------------
-def _wait_for_checkpoint(study_dir: Path, deadline: float, owner_host: str | None = None, storage=None, name: str = "") -> int:
+def _wait_for_checkpoint(study_dir: Path, deadline: float, owner_host: str | None = None, storage=None,
+                         name: str = "") -> int:
     """The number of a RUNNING trial that has an epoch checkpoint (optionally owned by ``owner_host``)."""
     while time.time() < deadline:
         for state in sorted(study_dir.glob("trial-*/checkpoints/step-*/state.json")):
@@ -143,7 +145,8 @@ def _check_retry(study, killed: int, n_trials: int, study_dir: Path) -> None:
     assert retry.state.name == "COMPLETE"
     assert retry.params == by_number[killed].params  # same parameters
     assert retry.user_attrs["resumed_from"]["epoch"] >= 1  # continued from the killed trial's checkpoint
-    rows = [json.loads(line) for line in (study_dir / f"trial-{retry.number}" / "metrics.jsonl").read_text().splitlines()]
+    metrics = study_dir / f"trial-{retry.number}" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert rows[0]["step"] > 0 and min(r["epoch"] for r in rows if "epoch" in r) >= 2  # no epoch 1 in the retry
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == n_trials  # nothing lost, nothing extra
@@ -154,12 +157,15 @@ def _check_retry(study, killed: int, n_trials: int, study_dir: Path) -> None:
 def test_sigkilled_worker_trial_is_retried_from_its_checkpoint_journal(tmp_path):
     spec = crash_spec(tmp_path)
     out = tmp_path / "out"
-    proc = subprocess.Popen(sweep(str(spec), "--workers", "2", "--study", "crash", "--out-dir", str(out), "--n-trials", "2", *FAST),
-                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(sweep(str(spec), "--workers", "2", "--study", "crash", "--out-dir", str(out), "--n-trials",
+                                  "2", *FAST),
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         study_dir = out / "crash"
         killed = _wait_for_checkpoint(study_dir, time.time() + 300)
-        owner = [t for t in load_study("crash", study_dir / "journal.log").get_trials() if t.number == killed][0].user_attrs["owner"]
+        trials = load_study("crash", study_dir / "journal.log").get_trials()
+        owner = [t for t in trials if t.number == killed][0].user_attrs["owner"]
         os.kill(owner["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:
@@ -209,7 +215,8 @@ def test_a_journal_deleted_or_truncated_under_a_running_sweep_stops_it_with_one_
     spec = crash_spec(tmp_path, epochs=2)
     out = tmp_path / "out"
     proc = subprocess.Popen(sweep(str(spec), "--study", "j", "--out-dir", str(out), "--n-trials", "4", *FAST),
-                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         _wait_for_checkpoint(out / "j", time.time() + 300)  # a trial is under way: the journal holds several logs
         journal = out / "j" / "journal.log"
@@ -225,7 +232,8 @@ def test_a_journal_deleted_or_truncated_under_a_running_sweep_stops_it_with_one_
     assert proc.returncode == 4, err[-3000:]
     assert "Traceback" not in err
     (line,) = [x for x in err.splitlines() if "study journal" in x]
-    assert any(f"was {w}" in line for w in {"deleted": ("deleted", "replaced"), "truncated": ("replaced or cut", "damaged")}[damage])
+    assert any(f"was {w}" in line for w in {"deleted": ("deleted", "replaced"), "truncated": ("replaced or cut",
+                                                                                              "damaged")}[damage])
     assert "run directories" in line and "--study NAME" in line
 
 
@@ -246,7 +254,8 @@ def _grid_study(tmp_path: Path, tracker: str = "none") -> Path:
     spec = spec_from_mapping(raw, study="grid")
     journal = tmp_path / "out" / "grid" / "journal.log"
     journal.parent.mkdir(parents=True)
-    study = optuna.create_study(study_name="grid", storage=JournalStorage(JournalFileBackend(str(journal))), direction="maximize")
+    study = optuna.create_study(study_name="grid", storage=JournalStorage(JournalFileBackend(str(journal))),
+                                direction="maximize")
     study.set_user_attr("trickbox", {**spec.summary(), "tracker": tracker})
     dists = {d.name: CategoricalDistribution(list(d.choices)) for d in spec.search}
     values = {(0.2, 0.0): 0.90, (0.2, 0.1): 0.92, (1.0, 0.0): 0.88, (1.0, 0.1): 0.80}
@@ -269,9 +278,11 @@ def test_report_writes_html_and_grid_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best val/top1 = 0.9300" in proc.stdout and "mixup.alpha: 0.2" in proc.stdout
     page = (out / "grid" / "report.html").read_text()
-    assert page.count('class="plotly-graph-div"') == 4  # history, intermediate values, importances, parallel coordinates
+    # history, intermediate values, importances, parallel coordinates
+    assert page.count('class="plotly-graph-div"') == 4
     assert '"name":"pruned"' in page and '"name":"complete"' in page  # the history shows the pruned trial too
-    assert '"title":{"text":"val\\u002ftop1"}' in page  # the objective is named on the history's axis, not "Objective Value"
+    # the objective is named on the history's axis, not "Objective Value"
+    assert '"title":{"text":"val\\u002ftop1"}' in page
     assert not re.search(r"<script[^>]*\ssrc=", page) and not re.search(r"<link[^>]*href=", page)  # self-contained
     table = (out / "grid" / "report.md").read_text()
     assert "| mixup.alpha | label_smoothing.eps | val/top1 (mean ± std) | seeds | trials |" in table
@@ -286,16 +297,18 @@ def test_report_writes_html_and_grid_table(tmp_path):
 @pytest.mark.slow
 def test_report_logs_the_plots_to_a_wandb_summary_run(tmp_path):
     out = _grid_study(tmp_path, tracker="wandb")
-    proc = run([sys.executable, "-m", "trickbox", "report", "grid", "--out-dir", str(out)], tmp_path, timeout=300, WANDB_MODE="offline")
+    proc = run([sys.executable, "-m", "trickbox", "report", "grid", "--out-dir", str(out)], tmp_path, timeout=300,
+               WANDB_MODE="offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from .wandb_reader import offline_runs, read_run
+    from ..wandb_reader import offline_runs, read_run
 
     runs = [read_run(p) for p in offline_runs(tmp_path)]
     assert len(runs) == 1
     run_ = runs[0]
     assert (run_.job_type, run_.group, run_.name) == ("summary", "grid", "grid-summary")
     logged = {k.split("/_type")[0] for row in run_.history for k in row if k.endswith("/_type")}
-    assert {"study/optimisation_history", "study/parameter_importances", "study/parallel_coordinates", "study/trials"} <= logged
+    assert {"study/optimisation_history", "study/parameter_importances", "study/parallel_coordinates",
+            "study/trials"} <= logged
     assert run_.summary["best/value"] == pytest.approx(0.93) and run_.summary["best/mixup.alpha"] == 0.2
 
 
@@ -308,8 +321,10 @@ def test_report_html_loads_in_headless_chromium(tmp_path):
 
     report = write_report("grid", out_dir=out, use_wandb=False)
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--enable-logging=stderr", "--v=0",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update",
+         "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--enable-logging=stderr",
+         "--v=0",
          "--virtual-time-budget=10000", "--dump-dom", report.html.resolve().as_uri()],
         capture_output=True, text=True, timeout=180,
     )
@@ -325,7 +340,8 @@ def test_spec_trains_the_teacher_once_and_reports_at_cycle_ends(tmp_path):
     data = {"name": "digits", "train_subset": 300, "test_subset": 100}
     raw = {
         "study": "kd",
-        "base": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 3, "tracker": "none", "progress": False},
+        "base": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 3, "tracker": "none",
+                                                                             "progress": False},
                  "tricks": {"distillation": {}, "sgdr": {"t0": 1, "t_mult": 2.0}}},
         # no tracker here: the teacher tracks as the trials do (base: none), not with the default W&B
         "train_first": {"data": data, "model": {"name": "cifar_resnet8"}, "train": {"epochs": 1, "progress": False}},
@@ -337,7 +353,8 @@ def test_spec_trains_the_teacher_once_and_reports_at_cycle_ends(tmp_path):
     out = tmp_path / "out"
     proc = run(sweep(str(spec), "--workers", "2", "--out-dir", str(out)), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("training the run the trials need first") == 1  # one worker trains it, the other waits for it
+    # one worker trains it, the other waits for it
+    assert proc.stderr.count("training the run the trials need first") == 1
     assert "image logging failed" not in proc.stderr and "W&B" not in proc.stderr
     teacher = out / "kd" / "train_first"
     assert (teacher / "model.safetensors").is_file()
@@ -373,8 +390,10 @@ def _orphan(tmp_path: Path, n_trials: int, owner: dict, lease: float):
 @pytest.mark.slow
 def test_a_trial_left_running_on_another_host_with_an_expired_lease_is_reaped(tmp_path, fault):
     fault("sweep trial RUNNING under another host name, lease expired")
-    study_dir = _orphan(tmp_path, 2, {"host": "a-host-that-is-gone", "pid": 1, "start": None, "worker": "w0"}, time.time() - 60)
-    proc = run(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir", str(tmp_path / "out"), *FAST), tmp_path,
+    study_dir = _orphan(tmp_path, 2, {"host": "a-host-that-is-gone", "pid": 1, "start": None, "worker": "w0"},
+                        time.time() - 60)
+    proc = run(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir", str(tmp_path / "out"), *FAST),
+               tmp_path,
                timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stopped renewing its lease" in proc.stderr
@@ -391,7 +410,8 @@ def test_sigterm_stops_a_sweep_that_waits_for_another_workers_trial(tmp_path, fa
     fault("SIGTERM to a sweep waiting for a live worker's trial")
     # the test process "runs" trial 0 and renews nothing: its lease is in the future, its process alive
     study_dir = _orphan(tmp_path, 2, owner_record("elsewhere-in-this-process"), time.time() + 3600)
-    proc = subprocess.Popen(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir", str(tmp_path / "out"),
+    proc = subprocess.Popen(sweep(str(SMOKE), "--study", "orphan", "--n-trials", "2", "--out-dir",
+                                  str(tmp_path / "out"),
                                   *FAST), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:  # it trains trial 1, then waits: trial 0 might still crash and need a retry
