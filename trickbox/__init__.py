@@ -1,10 +1,22 @@
-"""trickbox: the "Bag of Tricks for Image Classification" as plugins for PyTorch, timm and Accelerate."""
+"""trickbox: the "Bag of Tricks for Image Classification" as plugins for PyTorch, timm and Accelerate.
+
+The names below are imported when first used, so that ``trickbox --help`` and a refused config answer without
+loading torch.
+"""
 from __future__ import annotations
 
-from .api import TrickSet, load_tricks
-from .batch import Batch, Logged, LossParts
-from .context import RunContext
-from .trick import ConfigError, NonFiniteError, Param, Search, Trick, hookimpl
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import TrickSet, load_tricks
+    from .batch import Batch, Logged, LossParts
+    from .context import RunContext
+    from .trick import ConfigError, NonFiniteError, Param, Search, Trick, hookimpl
+
+_HOME = {"TrickSet": "api", "load_tricks": "api", "Batch": "batch", "Logged": "batch", "LossParts": "batch",
+         "RunContext": "context", "ConfigError": "trick", "NonFiniteError": "trick", "Param": "trick",
+         "Search": "trick", "Trick": "trick", "hookimpl": "trick"}
 
 __all__ = [
     "Batch",
@@ -21,3 +33,11 @@ __all__ = [
     "load_tricks",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trickbox' has no attribute {name!r}")

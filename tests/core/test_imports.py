@@ -153,3 +153,17 @@ def test_the_pseudocode_names_every_hook_and_every_step_of_train():
         [h for h in hooks if f"{h}(" not in doc]
     steps = [s for s in re.findall(r"\b([a-z_]+)\(run\b", inspect.getsource(loop.train)) if s != "range"]
     assert steps and all(s in doc for s in steps), [s for s in steps if s not in doc]
+
+
+def test_help_and_a_refused_config_answer_without_importing_torch():
+    """``trickbox --help`` and a bad value are answered before torch (seconds) is imported."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom trickbox.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('help', 'torch' in sys.modules)\n"
+             "main(['train', 'train.epochs=-1'])\nprint('refused', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "help False" in out.stdout and "refused False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "train.epochs must be an integer in [1, 1000000], got -1" in out.stderr

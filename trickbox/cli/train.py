@@ -36,12 +36,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # a refused config is said before torch is even imported
+    if args.resume and not cfg.train.run_name:
+        raise ConfigError("--resume needs the run's name: add train.run_name=NAME (the folder under train.out_dir)")
     from ..api import load_tricks
     from ..loop import train
 
-    cfg = config_from_args(args)
-    if args.resume and not cfg.train.run_name:
-        raise ConfigError("--resume needs the run's name: add train.run_name=NAME (the folder under train.out_dir)")
     tricks = load_tricks(cfg.tricks, block=cfg.plugins.block)  # validates every trick before anything is built
     if args.print_config:
         from ..config import dump_config

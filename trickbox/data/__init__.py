@@ -20,13 +20,24 @@ module             what it holds
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ..errors import DataError
-from .arrays import DatasetArrays, channel_stats
 from .config import DATASET_NAMES, DataConfig
-from .loaders import LoaderOptions, RunData, TrainLoader
-from .memory import InMemoryLoader, augment_batch, denormalize, make_eval_loader, normalize, train_loader
-from .opening import choose, eval_split, open_run_data
-from .sources import load_dataset
+
+if TYPE_CHECKING:
+    from .arrays import DatasetArrays, channel_stats
+    from .loaders import LoaderOptions, RunData, TrainLoader
+    from .memory import InMemoryLoader, augment_batch, denormalize, make_eval_loader, normalize, train_loader
+    from .opening import choose, eval_split, open_run_data
+    from .sources import load_dataset
+
+# imported when first used: the config (``data.*``) is read and checked without loading torch
+_HOME = {"DatasetArrays": "arrays", "channel_stats": "arrays", "LoaderOptions": "loaders", "RunData": "loaders",
+         "TrainLoader": "loaders", "InMemoryLoader": "memory", "augment_batch": "memory", "denormalize": "memory",
+         "make_eval_loader": "memory", "normalize": "memory", "train_loader": "memory", "choose": "opening",
+         "eval_split": "opening", "open_run_data": "opening", "load_dataset": "sources"}
 
 __all__ = [
     "DATASET_NAMES",
@@ -48,3 +59,11 @@ __all__ = [
     "open_run_data",
     "train_loader",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trickbox.data' has no attribute {name!r}")
