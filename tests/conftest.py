@@ -1,12 +1,14 @@
 """Shared test settings: offline, quiet, one thread per in-process test (2-core machines)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,11 @@ def told(stderr: str) -> str:
     :func:`trickbox.loop.announce`),
     so that a test of a one-line message sees only the message."""
     return ANNOUNCE.sub("", stderr)
+
+
+@contextlib.contextmanager
+def raises_one_line(match: str) -> Iterator[None]:
+    """A ``ValueError`` (``ConfigError`` is one) matching ``match`` whose message is one line."""
+    with pytest.raises(ValueError, match=match) as info:
+        yield
+    assert "\n" not in str(info.value)

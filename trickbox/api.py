@@ -1,6 +1,5 @@
-"""Bring your own loop: trickbox's tricks inside any PyTorch / Accelerate training script.
-
-The user keeps the loop; trickbox supplies the pieces::
+"""Bring your own loop: trickbox's tricks inside any PyTorch / Accelerate training script. The user keeps the
+loop; trickbox supplies the pieces::
 
     tricks = trickbox.load_tricks(config["tricks"])           # e.g. {"<trick>": {"<param>": value}}
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -25,23 +24,19 @@ from torch import Tensor
 
 from .batch import Batch, LossParts, hard_batch
 from .context import RunContext
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError
 from .guard import DeferredRows, FiniteGuard
 from .lr import LearningRate
-from .registry import Catalog, call_chain, discover, plugin_manager
+from .registry import Catalog, call_chain, configure, discover, plugin_manager
 from .trick import Trick
 
 
 class TrickSet:
-    """The configured tricks of one run and the hook calls a training loop needs.
-
-    ``plugins`` are extra pluggy plugins that join the tricks' hooks without being tricks (a sweep's
-    epoch reporter, a test's fault injector): they are registered after the tricks.
-    """
+    """The configured tricks of one run and the hook calls a training loop needs. ``plugins`` join the tricks'
+    hooks without being tricks (a sweep's epoch reporter, a test's fault injector), registered after them."""
 
     def __init__(self, tricks: Sequence[Trick], plugins: Sequence[Any] = ()) -> None:
-        self.tricks = list(tricks)
-        self.plugins = list(plugins)
+        self.tricks, self.plugins = list(tricks), list(plugins)
         self.pm = plugin_manager(self.tricks, self.plugins)
         self.ctx: RunContext | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -49,8 +44,7 @@ class TrickSet:
         self.log_every = 10
         self.guard = FiniteGuard()
         self.rows = DeferredRows(lambda values, step=None: None)
-        self.stop_signal: int | None = None
-        """A stop signal every process agreed on at the latest :meth:`check` (``None``: keep going)."""
+        self.stop_signal: int | None = None  # the stop signal every process agreed on at the latest check()
         self._last: tuple[LossParts, Batch] | None = None  # the latest loss() call, for step() without arguments
         self._pending_step: int | None = None  # a load_state_dict before setup
 
@@ -78,62 +72,31 @@ class TrickSet:
         return [t.name for t in self.tricks]
 
     # -- setup ---------------------------------------------------------------
-    def setup(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        num_classes: int,
-        epochs: int,
-        steps_per_epoch: int,
-        accelerator: Any = None,
-        base_lr: float | None = None,
-        seed: int = 0,
-        log_every: int = 10,
-        finite_check_every: int | None = None,
-        **context: Any,
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """Create the run context, run the setup and configure hooks, and set the first LR.
-
-        Call it before or after ``accelerator.prepare``: after prepare, the
-        configure hooks see the unwrapped model and may change it only in place.
-        ``steps_per_epoch`` counts optimizer steps of one process.
-        ``finite_check_every=N`` keeps the non-finite check on the device and reads it every N optimizer
-        steps (see :mod:`trickbox.guard`; call :meth:`before_optimizer_step` between backward and the optimizer
-        step); unset, each loss is checked on the host and a non-finite one raises before backward.
-        """
-        if finite_check_every is not None and finite_check_every < 1:
-            raise ConfigError(f"finite_check_every must be >= 1, got {finite_check_every}")
+    def setup(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, num_classes: int, epochs: int,
+              steps_per_epoch: int, accelerator: Any = None, base_lr: float | None = None, seed: int = 0,
+              log_every: int = 10, finite_check_every: int | None = None,
+              **context: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Create the run context, run the setup and configure hooks, and set the first LR. Call it before or after
+        ``accelerator.prepare`` (after it, the configure hooks may change the model only in place).
+        ``steps_per_epoch`` counts optimizer steps of one process. ``finite_check_every=N`` keeps the non-finite
+        check on the device and reads it every N optimizer steps (:mod:`trickbox.guard`; call
+        :meth:`before_optimizer_step` between backward and the optimizer step); unset, each loss is checked on the
+        host and a non-finite one raises before backward."""
+        for key, value in (("finite_check_every", finite_check_every), ("steps_per_epoch", steps_per_epoch),
+                           ("epochs", epochs)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
         self.guard = FiniteGuard(finite_check_every)
-        if steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        if epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {epochs}")
         base_lr = float(optimizer.param_groups[0]["lr"]) if base_lr is None else base_lr
         ctx = RunContext.from_accelerator(accelerator, num_classes=num_classes, epochs=epochs,
                                           steps_per_epoch=steps_per_epoch, base_lr=base_lr, seed=seed, **context)
         self.rows = DeferredRows(ctx.log)
         if self.guard.deferred:  # anything a trick logs goes after the rows still waiting, so steps stay in order
             ctx.log, ctx.log_images = self.rows.in_order(ctx.log), self.rows.in_order(ctx.log_images)
-        self.ctx = ctx
-        self.log_every = log_every
-        hook = self.pm.hook
-        hook.trickbox_setup(ctx=ctx)
-        inner = _unwrap(model, accelerator)
-        prepared = inner is not model or _is_prepared(optimizer)
-        new_model = call_chain(self.pm, "trickbox_configure_model", inner, ctx=ctx)
-        if new_model is not inner:
-            if prepared:
-                raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before "
-                                  "prepare")
-            model = new_model
-        new_optimizer = call_chain(self.pm, "trickbox_configure_optimizer", optimizer,
-                                   model=_unwrap(model, accelerator), ctx=ctx)
-        if new_optimizer is not optimizer and prepared:
-            raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before "
-                              "prepare")
-        # after the setup hooks (linear scaling)
-        self.rate = LearningRate(hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)
+        self.ctx, self.log_every = ctx, log_every
+        self.pm.hook.trickbox_setup(ctx=ctx)
+        model, new_optimizer = configure(self.pm, model, optimizer, accelerator, ctx)
+        self.rate = LearningRate(self.pm.hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)  # base_lr after the hooks
         self.attach(new_optimizer, step=self._pending_step)
         return model, new_optimizer
 
@@ -159,8 +122,7 @@ class TrickSet:
         return self.rate.schedule
 
     def lr(self, step: int | None = None) -> float:
-        """The scheduled learning rate at ``step`` (default: the current step); without a schedule trick, the
-        optimizer's current rate."""
+        """The scheduled rate at ``step`` (default: now); without a schedule trick, the optimizer's current rate."""
         ctx = self._context()
         if self.rate.schedule is None and step is not None:
             return ctx.base_lr
@@ -190,20 +152,13 @@ class TrickSet:
         for result in reversed(self.pm.hook.trickbox_loss(logits=logits, batch=batch, ctx=ctx)):
             for name, value in (result or {}).items():
                 parts.add(name, value)
-        total = parts.total
-        if self.guard.deferred:
-            for name, value in parts.parts.items():
-                self.guard.observe(value, ctx.step, name)
-        elif not torch.isfinite(total.detach()).all():
-            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
-            raise NonFiniteError(f"loss is not finite at step {ctx.step} ({detail})")
+        self.guard.observe_loss(parts, ctx.step)
         self._last = (parts, batch)
         return parts
 
     def before_optimizer_step(self, model: torch.nn.Module, *, signal: int | None = None) -> None:
-        """After backward, before ``optimizer.step()``: the tricks' gradient hooks (clipping), then, with deferred
-        checks, a non-finite gradient skips the step too. An optimizer that cannot skip a step itself is checked
-        here, so the step is refused on every process."""
+        """After backward, before ``optimizer.step()``: the gradient hooks (clipping); with deferred checks a
+        non-finite gradient skips the step too (an optimizer that cannot skip one is checked here, on every rank)."""
         ctx = self._context()
         self.pm.hook.trickbox_before_optimizer_step(model=model, optimizer=self.optimizer, ctx=ctx)
         self.guard.observe_gradients(model.parameters(), ctx.step)
@@ -212,14 +167,10 @@ class TrickSet:
 
     def step(self, parts: LossParts | None = None, batch: Batch | None = None, *, signal: int | None = None,
              stepped: bool | None = None) -> float:
-        """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log.
-
-        Under gradient accumulation, ``stepped`` says whether the optimizer stepped (None:
-        ``accelerator.sync_gradients``, as ``accelerator.accumulate`` sets it); when it did not, this does nothing.
-        Without arguments it uses the parts and batch of the latest :meth:`loss` call. With deferred checks it runs
-        :meth:`check` every ``finite_check_every`` steps, passing ``signal`` (a stop signal this process received)
-        to the agreement between processes.
-        """
+        """After ``optimizer.step()``: advance the step, set the next LR, run after-step hooks, log. ``stepped``: did
+        the optimizer step (None: ``accelerator.sync_gradients``, as ``accelerator.accumulate`` sets it)? If not,
+        this does nothing. Without arguments it uses the latest :meth:`loss` call's parts and batch. Deferred checks
+        run :meth:`check` every ``finite_check_every`` steps with ``signal`` (a stop signal this process received)."""
         ctx = self._context()
         acc = ctx.accelerator
         if not (stepped if stepped is not None else acc is None or getattr(acc, "sync_gradients", True)):
@@ -231,16 +182,12 @@ class TrickSet:
         values: dict[str, Any] = {"lr": self.lr()}
         if parts is not None and ctx.step % self.log_every == 0:
             values.update(parts.detached(as_tensors=self.guard.deferred))
-        if self.guard.deferred:
-            self.rows.add(ctx.step, values)
-        else:
-            self.rows.log(values, step=ctx.step)
+        self.rows.write(ctx.step, values, defer=self.guard.deferred)
         ctx.step += 1
         lr = self._apply_lr()
         if batch is not None:
             self.pm.hook.trickbox_after_step(batch=batch, parts=parts or LossParts(), ctx=ctx)
-        single = acc is None or acc.num_processes == 1
-        if self.guard.due(ctx.step) or (signal is not None and single):
+        if self.guard.reads_now(ctx.step, signal, 1 if acc is None else acc.num_processes):
             self.check(signal)
         return lr
 
@@ -257,27 +204,18 @@ class TrickSet:
     # -- evaluation and end --------------------------------------------------
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         """Extra metrics from tricks for ``split``."""
-        out: dict[str, float] = {}
-        for result in self.pm.hook.trickbox_evaluate(model=model, split=split, ctx=self._context()):
-            out.update(result or {})
-        return out
+        return _merged(self.pm.hook.trickbox_evaluate(model=model, split=split, ctx=self._context()))
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Every trick's extra state that is evaluated or saved (:func:`~trickbox.hookspecs.trickbox_state_tensors`)."""
-        out: dict[str, Tensor] = {}
-        if self.ctx is not None:
-            for result in self.pm.hook.trickbox_state_tensors(ctx=self.ctx):
-                out.update(result or {})
-        return out
+        return _merged(self.pm.hook.trickbox_state_tensors(ctx=self.ctx)) if self.ctx is not None else {}
 
     def report_epochs(self) -> list[int] | None:
         """Epochs (1-based) at whose end every trick allows a fair comparison (``None``: any epoch); the last
         epoch is always one of them."""
         ctx = self._context()
         answers = [set(r) for r in self.pm.hook.trickbox_report_epochs(ctx=ctx) if r is not None]
-        if not answers:
-            return None
-        return sorted(set.intersection(*answers) | {ctx.epochs})
+        return sorted(set.intersection(*answers) | {ctx.epochs}) if answers else None
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
         self.pm.hook.trickbox_epoch_end(metrics=metrics, ctx=self._context())
@@ -287,14 +225,9 @@ class TrickSet:
             self.pm.hook.trickbox_teardown(ctx=self.ctx)
 
 
-def load_tricks(
-    tricks: Mapping[str, Mapping[str, Any] | None] | Iterable[str],
-    *,
-    block: Iterable[str] = (),
-    autoload: bool | None = None,
-    extra: Iterable[type[Trick]] = (),
-    catalog: Catalog | None = None,
-) -> TrickSet:
+def load_tricks(tricks: Mapping[str, Mapping[str, Any] | None] | Iterable[str], *, block: Iterable[str] = (),
+                autoload: bool | None = None, extra: Iterable[type[Trick]] = (), catalog: Catalog | None = None,
+                ) -> TrickSet:
     """Validated tricks from installed entry points: ``{"<trick>": {"<param>": 0.2}}`` or ``["<trick>"]``."""
     cat = catalog or discover(autoload=autoload, block=block)
     for cls in extra:
@@ -303,12 +236,5 @@ def load_tricks(
     return TrickSet(cat.build(configured))
 
 
-def _is_prepared(optimizer: Any) -> bool:
-    """Whether ``optimizer`` came out of ``accelerator.prepare`` (a single process leaves the model unwrapped)."""
-    return any(cls.__name__ == "AcceleratedOptimizer" for cls in type(optimizer).__mro__)
-
-
-def _unwrap(model: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
-    if accelerator is not None:
-        return accelerator.unwrap_model(model)
-    return getattr(model, "module", model)
+def _merged(results: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    return {k: v for result in results for k, v in (result or {}).items()}

@@ -58,6 +58,20 @@ class FiniteGuard:
         """Deferred, and the optimizer skips a flagged step itself: checks can wait ``every`` steps."""
         return self.deferred and self.optimizer is not None and can_skip_steps(self.optimizer)
 
+    def observe_loss(self, parts: Any, step: int) -> None:
+        """Deferred: every loss term into the flag. Else a non-finite total raises before backward."""
+        if self.deferred:
+            for name, value in parts.parts.items():
+                self.observe(value, step, name)
+        elif not torch.isfinite(parts.total.detach()).all():
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.parts.items())
+            raise NonFiniteError(f"loss is not finite at step {step} ({detail})")
+
+    def reads_now(self, step: int, signal: int | None, processes: int) -> bool:
+        """Whether the flag is read after ``step``: every ``every`` steps, and at once for a stop signal on a single
+        process (several processes agree on it at the next scheduled read)."""
+        return self.due(step) or (signal is not None and processes == 1)
+
     def attach(self, optimizer: Any) -> None:
         self.optimizer = optimizer
         if self._bad is not None:
@@ -158,8 +172,12 @@ class DeferredRows:
         self.log = log
         self.rows: list[tuple[int, dict[str, Any]]] = []
 
-    def add(self, step: int, values: dict[str, Any]) -> None:
-        self.rows.append((step, values))
+    def write(self, step: int, values: dict[str, Any], *, defer: bool) -> None:
+        """Keep the row for the next flush (``defer``: its values may be device tensors), else log it now."""
+        if defer:
+            self.rows.append((step, values))
+        else:
+            self.log(values, step=step)
 
     def flush(self) -> None:
         rows, self.rows = self.rows, []

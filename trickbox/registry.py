@@ -234,3 +234,24 @@ def call_chain(pm: pluggy.PluginManager, hook_name: str, value: Any, **kwargs: A
         if result is not None:
             value = result
     return value
+
+
+def configure(pm: pluggy.PluginManager, model: Any, optimizer: Any, accelerator: Any, ctx: Any) -> tuple[Any, Any]:
+    """The configure hooks' chains over ``model`` and ``optimizer``. After ``accelerator.prepare`` the hooks see the
+    unwrapped model and may change it only in place: a replacement then is a :class:`ConfigError`."""
+    inner = _unwrap(model, accelerator)
+    prepared = inner is not model or any(cls.__name__ == "AcceleratedOptimizer" for cls in type(optimizer).__mro__)
+    new_model = call_chain(pm, "trickbox_configure_model", inner, ctx=ctx)
+    if new_model is not inner:
+        if prepared:
+            raise ConfigError("a trick replaced the model after accelerator.prepare; call tricks.setup before prepare")
+        model = new_model
+    new_optimizer = call_chain(pm, "trickbox_configure_optimizer", optimizer, model=_unwrap(model, accelerator),
+                               ctx=ctx)
+    if new_optimizer is not optimizer and prepared:
+        raise ConfigError("a trick replaced the optimizer after accelerator.prepare; call tricks.setup before prepare")
+    return model, new_optimizer
+
+
+def _unwrap(model: Any, accelerator: Any) -> Any:
+    return accelerator.unwrap_model(model) if accelerator is not None else getattr(model, "module", model)

@@ -167,3 +167,10 @@ def test_help_and_a_refused_config_answer_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert "help False" in out.stdout and "refused False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert "train.epochs must be an integer in [1, 1000000], got -1" in out.stderr
+
+
+def test_trickset_is_the_hook_facade_and_fits_in_240_lines():
+    """The LR driver is trickbox/lr.py, deferred rows and the stop agreement are guard.py, the configure chains are
+    registry.py: what stays in api.py is the facade over the hooks."""
+    lines = (PACKAGE / "api.py").read_text().splitlines()
+    assert len(lines) <= 240, len(lines)

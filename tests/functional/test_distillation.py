@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -11,13 +9,7 @@ import torch.nn.functional as F
 
 from trickbox.functional import distillation_loss, distillation_objective, one_hot, soft_cross_entropy
 
-
-@contextmanager
-def raises_one_line(match: str) -> Iterator[None]:
-    with pytest.raises(ValueError, match=match) as info:
-        yield
-    assert "\n" not in str(info.value)
-
+from ..conftest import raises_one_line
 
 STUDENT = [[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]]
 TEACHER = [[2.5, 0.1, 0.4], [-0.7, 1.9, 0.2]]

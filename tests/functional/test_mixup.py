@@ -1,9 +1,6 @@
 """Mixup and its ablation variants: against timm's Mixup, brute force, and invariants."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 import torch
@@ -22,13 +19,7 @@ from trickbox.functional import (
     smooth_targets,
 )
 
-
-@contextmanager
-def raises_one_line(match: str) -> Iterator[None]:
-    with pytest.raises(ValueError, match=match) as info:
-        yield
-    assert "\n" not in str(info.value)
-
+from ..conftest import raises_one_line
 
 K = 5
 

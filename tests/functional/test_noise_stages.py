@@ -1,21 +1,13 @@
 """Gaussian input noise and timm feature stages."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import timm
 import torch
 
 from trickbox.functional import feature_stages, gaussian_noise
 
-
-@contextmanager
-def raises_one_line(match: str) -> Iterator[None]:
-    with pytest.raises(ValueError, match=match) as info:
-        yield
-    assert "\n" not in str(info.value)
+from ..conftest import raises_one_line
 
 
 def test_gaussian_noise() -> None:

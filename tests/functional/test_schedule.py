@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -12,12 +10,7 @@ from timm.scheduler import CosineLRScheduler
 
 from trickbox.functional import lr_curve, sgdr_cycle, sgdr_lr, sgdr_restarts
 
-
-@contextmanager
-def raises_one_line(match: str) -> Iterator[None]:
-    with pytest.raises(ValueError, match=match) as info:
-        yield
-    assert "\n" not in str(info.value)
+from ..conftest import raises_one_line
 
 
 def _optimizer(lr: float) -> torch.optim.Optimizer:

@@ -1,9 +1,6 @@
 """One-hot, label smoothing and soft cross-entropy against torch and timm."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +9,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 
 from trickbox.functional import one_hot, smooth_targets, soft_cross_entropy
 
-
-@contextmanager
-def raises_one_line(match: str) -> Iterator[None]:
-    with pytest.raises(ValueError, match=match) as info:
-        yield
-    assert "\n" not in str(info.value)
+from ..conftest import raises_one_line
 
 
 def _data(b: int = 6, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
