@@ -96,10 +96,6 @@ class RunData:
         counts = ", ".join(f"{k} {v:,}" for k, v in self.sizes.items())
         return f"data: {self.path} path ({self.reason}); {counts} images, {self.num_classes} classes"
 
-    def bad_images(self) -> Any:
-        """The training loader's count of unreadable images (None on the memory path: they were skipped at decode)."""
-        return getattr(self.train, "bad", None)
-
     def close(self) -> None:
         for loader in (self.train, self.val, self.test, self.fit):
             closer = getattr(loader, "close", None)
