@@ -114,6 +114,35 @@ SMALL_RUN = ["data.name=digits", "data.train_subset=256", "data.test_subset=100"
              "train.progress=false", "train.tracker=none", "model.name=cifar_resnet8"]
 """A run of a few seconds: 4 optimizer steps per epoch on 256 digits."""
 
+SMALL_RUN_ANY_TRACKER = ["data.name=digits", "data.train_subset=256", "data.test_subset=100", "train.epochs=1",
+                         "train.batch_size=64", "train.progress=false", "model.name=cifar_resnet8"]
+"""The same small run without ``train.tracker``: for tests that pick the tracker themselves."""
+
+TRAIN_PY = str(REPO / "train.py")
+
+RESUME_EPOCHS = 3
+RESUME_CONFIG = f"""\
+data: {{name: digits}}
+model: {{name: cifar_resnet8}}
+optim: {{lr: 0.05}}
+train: {{epochs: {RESUME_EPOCHS}, batch_size: 32, tracker: none, progress: false}}
+tricks:
+  mixup: {{alpha: 0.4, grid: false}}
+  label_smoothing: {{eps: 0.1}}
+  sgdr: {{t0: 1, t_mult: 2, plot: false}}
+"""
+"""The config of the exact-resume tests (``tests/core/test_resume.py``): mixup + label smoothing + SGDR with warm
+restarts, so every RNG stream and schedule position has to be restored for the weights to match."""
+
+
+def run_train_py(cwd: Path, *args: str, env: dict[str, str] | None = None, wrap: list[str] | None = None,
+                 timeout: float = 300) -> Any:
+    """``python train.py ARGS`` in ``cwd`` (optionally behind the command prefix ``wrap``); the finished process."""
+    import subprocess
+
+    cmd = [*(wrap or []), sys.executable, TRAIN_PY, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
 
 def runs_in_one_launch(tmp_path: Path, runs: list[dict[str, Any]], *, env: dict[str, str] | None = None,
                        timeout: float = 300) -> tuple[list[dict[str, Any]], Any]:
@@ -144,6 +173,32 @@ def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The final weights of run directories ``a`` and ``b`` are equal (``torch.equal``), not close."""
+    import torch
+
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not diff, (f"{len(diff)} tensors differ, e.g. {diff[0]}: "
+                      f"max |Δ| = {(wa[diff[0]].float() - wb[diff[0]].float()).abs().max():.3g}")
+
+
+def load_study(name: str, storage: str | Path) -> Any:
+    """The Optuna study ``name`` from a journal file (a ``Path``) or a storage URL (a ``str``)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from trickbox.sweep.storage import open_storage, resolve_storage
+
+    if isinstance(storage, Path):
+        store = JournalStorage(JournalFileBackend(str(storage)))
+    else:
+        store = open_storage(resolve_storage(storage, Path(".")))
+    return optuna.load_study(study_name=name, storage=store)
+
+
 ANNOUNCE = re.compile(r"^trickbox: \d+ process(es)? on .*\n?", re.MULTILINE)
 
 
@@ -160,3 +215,10 @@ def raises_one_line(match: str) -> Iterator[None]:
     with pytest.raises(ValueError, match=match) as info:
         yield
     assert "\n" not in str(info.value)
+
+
+def one_line(stderr: str) -> str:
+    """The one non-blank line of ``stderr`` (after the run's first line, :func:`told`), with no traceback."""
+    lines = [line for line in told(stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]

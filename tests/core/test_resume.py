@@ -32,43 +32,15 @@ from trickbox.config import load_config
 from trickbox.functional import sgdr_lr
 from trickbox.loop import train
 
-from ..conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, assert_same_weights, launch_two_ranks, subprocess_env
+from ..conftest import RESUME_CONFIG as CONFIG
+from ..conftest import RESUME_EPOCHS as EPOCHS
 
 TRAIN_PY = str(REPO / "train.py")
-EPOCHS = 3
-CONFIG = f"""\
-data: {{name: digits}}
-model: {{name: cifar_resnet8}}
-optim: {{lr: 0.05}}
-train: {{epochs: {EPOCHS}, batch_size: 32, tracker: none, progress: false}}
-tricks:
-  mixup: {{alpha: 0.4, grid: false}}
-  label_smoothing: {{eps: 0.1}}
-  sgdr: {{t0: 1, t_mult: 2, plot: false}}
-"""
 STEPS_PER_EPOCH = 41  # 1293 digits training images / 32, rounded up; checked in the reference fixture
 
 
-# -- fault log: the numbers in docs/reliability.md ---------------------------
-
-
-
-
 # -- helpers -----------------------------------------------------------------
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not diff, (f"{len(diff)} tensors differ, e.g. {diff[0]}: "
-                      f"max |Δ| = {(wa[diff[0]].float() - wb[diff[0]].float()).abs().max():.3g}")
-
-
 def _train_here(cfg_file: Path, out: Path, name: str, *overrides: str, resume: bool = False):
     cfg = load_config([cfg_file], [f"train.out_dir={out}", f"train.run_name={name}", *overrides])
     return train(cfg, resume=resume)

@@ -16,8 +16,8 @@ from trickbox.cli import main as cli_main
 from trickbox.config import load_config
 from trickbox.loop import train
 
-from ..conftest import REPO, subprocess_env, told
-from .test_resume import CONFIG, assert_same_weights
+from ..conftest import REPO, assert_same_weights, subprocess_env, told
+from ..conftest import RESUME_CONFIG as CONFIG
 
 TRAIN = [sys.executable, str(REPO / "train.py")]
 FAST = ["train.epochs=2", "train.tracker=none", "train.progress=false", "data.train_subset=256"]

@@ -100,7 +100,7 @@ def test_two_cpu_ranks_on_the_stream_path_read_disjoint_parts_whose_union_is_the
 
 @pytest.mark.slow
 def test_resume_mid_epoch_on_the_stream_path_gives_the_same_weights(imagenet_like, tmp_path, fault):
-    from ..core.test_resume import assert_same_weights
+    from ..conftest import assert_same_weights
 
     fault("SIGTERM mid-epoch on the stream path (class folders)", resumed=True, exact=True)
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import REPO, launch_two_ranks, subprocess_env
+from ..conftest import REPO, launch_two_ranks, load_study, subprocess_env
 from ..wandb_reader import config_value, offline_runs, read_run
-from .test_sweep import load_study
 
 SCRIPT = REPO / "tests" / "fixtures" / "sweep_script.py"
 SPEC = REPO / "tests" / "fixtures" / "sweep_script.yaml"

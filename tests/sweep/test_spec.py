@@ -265,7 +265,7 @@ def test_sweep_stops_when_the_first_trial_fails_on_configuration(tmp_path):
                           capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "no trial has trained yet; stopping" in proc.stderr
-    from .test_sweep import load_study
+    from ..conftest import load_study
 
     trials = load_study("smoke", tmp_path / "out" / "smoke" / "journal.log").get_trials()
     assert [t.state.name for t in trials] == ["FAIL"]  # one failed trial, not n_trials of them

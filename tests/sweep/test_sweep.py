@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import REPO, subprocess_env
+from ..conftest import REPO, load_study, subprocess_env
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 FAST = ["data.train_subset=300", "data.test_subset=100"]
@@ -24,20 +24,6 @@ PG_ENV = "TRICKBOX_TEST_POSTGRES_URL"
 
 def sweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "trickbox", "sweep", *args]
-
-
-def load_study(name: str, storage: str | Path):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    from trickbox.sweep.storage import open_storage, resolve_storage
-
-    if isinstance(storage, Path):
-        store = JournalStorage(JournalFileBackend(str(storage)))
-    else:
-        store = open_storage(resolve_storage(storage, Path(".")))
-    return optuna.load_study(study_name=name, storage=store)
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
