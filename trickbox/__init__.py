@@ -5,8 +5,9 @@ loading torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy_names import lazy_getattr
 
 if TYPE_CHECKING:
     from .api import TrickSet, load_tricks
@@ -34,10 +35,4 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trickbox' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOME)

@@ -88,11 +88,10 @@ def pretrained_source(name: str, pretrained_file: str | None = None) -> str:
     with only a URL, in torch hub's checkpoint directory); online, timm downloads them.
     """
     if pretrained_file:
-        from .checkpoint import safetensors_problem
-        from .config import not_a_regular_file
+        from .checkpoint import weights_file_problem
 
         path = Path(pretrained_file).expanduser()
-        problem = not_a_regular_file(path) or (safetensors_problem(path) if path.suffix == ".safetensors" else None)
+        problem = weights_file_problem(path)
         if problem:
             raise ConfigError(f"model.pretrained_file={pretrained_file!r} {problem}; give a .safetensors or .pth "
                               "weights file (e.g. a trickbox run's model.safetensors)")
@@ -205,14 +204,11 @@ def _file_overlay(name: str, pretrained_file: str) -> dict[str, Any]:
 
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor shapes from a safetensors header (nothing else is read); empty when the file is not one."""
-    import json
-    import struct
+    from .checkpoint import safetensors_header
 
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, struct.error):
+        header = safetensors_header(path)[0]
+    except OSError:
         return {}
     return {k: list(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
 

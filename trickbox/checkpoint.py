@@ -44,47 +44,50 @@ SAFETENSORS_MAX_HEADER = 100 * 2**20
 """safetensors' own limit on the JSON header (100 MB): a larger stated length means the file is not one."""
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with ``path`` as a safetensors file, read from its header alone (the 8-byte length, the JSON,
-    the tensors' byte ranges against the file's size), or None. No length from the file sizes a read before it is
-    checked against the file's size, so a renamed ``.pth`` or a header length of 2^62 is a message, not a
-    ``MemoryError``."""
+def safetensors_header(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The JSON header of safetensors file ``path`` (``{}`` when it has none), and what is wrong with the file as
+    one (None: nothing), read from the header alone: the 8-byte length, the JSON, the tensors' byte ranges against
+    the file's size. No length from the file sizes a read before it is checked against the file's size, so a
+    renamed ``.pth`` or a header length of 2^62 is a message, not a ``MemoryError``."""
     import json
     import struct
 
-    from .config import not_a_regular_file
-
-    problem = not_a_regular_file(path)
-    if problem:
-        return problem
     size = path.stat().st_size
     if size < 8:
-        return f"is not a safetensors file: {size} bytes, shorter than the 8-byte header length (empty or cut)"
+        return {}, f"is not a safetensors file: {size} bytes, shorter than the 8-byte header length (empty or cut)"
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         if length > min(size - 8, SAFETENSORS_MAX_HEADER):
-            return (f"is not a safetensors file (its first 8 bytes give a header of {length:,} bytes, in a file of "
-                    f"{size:,}); a .pth renamed, or a file cut short")
+            return {}, (f"is not a safetensors file (its first 8 bytes give a header of {length:,} bytes, in a file "
+                        f"of {size:,}); a .pth renamed, or a file cut short")
         try:
             header = json.loads(f.read(length))
         except (ValueError, UnicodeDecodeError):
-            return "is not a safetensors file (its header is not JSON)"
+            return {}, "is not a safetensors file (its header is not JSON)"
     if not isinstance(header, dict):
-        return "is not a safetensors file (its header is not a JSON object)"
+        return {}, "is not a safetensors file (its header is not a JSON object)"
     ends = [v["data_offsets"][1] for v in header.values() if isinstance(v, dict) and
             isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
     data = size - 8 - length
     if ends and max(ends) > data:
-        return f"is truncated: its tensors need {max(ends):,} bytes of data and it holds {data:,}"
-    return None
+        return header, f"is truncated: its tensors need {max(ends):,} bytes of data and it holds {data:,}"
+    return header, None
+
+
+def weights_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a weights file (not a regular file; a ``.safetensors`` whose header is wrong), or None."""
+    from .config import not_a_regular_file
+
+    problem = not_a_regular_file(path)
+    if problem is None and path.suffix == ".safetensors":
+        problem = safetensors_header(path)[1]
+    return problem
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file, or from a pickle that ``weights_only`` accepts."""
-    from .config import not_a_regular_file
-
     p = Path(path)
-    problem = not_a_regular_file(p) or (safetensors_problem(p) if p.suffix == ".safetensors" else None)
+    problem = weights_file_problem(p)
     if problem:
         raise ConfigError(f"weights file {str(p)!r} {problem}; give a .safetensors file or a trickbox run directory")
     if p.suffix == ".safetensors":

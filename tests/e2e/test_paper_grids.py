@@ -134,14 +134,18 @@ def test_grid_table_orders_rows_as_written_and_adds_columns(tmp_path):
     assert lines[3] == "| mixup | 0.8550 ± 0.0071 | 0.8050 ± 0.0071 | 25.00 ± 0.00 | 2 | 2 complete |"
 
 
+def _epoch_rows(run_dir: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` that close an epoch."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+
+
 def test_train_logs_test_and_train_metrics_every_epoch(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "train.epochs=2", "train.tracker=none", "train.progress=false",
                            f"train.out_dir={tmp_path}", "train.run_name=r", "train.eval_each_epoch=[test,train]",
                            "data.label_noise=0.5"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    epochs = [json.loads(line) for line in lines if '"epoch"' in line]
+    epochs = _epoch_rows(tmp_path / "r")
     assert len(epochs) == 2 and all({"val/top1", "test/top1", "train/top1"} <= set(e) for e in epochs)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["test/top1"] == epochs[-1]["test/top1"]  # the final test pass sees the last epoch's weights
@@ -158,8 +162,7 @@ def test_eval_at_end_fits_the_training_set_once(tmp_path):
                            "data.label_noise=0.5"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    epochs = [json.loads(line) for line in lines if '"epoch"' in line]
+    epochs = _epoch_rows(tmp_path / "r")
     assert len(epochs) == 2 and not any("train/top1" in e for e in epochs)  # no pass over the training set per epoch
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert 0 < summary["train/top1"] < summary["val/top1"] and summary["train/n"] > 0  # half the labels are random

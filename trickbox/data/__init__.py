@@ -20,10 +20,10 @@ module             what it holds
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from ..lazy_names import lazy_getattr
 from .config import DATASET_NAMES, DataConfig
 
 if TYPE_CHECKING:
@@ -60,10 +60,4 @@ __all__ = [
     "train_loader",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trickbox.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOME)
