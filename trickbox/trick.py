@@ -25,13 +25,39 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @dataclass(frozen=True)
 class Search:
-    """The range a sweep searches for a parameter when the study spec gives none."""
+    """A search range, the one spelling of it in trickbox: a trick's default (``Param(search=...)``) and every range
+    of a study spec. :meth:`distribution` turns it into the Optuna distribution the sampler draws from."""
 
     low: float | None = None
     high: float | None = None
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] | None = None
+
+    def distribution(self, kind: str) -> Any:
+        """Optuna's ``CategoricalDistribution``, ``IntDistribution`` or ``FloatDistribution`` (``kind`` is
+        ``"categorical"``, ``"int"`` or ``"float"``)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None or kind == "categorical":
+            return CategoricalDistribution(list(self.choices or ()))
+        if kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))  # type: ignore[arg-type]
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, distribution: Any) -> Search:
+        """The range an Optuna distribution draws from (the inverse of :meth:`distribution`)."""
+        if hasattr(distribution, "choices"):
+            return cls(choices=tuple(distribution.choices))
+        return cls(distribution.low, distribution.high, distribution.log, distribution.step)
+
+    def describe(self) -> str:
+        """``[0.05, 4] log``, ``[1, 15] step 1`` or ``[0.1, 0.2, 0.4]``."""
+        if self.choices is not None:
+            return str(list(self.choices))
+        extra = " log" if self.log else (f" step {self.step:g}" if self.step else "")
+        return f"[{self.low:g}, {self.high:g}]{extra}"
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,29 @@ def test_trickset_is_the_hook_facade_and_fits_in_240_lines():
     registry.py: what stays in api.py is the facade over the hooks."""
     lines = (PACKAGE / "api.py").read_text().splitlines()
     assert len(lines) <= 240, len(lines)
+
+
+RANGE_FIELDS = {"low", "high"}
+RANGES = {
+    "trickbox.scalars.Limits": "the values a setting accepts (open or closed ends), checked by check_scalar",
+    "trickbox.trick.Search": "a search range; Search.distribution() makes the Optuna distribution a sweep draws from",
+    "trickbox.trick.Param": "its low/high are the constructor's spelling of Param.limits (a Limits)",
+}
+
+
+def test_one_definition_of_a_range():
+    """A search range is spelled :class:`trickbox.Search` and drawn from as an Optuna distribution; no other class of
+    the package keeps a ``low`` and a ``high`` of its own, and only ``Search`` builds Optuna distributions."""
+    found, builders = set(), set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                fields = {t.target.id for t in node.body
+                          if isinstance(t, ast.AnnAssign) and isinstance(t.target, ast.Name)}
+                if RANGE_FIELDS <= fields:
+                    found.add(f"{module_name(path)}.{node.name}")
+            if isinstance(node, ast.Name) and node.id.endswith("Distribution") and node.id != "BaseDistribution":
+                builders.add(module_name(path))
+    assert found == set(RANGES), found
+    assert builders <= {"trickbox.trick", "trickbox.sweep.spec"}, builders  # spec only tells the three kinds apart

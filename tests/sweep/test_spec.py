@@ -6,13 +6,15 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from trickbox.sweep.spec import load_spec, spec_from_mapping
 from trickbox.sweep.storage import budget_used, resolve_storage
 from trickbox.sweep.workers import assign_gpus, worker_count
-from trickbox.trick import ConfigError
+from trickbox.trick import ConfigError, Search
 
 from ..conftest import REPO, subprocess_env
 
@@ -37,12 +39,47 @@ def error_of(raw, **kwargs) -> str:
     return msg
 
 
+# The fingerprints of the committed specs as trickbox 2280cdd computed them (before ranges were Optuna distributions):
+# a study created then must still match its own spec.
+FINGERPRINTS = {"bag_of_tricks": "9b622c1eab88fc6c", "distillation": "fcdd7e85dd7a878b",
+                "label_smoothing": "04d1f37c8c1675b1", "mixup": "291de0e37e24c2ba", "own_loop": "aabf960e7c168e9c",
+                "sgdr": "2b017b500c492bdc", "smoke": "0c867c673cedce60"}
+
+
+def test_study_fingerprints_survive_the_move_to_optuna_distributions():
+    assert {p.stem: load_spec(p).fingerprint() for p in sorted((REPO / "sweeps").glob("*.yaml"))} == FINGERPRINTS
+    t0 = load_spec(REPO / "sweeps" / "sgdr.yaml").dimension("sgdr.t0")
+    assert t0.distribution == FloatDistribution(1.0, 15.0, step=1.0) and t0.identity()["step"] == 1.0
+    spelled = spec_from_mapping(smoke(search={"train.epochs": {"low": 1, "high": 3, "step": 1}}))
+    bare = spec_from_mapping(smoke(search={"train.epochs": {"low": 1, "high": 3}}))
+    assert spelled.dimension("train.epochs").distribution == bare.dimension("train.epochs").distribution \
+        == IntDistribution(1, 3)
+    # the same draws, but a study made from either spelling before the move must still match it
+    assert (spelled.dimension("train.epochs").identity()["step"], bare.dimension("train.epochs").identity()["step"]) \
+        == (1, None) and spelled.fingerprint() != bare.fingerprint()
+
+
+def test_trials_draw_from_the_specs_distributions():
+    """What Optuna records for a trial is exactly the spec's distribution, for each of the three kinds."""
+    spec = spec_from_mapping(smoke(search={"mixup.alpha": {"low": 0.1, "high": 2.0, "log": True},
+                                           "train.epochs": {"low": 1, "high": 6}, "sgdr.t_mult": [1.0, 2.0]}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    params = {d.name: d.suggest(trial) for d in spec.search}
+    assert trial.distributions == {d.name: d.distribution for d in spec.search}
+    assert {type(d.distribution) for d in spec.search} == {FloatDistribution, IntDistribution, CategoricalDistribution}
+    assert isinstance(params["train.epochs"], int) and 0.1 <= params["mixup.alpha"] <= 2.0
+    assert [d.describe() for d in spec.search] == ["mixup.alpha in [0.1, 2] log", "train.epochs in [1, 6] step 1",
+                                                   "sgdr.t_mult in [1.0, 2.0]"]
+
+
 def test_smoke_spec_uses_declared_ranges():
     spec = load_spec(SMOKE)
     alpha = spec.dimension("mixup.alpha")
-    assert (alpha.kind, alpha.low, alpha.high, alpha.log) == ("float", 0.05, 4.0, True)  # Mixup's Param.search
+    assert alpha.kind == "float" and alpha.search == Search(0.05, 4.0, log=True)  # Mixup's Param.search
+    assert alpha.distribution == FloatDistribution(0.05, 4.0, log=True)  # what the sampler draws from
     assert spec.dimension("sgdr.t_mult").choices == (1.0, 2.0)
-    assert spec.dimension("label_smoothing.eps").high == 0.2
+    assert spec.dimension("label_smoothing.eps").search.high == 0.2
     assert spec.n_trials == 4 and spec.direction == "maximize" and spec.sampler.name == "tpe"
     mapping = spec.trial_mapping({"mixup.alpha": 0.3, "label_smoothing.eps": 0.1, "sgdr.t_mult": 2.0})
     assert mapping["tricks"]["mixup"] == {"alpha": 0.3} and mapping["tricks"]["sgdr"] == {"t_mult": 2.0}

@@ -40,6 +40,6 @@ def test_a_spec_searches_the_declared_ranges():
     spec = spec_from_mapping(raw)
     for key, (low, high) in SEARCHED.items():
         dim = spec.dimension(key)
-        assert (dim.low, dim.high) == pytest.approx((low, high)), key
+        assert (dim.search.low, dim.search.high) == pytest.approx((low, high)), key
     mapping = spec.trial_mapping({"ema.decay": 0.995, "grad_clip.max_norm": 2.0})
     assert mapping["tricks"]["ema"] == {"decay": 0.995} and mapping["tricks"]["grad_clip"] == {"max_norm": 2.0}

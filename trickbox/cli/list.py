@@ -25,11 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for info in sorted(cat.tricks.values(), key=lambda i: i.name):
         print(f"{info.name}  ({info.package} {info.version})  {info.cls.summary}")
         for p in info.cls.params:
-            search = ""
-            if p.search is not None:
-                s = p.search
-                search = (f"  search {list(s.choices)}" if s.choices
-                          else f"  search [{s.low:g}, {s.high:g}]{' log' if s.log else ''}")
+            search = f"  search {p.search.describe()}" if p.search is not None else ""
             print(f"    {p.name}: {p.type.__name__} = {p.default!r}  valid {p.describe_range()}{search}  {p.help}")
     for b in cat.broken:
         print(f"! {b.name} ({b.package}) not loaded: {b.reason}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..scalars import Limits, bounded, check_fields, check_scalar, did_you_mean
-from ..trick import Param
+from ..trick import Param, Search
 
 SPEC_KEYS = ("study", "base", "search", "objective", "direction", "sampler", "pruner", "pruning", "seeds",
              "train_first", "variants", "columns", "description", "n_trials", "timeout", "retries", "heartbeat",
@@ -44,30 +44,59 @@ SCALARS = (str, int, float, bool, type(None))
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched parameter: its distribution and where its value goes in the training config."""
+    """One searched parameter: the Optuna distribution it is drawn from and where its value goes in the config."""
 
     name: str
-    kind: str  # "float" | "int" | "categorical"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] | None = None
+    distribution: Any
+    """An ``optuna.distributions`` object, built by :meth:`trickbox.Search.distribution`."""
     target: tuple[str, ...] = ()
     """Path in the config mapping, e.g. ``("tricks", "<trick>", "<param>")``; ``()`` for a script's own parameter."""
+    step_given: bool = field(default=False, compare=False, repr=False)
+    """Whether an integer range spelled its step (only :meth:`identity` tells ``step: 1`` from no step)."""
+
+    @classmethod
+    def of(cls, name: str, kind: str, search: Search, target: tuple[str, ...] = ()) -> Dimension:
+        return cls(name, search.distribution(kind), target, step_given=search.step is not None)
+
+    @property
+    def kind(self) -> str:
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        d = self.distribution
+        return "categorical" if isinstance(d, CategoricalDistribution) else "int" if isinstance(d, IntDistribution) \
+            else "float"
+
+    @property
+    def search(self) -> Search:
+        return Search.of(self.distribution)
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        return self.search.choices
+
+    def bounds(self) -> list[Any]:
+        """The values that must all be valid: every choice, or both ends of the range."""
+        s = self.search
+        return list(s.choices) if s.choices is not None else [s.low, s.high]
 
     def suggest(self, trial: Any) -> Any:
+        d = self.distribution
         if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices or ()))
+            return trial.suggest_categorical(self.name, list(d.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))  # type: ignore[arg-type]
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log, step=self.step)  # type: ignore[arg-type]
+            return trial.suggest_int(self.name, d.low, d.high, log=d.log, step=d.step)
+        return trial.suggest_float(self.name, d.low, d.high, log=d.log, step=d.step)
 
     def describe(self) -> str:
-        if self.kind == "categorical":
-            return f"{self.name} in {list(self.choices or ())}"
-        extra = " log" if self.log else (f" step {self.step:g}" if self.step else "")
-        return f"{self.name} in [{self.low:g}, {self.high:g}]{extra}"
+        return f"{self.name} in {self.search.describe()}"
+
+    def identity(self) -> dict[str, Any]:
+        """What the study fingerprint hashes. The keys and values are those fingerprints have always hashed, so a
+        study created by an earlier trickbox still matches its spec."""
+        s = self.search
+        step = s.step if self.kind != "int" or self.step_given else None
+        return {"name": self.name, "kind": self.kind, "low": s.low, "high": s.high, "log": s.log, "step": step,
+                "choices": s.choices, "target": self.target}
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,7 @@ class SweepSpec:
 
     @property
     def grid_size(self) -> int:
-        return math.prod(len(d.choices or ()) for d in self.search) if self.is_grid else 0
+        return math.prod(len(d.bounds()) for d in self.search) if self.is_grid else 0
 
     def dimension(self, name: str) -> Dimension:
         for d in self.search:
@@ -196,7 +225,7 @@ class SweepSpec:
     def fingerprint(self) -> str:
         """What makes two specs the same study: base, search space, objective, sampler, seeds."""
         body = {
-            "base": self.base, "search": [dataclasses.asdict(d) for d in self.search], "objective": self.objective,
+            "base": self.base, "search": [d.identity() for d in self.search], "objective": self.objective,
             "direction": self.direction, "sampler": self.sampler.name, "seeds": self.seeds, "teacher": self.train_first,
         }
         if self.variants:
@@ -212,7 +241,7 @@ class SweepSpec:
             "search": [d.describe() for d in self.search], "params": [d.name for d in self.search],
             "spec": str(self.path) if self.path else None, "project": train.get("project", "trickbox"),
             "tracker": train.get("tracker", "wandb"), "script": self.script,
-            "choices": {d.name: list(d.choices) for d in self.search if d.kind == "categorical" and d.choices},
+            "choices": {d.name: d.bounds() for d in self.search if d.kind == "categorical"},
             "columns": self.columns,
         }
 
@@ -274,7 +303,7 @@ def spec_from_mapping(
                           "instead")
     dims = [_dimension(str(k), v, base, cat, script) for k, v in search_raw.items()]
     if variants:
-        dims.insert(0, Dimension(VARIANT, "categorical", choices=tuple(variants), target=(VARIANT,)))
+        dims.insert(0, Dimension.of(VARIANT, "categorical", Search(choices=tuple(variants)), (VARIANT,)))
     names = [d.name for d in dims]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -285,7 +314,7 @@ def spec_from_mapping(
     pruner = _choice("pruner", raw.get("pruner", "median"), PRUNERS)
     seeds = _seeds(raw.get("seeds"), sampler, names)
     if seeds is not None:
-        dims.append(Dimension("train.seed", "categorical", choices=tuple(seeds), target=("train", "seed")))
+        dims.append(Dimension.of("train.seed", "categorical", Search(choices=tuple(seeds)), ("train", "seed")))
     loose = [d for d in dims if d.kind != "categorical"]
     if sampler.name == "grid" and loose:
         raise ConfigError(f"sampler grid needs choices for every searched parameter; {loose[0].describe()} is a range: "
@@ -433,7 +462,7 @@ def _check_trial_configs(spec: SweepSpec) -> None:
     for d in spec.search:
         if not d.target or d.target[0] == "tricks" or d.name == VARIANT:
             continue
-        for v in (list(d.choices or ()) if d.kind == "categorical" else [d.low, d.high]):
+        for v in d.bounds():
             try:
                 load_config(base=spec.trial_mapping({d.name: int(v) if d.kind == "int" else v}))  # type: ignore[arg-type]
             except ConfigError as exc:
@@ -475,7 +504,7 @@ def _trick_dimension(trick: str, pname: str, value: Any, base: Mapping[str, Any]
         raise ConfigError(f"search key {name}: a {p.type.__name__} parameter cannot be searched")
     kind = "categorical" if p.type in (str, bool) or p.choices is not None else p.type.__name__
     dim = _parse_range(name, value, _declared(p), kind, ("tricks", trick, pname))
-    for v in (list(dim.choices) if dim.choices is not None else [dim.low, dim.high]):  # every bound is a valid value
+    for v in dim.bounds():  # every bound is a valid value
         p.validate(int(v) if dim.kind == "int" else v, f"search {name}")  # type: ignore[arg-type]
     return dim
 
@@ -484,7 +513,7 @@ def _declared(p: Param) -> dict[str, Any] | None:
     s = p.search
     if s is not None:
         return ({"choices": list(s.choices)} if s.choices is not None
-                else {"low": s.low, "high": s.high, "log": s.log, "step": s.step})
+                else {k: v for k, v in dataclasses.asdict(s).items() if k != "choices"})
     if p.choices is not None:
         return {"choices": list(p.choices)}
     return {"choices": [False, True]} if p.type is bool else None
@@ -549,7 +578,7 @@ def _parse_range(name: str, value: Any, declared: dict[str, Any] | None, kind: s
             raise ConfigError(f"search {name}.choices must hold numbers, strings, booleans or null, got {choices!r}")
         if len({json.dumps(c) for c in choices}) != len(choices):
             raise ConfigError(f"search {name}.choices holds a value twice: {choices!r}")
-        return Dimension(name, "categorical", choices=tuple(choices), target=target)
+        return Dimension.of(name, "categorical", Search(choices=tuple(choices)), target)
     if kind == "categorical":
         raise ConfigError(f"search {name} takes choices, not a range; write {name}: {{choices: [...]}}")
     number = int if kind == "int" else float
@@ -562,7 +591,7 @@ def _parse_range(name: str, value: Any, declared: dict[str, Any] | None, kind: s
         raise ConfigError(f"search {name}: log and step cannot be combined; drop one")
     if log and not low > 0:
         raise ConfigError(f"search {name}: a log range needs low > 0, got {low}")
-    return Dimension(name, kind, low=low, high=high, log=log, step=step, target=target)
+    return Dimension.of(name, kind, Search(low, high, log, step), target)
 
 
 # -- the rest of the spec --------------------------------------------------------

@@ -74,7 +74,7 @@ def build_sampler(spec: SweepSpec, worker_index: int, start: int = 0) -> Any:
     opts = dict(spec.sampler.options)
     seed = opts.pop("seed", None)
     if spec.sampler.name == "grid":  # every worker must shuffle the grid the same way: grid ids index it
-        return optuna.samplers.GridSampler({d.name: list(d.choices or ()) for d in spec.search}, seed=seed)
+        return optuna.samplers.GridSampler({d.name: d.bounds() for d in spec.search}, seed=seed)
     if seed is not None:  # workers (and a restarted worker) must not draw the same random points
         seed = derive_seed(int(seed), worker_index, start) % (2**31)
     sampler = getattr(optuna.samplers, SAMPLERS[spec.sampler.name])  # the spec's one table of names
