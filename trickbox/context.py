@@ -91,10 +91,12 @@ class RunContext:
         if accelerator is not None:
             ctx.accelerator, ctx.device, ctx.autocast = accelerator, accelerator.device, accelerator.autocast
             ctx.rank, ctx.world_size = accelerator.process_index, accelerator.num_processes
-            if "log" not in fields:
-                ctx.log = _tracker_log(accelerator)
-            if "log_images" not in fields:
-                ctx.log_images = _tracker_log_images(accelerator)
+            if "log" not in fields or "log_images" not in fields:
+                from .tracking import Tracking
+
+                tracking = Tracking.attached(accelerator)
+                ctx.log = fields.get("log", tracking.log)
+                ctx.log_images = fields.get("log_images", tracking.log_images)
         return ctx
 
     def generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
@@ -104,24 +106,3 @@ class RunContext:
     def rng(self, name: str) -> np.random.Generator:
         """A numpy generator seeded by (seed, name, step, rank)."""
         return numpy_rng(self.seed, name, self.step, self.rank)
-
-
-def _tracker_log(accelerator: Any) -> Callable[..., None]:
-    """Scalars to the accelerator's trackers (a user's loop; trickbox's own loop passes its Tracking)."""
-    def log(values: dict[str, Any], step: int | None = None) -> None:
-        if accelerator.trackers:
-            accelerator.log(values, step=step)
-
-    return log
-
-
-def _tracker_log_images(accelerator: Any) -> Callable[..., None]:
-    def log_images(values: dict[str, Any], step: int | None = None) -> None:
-        if not accelerator.is_main_process:
-            return
-        for tracker in accelerator.trackers:
-            if hasattr(tracker, "log_images"):
-                with contextlib.suppress(Exception):  # images are a nicety; never stop training for them
-                    tracker.log_images({k: [str(p) for p in v] for k, v in values.items()}, step=step)
-
-    return log_images

@@ -83,16 +83,33 @@ def _jsonable(value: Any) -> Any:
 
 
 class Tracking:
-    """One tracked run: W&B (optional) and ``metrics.jsonl`` on the main process."""
+    """One tracked run: W&B (optional) and ``metrics.jsonl`` on the main process.
 
-    def __init__(self, accelerator: Any, run_dir: Path, *, use_wandb: bool) -> None:
+    The one adapter between trickbox and the Accelerator's trackers: trickbox's loop starts one with :meth:`start`;
+    a user's own loop gets one from :meth:`attached` (through ``RunContext.from_accelerator``). Either way a failing
+    tracker is one line and training goes on."""
+
+    def __init__(self, accelerator: Any, run_dir: Path | None, *, use_wandb: bool) -> None:
         self.accelerator = accelerator
         self.run_dir = run_dir
         self.use_wandb = use_wandb and accelerator.is_main_process
         self.wandb_ok = False
+        self.follows = False
         self.main = accelerator.is_main_process
         self._jsonl = None
         self.wandb_dir: str | None = None
+
+    @classmethod
+    def attached(cls, accelerator: Any) -> Tracking:
+        """The trackers a user's loop already started on ``accelerator`` (``init_trackers``); no metrics.jsonl."""
+        tracking = cls(accelerator, None, use_wandb=False)
+        tracking.follows = True  # the user may start their trackers after building the context
+        return tracking
+
+    @property
+    def on(self) -> bool:
+        """Whether values go to the Accelerator's trackers now."""
+        return self.wandb_ok or (self.follows and bool(self.accelerator.trackers))
 
     def start(self, config: dict[str, Any], *, project: str, name: str, group: str | None = None,
               job_type: str | None = None, tags: Iterable[str] = (), init_timeout: float | None = None,
@@ -149,23 +166,24 @@ class Tracking:
                 self._jsonl.write(json.dumps(row) + "\n")
             except OSError:
                 pass
-        if self.wandb_ok:
+        if self.on:
             try:
                 self.accelerator.log(values, step=step)
             except Exception as exc:
                 self._disable(f"W&B logging failed ({type(exc).__name__}: {exc})")
 
     def log_images(self, values: dict[str, list[Any]], step: int | None = None) -> None:
-        if not (self.main and self.wandb_ok):
+        if not (self.main and self.on):
             return
         try:
-            tracker = self.accelerator.get_tracker("wandb")
-            tracker.log_images({k: [str(v) for v in vs] for k, vs in values.items()}, step=step)
+            for tracker in self.accelerator.trackers:
+                if hasattr(tracker, "log_images"):
+                    tracker.log_images({k: [str(v) for v in vs] for k, vs in values.items()}, step=step)
         except Exception as exc:
             self._disable(f"W&B image logging failed ({type(exc).__name__}: {exc})")
 
     def summary(self, values: dict[str, Any]) -> None:
-        if not self.main:
+        if not self.main or self.run_dir is None:
             return
         (self.run_dir / "summary.json").write_text(json.dumps({k: _jsonable(v) for k, v in values.items()}, indent=2))
         if self.wandb_ok:

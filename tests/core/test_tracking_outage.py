@@ -128,3 +128,55 @@ def test_init_timeout_comes_from_the_environment(monkeypatch, capsys):
     assert wandb_init_timeout() == 60.0
     assert "ignoring TRICKBOX_WANDB_INIT_TIMEOUT='soon'" in capsys.readouterr().err
 
+
+
+class _Tracker:
+    """A tracker of a user's own loop (what ``accelerator.init_trackers`` leaves in ``accelerator.trackers``)."""
+
+    name = "fake"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.images = fail, []
+
+    def log_images(self, values, step=None):
+        if self.fail:
+            raise ConnectionError("tracker down")
+        self.images.append((values, step))
+
+
+class _Accelerator:
+    is_main_process, process_index, num_processes, device = True, 0, 1, "cpu"
+
+    def __init__(self, tracker) -> None:
+        self.trackers, self.logged = [tracker], []
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def log(self, values, step=None):
+        if self.trackers[0].fail:
+            raise ConnectionError("tracker down")
+        self.logged.append((values, step))
+
+
+def test_a_users_loop_logs_through_the_same_adapter_and_an_outage_is_one_line(capsys):
+    """``RunContext.from_accelerator`` logs through :class:`trickbox.tracking.Tracking` (no second adapter): scalars
+    and images reach the user's trackers; a failing tracker is switched off with one line and training goes on."""
+    from trickbox.context import RunContext
+
+    ok = _Accelerator(_Tracker())
+    tracker, ok.trackers = ok.trackers[0], []
+    ctx = RunContext.from_accelerator(ok, num_classes=2, epochs=1, steps_per_epoch=1, base_lr=0.1)
+    ctx.log({"loss": 9.0}, step=0)  # no tracker yet: nothing to log to
+    ok.trackers = [tracker]  # the user's init_trackers, after the tricks' setup
+    ctx.log({"loss": 1.5}, step=3)
+    ctx.log_images({"lr_curve": [Path("lr.png")]}, step=0)
+    assert ok.logged == [({"loss": 1.5}, 3)] and ok.trackers[0].images == [({"lr_curve": ["lr.png"]}, 0)]
+
+    down = _Accelerator(_Tracker(fail=True))
+    ctx = RunContext.from_accelerator(down, num_classes=2, epochs=1, steps_per_epoch=1, base_lr=0.1)
+    ctx.log({"loss": 1.5}, step=3)  # does not raise
+    ctx.log_images({"lr_curve": [Path("lr.png")]}, step=0)
+    assert down.trackers == [] and one_line(capsys.readouterr().err).startswith("trickbox: W&B logging failed")
