@@ -14,7 +14,7 @@ def test_list_into_a_pipe_that_closes_early_has_no_traceback():
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
 
 
-def test_list_says_when_plugins_were_not_loaded():
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "list"], capture_output=True, text=True, timeout=60,
-                          env=subprocess_env(TRICKBOX_DISABLE_PLUGIN_AUTOLOAD="1"))
+def test_list_says_when_plugins_were_not_loaded(cli, monkeypatch):
+    monkeypatch.setenv("TRICKBOX_DISABLE_PLUGIN_AUTOLOAD", "1")
+    proc = cli("list")
     assert proc.returncode == 0 and "installed plugins not loaded (cutmix)" in proc.stdout

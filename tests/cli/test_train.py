@@ -36,24 +36,19 @@ def test_config_yaml_and_the_wandb_config_hold_every_trick_parameter_and_the_pre
     assert run.series("train/loss") and run.series("train/images_per_s")
 
 
-def test_print_config_shows_every_parameter_and_trains_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "train", "--print-config", "tricks.mixup.alpha=0.4"],
-                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+def test_print_config_shows_every_parameter_and_trains_nothing(tmp_path, cli):
+    proc = cli("train", "--print-config", "tricks.mixup.alpha=0.4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert printed["tricks"]["mixup"]["alpha"] == 0.4
     assert set(printed["tricks"]["mixup"]) == {p.name for p in discover().tricks["mixup"].cls.params}
     assert not (tmp_path / "runs").exists()
-    helped = subprocess.run([sys.executable, "-m", "trickbox", "train", "--help"], env=subprocess_env(),
-                            capture_output=True, text=True, timeout=60)
+    helped = cli("train", "--help")
     assert "--print-config" in helped.stdout
 
 
-def test_overrides_on_either_side_of_flags(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "train", "train.epochs=1", "--tracker", "none",
-                           "train.seed=1",
-                           "--print-config"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
+def test_overrides_on_either_side_of_flags(tmp_path, cli):
+    proc = cli("train", "train.epochs=1", "--tracker", "none", "train.seed=1", "--print-config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert printed["train"]["epochs"] == 1 and printed["train"]["seed"] == 1 and printed["train"]["tracker"] == "none"

@@ -1,17 +1,12 @@
 """The plugin core and the config: discovery, validation, ordering, one-line errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import trickbox
 from trickbox.config import load_config, parse_override
 from trickbox.registry import discover, hook_problems
 from trickbox.trick import ConfigError, Param, Trick, hookimpl
-
-from ..conftest import REPO, subprocess_env
 
 
 def test_builtins_come_from_entry_points():
@@ -134,12 +129,6 @@ def test_config_layers_and_errors(tmp_path):
         load_config([evil])
 
 
-def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          env=subprocess_env(WANDB_MODE="disabled"),
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -151,8 +140,8 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
         (["--config", "missing.yaml"], "does not exist"),
     ],
 )
-def test_cli_bad_config_exits_2_with_one_line(tmp_path, args, fragment):
-    res = _cli(*args, cwd=tmp_path)
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, args, fragment, cli):
+    res = cli("train", *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and fragment in lines[0], res.stderr
@@ -160,9 +149,8 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
 
 
-def test_cli_list_shows_tricks_and_params(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "trickbox", "list"], cwd=tmp_path, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=60)
+def test_cli_list_shows_tricks_and_params(tmp_path, cli):
+    res = cli("list", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "mixup  (trickbox" in res.stdout and "alpha: float = 0.2" in res.stdout
     assert "search [0.05, 4] log" in res.stdout

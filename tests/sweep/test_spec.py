@@ -188,9 +188,8 @@ def test_restart_aware_report_epochs():
     (["--workers", "0"], "--workers must be a positive integer or auto"),
     (["--launch", "accelerate launch"], "give --script PATH too"),
 ])
-def test_cli_errors_exit_2_with_one_line(tmp_path, args, needle):
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(SMOKE), "--out-dir", str(tmp_path), *args],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+def test_cli_errors_exit_2_with_one_line(tmp_path, args, needle, cli):
+    proc = cli("sweep", str(SMOKE), "--out-dir", str(tmp_path), *args)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -206,14 +205,13 @@ BAD_SPECS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_SPECS))
-def test_cli_rejects_bad_spec_files(tmp_path, case):
+def test_cli_rejects_bad_spec_files(tmp_path, case, cli):
     body, needle = BAD_SPECS[case]
     raw = yaml.safe_load(SMOKE.read_text())
     raw.update(yaml.safe_load(body))
     spec = tmp_path / "bad.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "trickbox", "sweep", str(spec)], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=120, cwd=tmp_path)
+    proc = cli("sweep", str(spec), cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "sweeps_out").exists()  # nothing ran
 
