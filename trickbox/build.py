@@ -8,6 +8,7 @@ import torch
 
 from .checkpoint import load_weights, read_card
 from .config import ModelConfig, OptimConfig
+from .pretrained import LoadReport
 from .scalars import Limits, check_scalar
 from .trick import ConfigError, did_you_mean
 
@@ -22,38 +23,103 @@ def create_model(
     pretrained_file: str | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """``timm.create_model`` with trickbox's CIFAR models registered.
+    """``timm.create_model`` with trickbox's CIFAR models registered (:func:`create_model_reported` says more)."""
+    return create_model_reported(name, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                 pretrained=pretrained, pretrained_file=pretrained_file, **kwargs)[0]
 
-    ``pretrained`` loads timm's weights through timm (offline: the Hugging Face cache); ``pretrained_file`` loads a
-    file instead, through ``pretrained_cfg_overlay=dict(file=…)``. timm resets the classifier when ``num_classes``
-    differs from the weights' and adapts the stem when ``in_chans`` does. Missing weights raise :class:`ConfigError`.
+
+def create_model_reported(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    strict: bool = True,
+    prefix: str | None = None,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, LoadReport | None]:
+    """The model, and what was loaded into it (``None``: trained from scratch).
+
+    ``pretrained`` loads timm's weights through timm (offline: the Hugging Face cache); timm resets the classifier
+    when ``num_classes`` differs from the weights' and adapts the stem when ``in_chans`` does. ``pretrained_file``
+    is read by :func:`trickbox.pretrained.load_pretrained`: strict, with the same resets. Missing or unfitting
+    weights raise :class:`ConfigError`.
     """
     import timm
+
+    from .pretrained import LoadReport, classifier_keys, load_pretrained
 
     _check_known(name)
     if pretrained or pretrained_file:
         pretrained_source(name, pretrained_file)  # one line naming where it looked, before timm tries
-        kwargs = ({**kwargs, "pretrained_cfg_overlay": _file_overlay(name, pretrained_file)} if pretrained_file
-                  else kwargs)
     try:
-        return timm.create_model(name, pretrained=bool(pretrained or pretrained_file), num_classes=num_classes,
-                                 in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+        model = timm.create_model(name, pretrained=bool(pretrained and not pretrained_file), num_classes=num_classes,
+                                  in_chans=in_chans, drop_rate=drop_rate, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r} rejected its arguments: {exc}; check model.kwargs") from None
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        if not (pretrained or pretrained_file):
+        if not pretrained:
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        where = f"model.pretrained_file={pretrained_file!r}" if pretrained_file else f"timm's weights for {name!r}"
-        raise ConfigError(f"cannot load {where} into model {name!r} ({num_classes} classes, {in_chans} channels): "
-                          f"{first}; give weights of this architecture with model.pretrained_file=PATH") from None
+        raise ConfigError(f"cannot load timm's weights for {name!r} into model {name!r} ({num_classes} classes, "
+                          f"{in_chans} channels): {first}; give weights of this architecture with "
+                          "model.pretrained_file=PATH") from None
+    if pretrained_file:
+        return model, load_pretrained(model, str(Path(pretrained_file).expanduser()), name=name, strict=strict,
+                                      prefix=prefix)
+    if not pretrained:
+        return model, None
+    file_classes = int((model.pretrained_cfg or {}).get("num_classes") or 0)
+    reset = file_classes != num_classes
+    loaded = len(model.state_dict()) - (len(classifier_keys(model)) if reset else 0)
+    return model, LoadReport(source=f"timm's weights for {name!r}", loaded=loaded,
+                             classifier=(file_classes, num_classes) if reset else None)
 
 
-def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int) -> torch.nn.Module:
-    """The run's model: ``model.name`` with ``model.kwargs``, from scratch or from pretrained weights."""
+def model_from_config(cfg: ModelConfig, *, num_classes: int, in_chans: int,
+                      image_size: int | None = None) -> tuple[torch.nn.Module, LoadReport | None]:
+    """The run's model: ``model.name`` with ``model.kwargs``, from scratch or from pretrained weights, and what was
+    loaded into it. A model that takes ``img_size`` (ViT, DeiT, Swin …) is built for ``image_size``."""
     check_model_config(cfg)
-    return create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate,
-                        pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, **cfg.kwargs)
+    kwargs = model_kwargs(cfg, image_size)
+    fixed = _fixed_size(cfg.name) if "img_size" in kwargs and "img_size" not in cfg.kwargs else None
+    try:
+        model, report = create_model_reported(
+            cfg.name, num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate, pretrained=cfg.pretrained,
+            pretrained_file=cfg.pretrained_file, strict=cfg.pretrained_strict, prefix=cfg.pretrained_prefix, **kwargs)
+    except ConfigError as exc:
+        if cfg.drop_path_rate and "drop_path_rate" in str(exc):
+            raise ConfigError(f"model {cfg.name!r} has no stochastic depth to set (model.drop_path_rate="
+                              f"{cfg.drop_path_rate:g}); drop model.drop_path_rate") from None
+        if fixed and "img_size" in kwargs and "img_size" in str(exc):
+            raise ConfigError(f"model {cfg.name!r} takes {fixed[0]}x{fixed[1]} inputs only and cannot be built for "
+                              f"data.image_size={image_size}; set data.image_size={fixed[0]}") from None
+        raise
+    return model, report
+
+
+def model_kwargs(cfg: ModelConfig, image_size: int | None = None) -> dict[str, Any]:
+    """``model.kwargs`` plus what the config implies: ``drop_path_rate``, and ``img_size`` for a model built for a
+    fixed input size other than ``image_size`` (the model card keeps them, so a saved run rebuilds the same way)."""
+    kwargs = dict(cfg.kwargs)
+    if cfg.drop_path_rate:
+        kwargs.setdefault("drop_path_rate", cfg.drop_path_rate)
+    fixed = _fixed_size(cfg.name) if image_size is not None and "img_size" not in kwargs else None
+    if fixed and fixed != (image_size, image_size):
+        kwargs["img_size"] = image_size
+    return kwargs
+
+
+def _fixed_size(name: str) -> tuple[int, int] | None:
+    """The input size timm's model ``name`` is built for, when it is fixed (ViT, DeiT, Swin …: ``img_size``)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    if cfg is None or not getattr(cfg, "fixed_input_size", False) or not cfg.input_size:
+        return None
+    return int(cfg.input_size[-2]), int(cfg.input_size[-1])
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -182,39 +248,8 @@ def _torch_hub_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def _file_overlay(name: str, pretrained_file: str) -> dict[str, Any]:
-    """``pretrained_cfg_overlay`` for a weights file: its path, and, read from a safetensors header, the classes and
-    input channels it holds, so that timm keeps a matching head and adapts only what differs."""
-    from timm.models import get_pretrained_cfg
-
-    overlay: dict[str, Any] = {"file": str(Path(pretrained_file).expanduser())}
-    cfg = get_pretrained_cfg(name, allow_unregistered=False)
-    if cfg is None or not pretrained_file.endswith(".safetensors"):
-        return overlay
-    shapes = _safetensors_shapes(Path(pretrained_file).expanduser())
-    classifier = cfg.classifier if isinstance(cfg.classifier, str) else None
-    head = shapes.get(f"{classifier}.weight") if classifier else None
-    if head:
-        overlay["num_classes"] = int(head[0])
-    conv = shapes.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
-    if conv and len(conv) == 4 and cfg.input_size:
-        overlay["input_size"] = (int(conv[1]), *tuple(cfg.input_size)[1:])
-    return overlay
-
-
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a safetensors header (nothing else is read); empty when the file is not one."""
-    from .checkpoint import safetensors_header
-
-    try:
-        header = safetensors_header(path)[0]
-    except OSError:
-        return {}
-    return {k: list(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
-
-
 def model_card(cfg: ModelConfig, *, num_classes: int, in_chans: int, **extra: Any) -> dict[str, Any]:
-    """What ``load_trained`` needs to rebuild this model."""
+    """What ``load_trained`` needs to rebuild this model (``kwargs=`` in ``extra``: those it was built with)."""
     return {"name": cfg.name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(cfg.kwargs), **extra}
 
 

@@ -84,8 +84,18 @@ def weights_file_problem(path: Path) -> str | None:
     return problem
 
 
+CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
+"""Where training scripts keep the weights inside a checkpoint dict (timm's and torchvision's ``train.py``, and their
+EMA copies), in the order they are looked for: the trained weights before the averaged ones."""
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file, or from a pickle that ``weights_only`` accepts."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A state dict and the :data:`CONTAINERS` key it was found under (``None``: the file is the state dict)."""
     p = Path(path)
     problem = weights_file_problem(p)
     if problem:
@@ -95,7 +105,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(p))
+            return load_file(str(p)), None
         except (SafetensorError, OSError, ValueError) as exc:
             raise ConfigError(f"weights file {str(p)!r} is unreadable: {exc}") from None
     try:
@@ -105,11 +115,19 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"refusing to load {str(p)!r}: not a plain weights file ({reason[:160]}); save weights with safetensors"
         ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"weights file {str(p)!r} does not hold a state dict of tensors")
-    return state
+    container = None
+    if isinstance(state, dict) and not _all_tensors(state):
+        container = next((k for k in CONTAINERS if isinstance(state.get(k), dict) and _all_tensors(state[k])), None)
+        state = state[container] if container else state
+    if not isinstance(state, dict) or not state or not _all_tensors(state):
+        keys = ", ".join(repr(k) for k in list(state)[:6]) if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"weights file {str(p)!r} does not hold a state dict of tensors (top level: {keys}); "
+                          f"trickbox looks under {', '.join(CONTAINERS)}")
+    return state, container
+
+
+def _all_tensors(state: dict[Any, Any]) -> bool:
+    return bool(state) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
 def save_model(model: torch.nn.Module, directory: Path, card: dict[str, Any]) -> Path:

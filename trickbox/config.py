@@ -30,6 +30,10 @@ class ModelConfig:
     name: str = "cifar_resnet8"
     """Any timm model name, or one of trickbox's CIFAR models (``trickbox list --models``)."""
     drop_rate: float = bounded(0.0, low=0, high=1, high_open=True)
+    """Dropout before the classifier (timm's ``--drop``)."""
+    drop_path_rate: float = bounded(0.0, low=0, high=1, high_open=True)
+    """Stochastic depth (timm's ``--drop-path``): the rate at the deepest block; 0: off. A model without stochastic
+    depth refuses a nonzero rate in one line."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``timm.create_model`` (not ``pretrained``: use ``model.pretrained``)."""
     pretrained: bool = False
@@ -37,8 +41,15 @@ class ModelConfig:
     classifier reset to the data's classes and the stem adapted to its channels."""
     pretrained_file: str | None = None
     """Start from the weights in this file instead (``.safetensors``, or a ``.pth`` that
-    ``torch.load(weights_only=True)`` reads; a trickbox run's ``model.safetensors`` too), loaded by timm through
-    ``pretrained_cfg_overlay=dict(file=…)``. Implies ``pretrained``."""
+    ``torch.load(weights_only=True)`` reads; a trickbox run's ``model.safetensors`` too; inside a checkpoint dict
+    under ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``; ``module.`` and ``_orig_mod.`` stripped).
+    Every key must fit (the classifier is reset for other classes, the stem adapted for other channels); one line
+    says what was loaded. Implies ``pretrained``."""
+    pretrained_strict: bool = True
+    """False: load the tensors of ``pretrained_file`` that fit, with a warning naming the rest (timm's
+    ``strict=False``)."""
+    pretrained_prefix: str | None = None
+    """Load only the keys under this prefix of ``pretrained_file``, stripped (e.g. ``backbone.``)."""
     channels_last: bool | None = None
     """Channels-last memory format; None: the device profile's (on for CUDA, off for the CPU:
     :mod:`trickbox.device_defaults`)."""

@@ -108,6 +108,10 @@ class Run:
     status: str = "failed"
     tracking: Any = None
     data: Any = None
+    image_size: int | None = None
+    """The training images' side (the model is built for it where timm's model has a fixed input size)."""
+    pretrained: dict[str, Any] | None = None
+    """What a fine-tune loaded (:class:`trickbox.pretrained.LoadReport`), for the model card and W&B."""
     progress: Any = None
     lock: Any = None
     """The open lock file that holds the run directory (rank 0), released when the run ends."""
@@ -377,7 +381,15 @@ def build_model(run: Run, data: Any) -> tuple[torch.nn.Module, Any]:
 
     cfg, acc, tc = run.cfg, run.accelerator, run.cfg.train
     seed_global(acc.device, tc.seed, "init")
-    model = model_from_config(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+    native = data.arrays.train_x.shape[-1] if data.arrays is not None else None
+    run.image_size = data.config.image_size or native
+    model, loaded = model_from_config(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                                      image_size=run.image_size)
+    if loaded is not None:
+        run.pretrained = loaded.as_dict()
+        if run.main:
+            print(f"trickbox: {loaded.line()}", file=sys.stderr)
+        run.tracking.config_update({"pretrained_load": run.pretrained})
     if run.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(acc.device)
@@ -566,13 +578,15 @@ def finish(run: Run, model: torch.nn.Module, data: Any) -> TrainResult:
 
 def save_final_model(run: Run, model: torch.nn.Module, data: Any) -> None:
     """``model.safetensors`` and ``model.json`` (rank 0), never with a non-finite value."""
-    from .build import model_card
+    from .build import model_card, model_kwargs
     from .run_dir import writing
 
     check_finite(run, model, "final save of model.safetensors")
     if run.main:
         card = model_card(run.cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, classes=data.classes,
-                          mean=list(data.mean), std=list(data.std), data=run.cfg.data.name)
+                          mean=list(data.mean), std=list(data.std), data=run.cfg.data.name,
+                          kwargs=model_kwargs(run.cfg.model, run.image_size),
+                          **({"pretrained_load": run.pretrained} if run.pretrained else {}))
         with writing(run.run_dir / "model.safetensors", "the last epoch's checkpoint is intact: free space and run "
                                                         f"again with --resume train.run_name={run.run_dir.name}"):
             save_model(bare(run.accelerator, model), run.run_dir, card)

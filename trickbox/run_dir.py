@@ -87,11 +87,21 @@ def _flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), value
 
 
+def _defaults() -> dict[str, Any]:
+    """The fingerprint keys of the config sections at their defaults (model, optim, data)."""
+    from .config import RunConfig
+
+    cfg = RunConfig()
+    return dict(_flat({"model": vars(cfg.model), "optim": vars(cfg.optim)}))
+
+
 def check_resume(saved: dict[str, Any] | None, now: dict[str, Any], allowed: list[str], where: Path) -> list[str]:
     """The allowed changes (``key: old → new``); raise :class:`ConfigError` naming the others."""
     if not saved:
         return []  # a checkpoint from before fingerprints
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    new_keys = _defaults()  # a key added to trickbox after the checkpoint was written, at its default, is no change
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                     and not (k not in saved and k in new_keys and new_keys[k] == now.get(k)))
     ok = [k for k in changed if any(k == a or k.startswith(a + ".") for a in allowed)]
     refused = [k for k in changed if k not in ok]
     if refused:

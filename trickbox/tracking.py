@@ -182,6 +182,15 @@ class Tracking:
         except Exception as exc:
             self._disable(f"W&B image logging failed ({type(exc).__name__}: {exc})")
 
+    def config_update(self, values: dict[str, Any]) -> None:
+        """Add ``values`` to the W&B run's config (what a fine-tune loaded, known once the model is built)."""
+        if not (self.main and self.wandb_ok):
+            return
+        try:
+            self.accelerator.get_tracker("wandb", unwrap=True).config.update(values, allow_val_change=True)
+        except Exception as exc:
+            self._disable(f"W&B config update failed ({type(exc).__name__}: {exc})")
+
     def summary(self, values: dict[str, Any]) -> None:
         if not self.main or self.run_dir is None:
             return

@@ -120,7 +120,7 @@ def _from_checkpoint(cfg: Any, path: Path, *, num_classes: int, in_chans: int) -
     ckpt = verify(path)
     if ckpt is None:
         raise ConfigError(f"checkpoint {str(path)!r} is incomplete or corrupt; pick another step")
-    model = model_from_config(cfg.model, num_classes=num_classes, in_chans=in_chans)
+    model = model_from_config(cfg.model, num_classes=num_classes, in_chans=in_chans)[0]
     state, _ = load_checkpoint(ckpt)
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved from a torch.compile'd model
     try:
