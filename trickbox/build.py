@@ -278,22 +278,31 @@ def load_trained(source: str, checkpoint: str | None = None, *, num_classes: int
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, fused: bool | None = None) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over :func:`param_groups`; fused kernels unless ``fused`` is false (a run passes
-    its resolved :class:`~trickbox.device_defaults.DeviceDefaults`; None: ``optim.fused``, else on).
+    """The optimizer over :func:`param_groups`: torch's SGD (Nesterov) or AdamW with fused kernels unless ``fused``
+    is false (a run passes its resolved :class:`~trickbox.device_defaults.DeviceDefaults`; None: ``optim.fused``,
+    else on), or any other optimizer ``timm.optim.create_optimizer_v2`` knows, over the same groups.
 
     Every parameter decays by ``optim.weight_decay``, as in plain PyTorch; the ``no_bias_decay`` trick exempts
     biases and normalisation parameters.
     """
     groups = param_groups(model, cfg)
     fused = fused if fused is not None else cfg.fused is not False
+    extra = {k: v for k, v in (("betas", tuple(cfg.betas) if cfg.betas else None), ("eps", cfg.eps)) if v is not None}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, fused=fused or None)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None, **extra)
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               **extra)
 
 
 def check_optim_config(cfg: OptimConfig) -> None:
-    """``optim.lr_mult``: glob → multiplier >= 0 (``optim.layer_decay`` is checked with the other bounded keys)."""
+    """``optim.name`` (torch's or timm's), ``optim.betas``/``optim.eps`` where that optimizer has them, and
+    ``optim.lr_mult``: glob → multiplier >= 0 (``optim.layer_decay`` is checked with the other bounded keys)."""
+    _check_optimizer(cfg)
     if not isinstance(cfg.lr_mult, dict):
         raise ConfigError(f"optim.lr_mult must map parameter-name globs to multipliers, got {cfg.lr_mult!r}; "
                           "e.g. optim.lr_mult='{fc.*: 10}'")
@@ -303,6 +312,30 @@ def check_optim_config(cfg: OptimConfig) -> None:
             raise ConfigError(f"{where} must be a number, got {mult!r}; write the glob whole: "
                               f"optim.lr_mult='{{{pattern}.*: 10}}'")
         check_scalar(where, mult, float, Limits(low=0))
+
+
+def _check_optimizer(cfg: OptimConfig) -> None:
+    import timm.optim
+
+    known = timm.optim.list_optimizers()
+    if cfg.name not in ("sgd", "adamw") and cfg.name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(cfg.name, ["sgd", "adamw", *known], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown optimizer optim.name={cfg.name!r}{hint} (valid: sgd, adamw, or any of timm's "
+                          f"{len(known)}: python -c 'import timm.optim; print(timm.optim.list_optimizers())')")
+    info = timm.optim.get_optimizer_info(cfg.name)
+    if cfg.betas is not None:
+        wanted = info.num_betas if info.has_betas else 0
+        if not wanted:
+            raise ConfigError(f"optim.betas={cfg.betas!r}: optimizer {cfg.name!r} has no betas; drop optim.betas")
+        if (not isinstance(cfg.betas, list) or len(cfg.betas) != wanted
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in cfg.betas)):
+            raise ConfigError(f"optim.betas must be {wanted} numbers in [0, 1) for optimizer {cfg.name!r}, got "
+                              f"{cfg.betas!r}; e.g. optim.betas=[{', '.join(['0.9', '0.999', '0.99'][:wanted])}]")
+    if cfg.eps is not None and not info.has_eps:
+        raise ConfigError(f"optim.eps={cfg.eps!r}: optimizer {cfg.name!r} has no eps; drop optim.eps")
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:

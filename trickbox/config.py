@@ -63,9 +63,17 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = bounded("sgd", choices=("sgd", "adamw"))
+    name: str = "sgd"
+    """``sgd`` (Nesterov, or plain with ``nesterov: false``) and ``adamw`` are torch's, with fused kernels; any other
+    name is an optimizer of ``timm.optim.create_optimizer_v2`` (lamb, lars, lion, adan, adopt, nadamw, …: ``python
+    -c "import timm.optim; print(timm.optim.list_optimizers())"``)."""
     lr: float = bounded(0.1, low=0, low_open=True)
     momentum: float = bounded(0.9, low=0, high=1, high_open=True)
+    """For the optimizers that have one (SGD, LARS, RMSprop …)."""
+    betas: list[float] | None = None
+    """For the optimizers that have them (Adam-like, LAMB, Lion: 2; Adan: 3); None: the optimizer's defaults."""
+    eps: float | None = bounded(None, low=0, low_open=True)
+    """For the optimizers that have one; None: the optimizer's default."""
     weight_decay: float = bounded(5e-4, low=0)
     nesterov: bool = True
     lr_mult: dict[str, float] = field(default_factory=dict)
