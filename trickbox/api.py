@@ -96,7 +96,7 @@ class TrickSet:
         self.ctx, self.log_every = ctx, log_every
         self.pm.hook.trickbox_setup(ctx=ctx)
         model, new_optimizer = configure(self.pm, model, optimizer, accelerator, ctx)
-        self.rate = LearningRate(self.pm.hook.trickbox_lr_schedule(ctx=ctx), ctx.base_lr)  # base_lr after the hooks
+        self.rate = LearningRate.for_run(self.pm.hook.trickbox_lr_schedule(ctx=ctx), ctx)  # base_lr after the hooks
         self.attach(new_optimizer, step=self._pending_step)
         return model, new_optimizer
 

@@ -46,6 +46,12 @@ class RunContext:
     std: tuple[float, ...] = ()
     run_dir: Path | None = None
     step: int = 0
+    warmup_steps: int = 0
+    """Optimizer steps the ``warmup`` trick runs before the schedule starts (``prefix``); a schedule trick spans
+    ``total_steps - warmup_steps`` by default."""
+    draw_lr: bool = True
+    """Whether the loop draws the schedule's LR curve (``lr_curve.png``, W&B ``lr_curve``) before training; a
+    trick's setup may switch it off (``tricks.sgdr.plot=false``)."""
     train_data: Any = None
     """The training set (``trickbox.data.DatasetArrays``) when the loop has one; ``None`` in a user's loop."""
     train_loader: Any = None

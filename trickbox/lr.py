@@ -7,6 +7,7 @@ decay). Without a schedule trick the driver leaves the rate alone: a user's own 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -17,6 +18,18 @@ class LearningRate:
     def __init__(self, schedule: Callable[[int], float] | None, base_lr: float) -> None:
         self.schedule, self.base_lr = schedule, base_lr
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def for_run(cls, schedule: Callable[[int], float] | None, ctx: Any) -> LearningRate:
+        """The driver of ``schedule`` (what ``trickbox_lr_schedule`` returned), its curve drawn before training: the
+        schedule as composed (a ``warmup`` around any schedule trick), into ``lr_curve.png`` and the trackers."""
+        rate = cls(schedule, ctx.base_lr)
+        if schedule is not None and ctx.draw_lr and ctx.is_main and ctx.run_dir is not None:
+            from .plots import plot_lr_curve
+
+            path = plot_lr_curve(schedule, ctx.total_steps, ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
+            ctx.log_images({"lr_curve": [path]}, step=0)
+        return rate
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive ``optimizer``: each group remembers its ratio to the base rate once."""

@@ -324,7 +324,44 @@ def check_cutmix(tmp_path: Path) -> None:
         assert torch.equal(s.batch.x, s.x) and torch.equal(s.batch.y, one_hot(s.labels))
 
 
+def _groups_follow(tricks_cfg: dict, expected: Callable[[int], float], steps: int = 12) -> None:
+    """Every step's LR is ``expected(step)`` in the base group and half of it in the head's group."""
+    model = tiny_model()
+    head = list(model.get_classifier().parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    tricks, model, optimizer = build(tricks_cfg, model, groups=[{"params": body}, {"params": head, "lr": LR / 2}],
+                                     epochs=3, steps_per_epoch=4)
+    used = [s.lrs for s in train(tricks, model, optimizer, steps=steps)]
+    assert [lr for lr, _ in used] == pytest.approx([expected(s) for s in range(steps)], abs=1e-12)
+    assert [half for _, half in used] == pytest.approx([expected(s) / 2 for s in range(steps)], abs=1e-12)
+
+
+def check_step_lr(tmp_path: Path) -> None:
+    """Halved every epoch (4 steps), written out by hand."""
+    _groups_follow({"step_lr": {"decay_epochs": 1, "decay_rate": 0.5}}, lambda s: LR * 0.5 ** (s // 4))
+
+
+def check_multistep_lr(tmp_path: Path) -> None:
+    """×0.1 from one step before each milestone (epochs 1 and 2: steps 4 and 8), timm's convention."""
+    _groups_follow({"multistep_lr": {"milestones": [1, 2], "decay_rate": 0.1}},
+                   lambda s: LR * 0.1 ** ((s + 1 >= 4) + (s + 1 >= 8)))
+
+
+def check_poly_lr(tmp_path: Path) -> None:
+    """``LR·(1 − s/12)²`` over the 12 steps."""
+    _groups_follow({"poly_lr": {"power": 2.0}}, lambda s: LR * (1 - s / 12) ** 2)
+
+
+def check_warmup(tmp_path: Path) -> None:
+    """Linear from 0 over the first epoch (4 steps), then the base rate."""
+    _groups_follow({"warmup": {"epochs": 1}}, lambda s: LR * min(s / 4, 1.0))
+
+
 EFFECTS: dict[str, Callable[[Path], None]] = {
+    "step_lr": check_step_lr,
+    "multistep_lr": check_multistep_lr,
+    "poly_lr": check_poly_lr,
+    "warmup": check_warmup,
     "sgdr": check_sgdr,
     "label_smoothing": check_label_smoothing,
     "mixup": check_mixup,

@@ -1,13 +1,14 @@
 """Pure tensor functions behind the tricks: no trickbox state, only torch / numpy / math.
 
-One topic per module: :mod:`.schedule` (SGDR), :mod:`.targets` (one-hot, label
-smoothing, soft cross-entropy), :mod:`.distillation`, :mod:`.mixup` (mixup and
+One topic per module: :mod:`.schedule` (SGDR), :mod:`.decay` (step, multistep, poly, warmup),
+:mod:`.targets` (one-hot, label smoothing, soft cross-entropy), :mod:`.distillation`, :mod:`.mixup` (mixup and
 its ablation variants), :mod:`.noise`, :mod:`.stages` (timm feature stages),
 :mod:`.ema` (model EMA), :mod:`.init` (zero-γ) and :mod:`.optim` (linear
 scaling, no bias decay).
 """
 from __future__ import annotations
 
+from .decay import multistep_lr, poly_lr, step_lr, warmup_lr
 from .distillation import distillation_kl, distillation_loss, distillation_objective
 from .ema import ema_decay, ema_update_
 from .init import zero_init_residuals_
@@ -32,6 +33,10 @@ __all__ = [
     "sgdr_lr",
     "sgdr_restarts",
     "lr_curve",
+    "step_lr",
+    "multistep_lr",
+    "poly_lr",
+    "warmup_lr",
     "one_hot",
     "smooth_targets",
     "soft_cross_entropy",

@@ -40,7 +40,7 @@ class SGDR(Trick):
               "default instead replaces the cycle's first steps)", low=0),
         Param("warmup_start_lr", float, 0.0, "learning rate at the start of warmup", low=0),
         Param("cycle_decay", float, 1.0, "eta_max is multiplied by this at each restart", low=0, low_open=True, high=1),
-        Param("plot", bool, True, "draw the LR curve before training starts"),
+        Param("plot", bool, True, "draw the LR curve before training starts (false: no lr_curve.png)"),
     )
 
     def period(self, epochs: int) -> float:
@@ -74,10 +74,4 @@ class SGDR(Trick):
 
     @hookimpl
     def trickbox_setup(self, ctx: RunContext) -> None:
-        if not (self.plot and ctx.is_main and ctx.run_dir is not None):
-            return
-        from ..plots import plot_lr_curve
-
-        lr = self.schedule(ctx)
-        path = plot_lr_curve(lr, ctx.total_steps, ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
-        ctx.log_images({"lr_curve": [path]}, step=0)
+        ctx.draw_lr = ctx.draw_lr and self.plot  # the loop draws the curve, with any warmup trick around it
