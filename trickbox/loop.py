@@ -345,7 +345,8 @@ def resolved_config(cfg: RunConfig, accelerator: Any, data: Any, tricks: TrickSe
     out = copy.deepcopy(cfg)
     out.tricks = tricks.resolved()
     out.train.mixed_precision = str(accelerator.mixed_precision)
-    out.data = dataclasses.replace(data.config, loader=data.path, pin_memory=cfg.data.pin_memory)
+    root = data.config.root and str(Path(data.config.root).expanduser().resolve())  # eval works from anywhere
+    out.data = dataclasses.replace(data.config, loader=data.path, pin_memory=cfg.data.pin_memory, root=root)
     out.runtime = {"processes": int(accelerator.num_processes), "device": str(accelerator.device),
                    "precision": str(accelerator.mixed_precision), "data_path": data.path,
                    "data_path_reason": data.reason,

@@ -135,3 +135,39 @@ def test_epoch_checkpoints_and_unfinished_runs_evaluate_too(run_dir: Path, tmp_p
     assert main(["eval", str(damaged.parent)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupt" in err
+
+
+def test_eval_on_other_data_from_another_directory(imagenet_like: Path, tmp_path: Path, monkeypatch, cli) -> None:
+    """A run trained with a relative data.root stores it absolute, so eval works from anywhere; eval with
+    data.root=OTHER (the same images as shards) gives the same numbers, into its own file."""
+    import shutil
+
+    from trickbox.config import load_config
+    from trickbox.loop import train
+
+    work = tmp_path / "work"
+    shutil.copytree(imagenet_like / "folder", work / "images")
+    monkeypatch.chdir(work)
+    cfg = load_config([], ["data.name=imagefolder", "data.root=images", "data.image_size=32", "train.epochs=1",
+                           "train.batch_size=16", "train.tracker=none", "train.progress=false",
+                           f"train.out_dir={tmp_path / 'runs'}", "train.run_name=r"])
+    run = train(cfg).run_dir
+    assert load_config([run / "config.yaml"]).data.root == str((work / "images").resolve())
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    own = cli("eval", str(run), "--no-progress", cwd=elsewhere)
+    assert own.returncode == 0, own.stderr
+    shutil.move(str(work / "images"), str(tmp_path / "moved"))  # the run's data is gone: eval says how to point at it
+    gone = cli("eval", str(run), "--no-progress")
+    assert gone.returncode == 2 and "data.root=PATH" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+    other = cli("eval", str(run), "--no-progress", f"data.root={tmp_path / 'moved'}")
+    assert other.returncode == 0, other.stderr
+    first = json.loads((run / "eval-test-none.json").read_text())
+    files = sorted(run.glob("eval-test-none-*.json"))
+    assert len(files) == 1, files
+    second = json.loads(files[0].read_text())
+    assert second["data_root"] == str(tmp_path / "moved") and second["clean"] == first["clean"]
+    assert second["n"] == first["n"] > 0
+    bad = cli("eval", str(run), "model.name=resnet18")
+    assert bad.returncode == 2 and "takes data.KEY=VALUE overrides" in bad.stderr

@@ -2,6 +2,7 @@
 
     trickbox eval runs/digits-… --attack fgsm --eps 1,2,4,8
     trickbox eval runs/cifar-… --split val --attack ifgsm --eps 2,8 --iterations 10 --out robust.json
+    trickbox eval runs/cifar-… data.root=other.zip        # the same model on other data
 
 Every argument is checked before anything is loaded; the numbers come from
 :func:`trickbox.evaluation.saved_runs.evaluate_run`. The command prints a
@@ -44,7 +45,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="where to write the JSON (default RUN_DIR/eval-<split>-<attack>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                   help="evaluate on other data than the run's: data.root=OTHER, data.image_size=…, "
+                   "train.eval_batch_size=…")
     p.set_defaults(func=cmd_eval)
+
+
+EVAL_KEYS = ("data.", "train.eval_batch_size=")
+
+
+def check_overrides(overrides: list[str]) -> list[str]:
+    """Only the data (and the evaluation batch size) can change: the model is the run's."""
+    for item in overrides:
+        if "=" not in item or not item.startswith(EVAL_KEYS):
+            raise ConfigError(f"trickbox eval takes data.KEY=VALUE overrides (e.g. data.root=OTHER), got {item!r}; "
+                              "the model and its training settings are the run's")
+    return overrides
 
 
 # ---------------------------------------------------------------------------
@@ -99,6 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     iterations = _parse_int("--iterations", args.iterations, 1)
     step_size = _parse_step(args.step_size)
     batch_override = None if args.batch_size is None else _parse_int("--batch-size", args.batch_size, 1)
+    overrides = check_overrides(list(args.overrides))
     from ..evaluation.saved_runs import evaluate_run, format_table, resolve_target
 
     run_dir, checkpoint = resolve_target(Path(args.run_dir))
@@ -108,10 +125,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(
         run_dir, split=args.split, attack=args.attack, eps=eps if args.attack != "none" else [], iterations=iterations,
         step_size=step_size, batch_size=batch_override, progress=not args.no_progress, checkpoint=checkpoint,
+        overrides=overrides,
     )
     print(format_table(result))
+    tag = ""
+    if overrides:  # other data: its own file, never over the run's own numbers
+        import hashlib
+
+        tag = "-" + hashlib.blake2b(" ".join(overrides).encode(), digest_size=4).hexdigest()
     default_name = f"eval-{args.split}-{args.attack}" + (f"-{checkpoint.name}" if checkpoint is not None
-                                                         else "") + ".json"
+                                                         else "") + tag + ".json"
     out = Path(args.out) if args.out else run_dir / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -55,8 +55,10 @@ def evaluate_run(
     batch_size: int | None = None,
     progress: bool = False,
     checkpoint: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Clean top-1/top-5 error of the run's model on ``split`` and, per ε, the error under ``attack``."""
+    """Clean top-1/top-5 error of the run's model on ``split`` and, per ε, the error under ``attack``; on the run's
+    data, or on the data ``overrides`` (``data.root=OTHER``) name."""
     import torch
 
     from ..build import load_trained
@@ -65,7 +67,7 @@ def evaluate_run(
     from ..data.opening import eval_split
     from .attacks import attack_metrics, make_normalize
 
-    cfg = load_config([run_dir / "config.yaml"])
+    cfg = load_config([run_dir / "config.yaml"], overrides)
     bs = batch_size or cfg.train.eval_batch_size
     data = eval_split(cfg.data, split, batch_size=bs, progress=progress)
     card = read_card(run_dir) if checkpoint is None else {"name": cfg.model.name, "num_classes": data.num_classes,
@@ -102,6 +104,7 @@ def evaluate_run(
         "run_dir": str(run_dir),
         "model": card["name"],
         "data": cfg.data.name,
+        "data_root": cfg.data.root,
         "split": split,
         "n": int(data.images),
         "attack": attack,
