@@ -39,25 +39,8 @@ _HOME = {"DatasetArrays": "arrays", "channel_stats": "arrays", "LoaderOptions": 
          "make_eval_loader": "memory", "normalize": "memory", "train_loader": "memory", "choose": "opening",
          "eval_split": "opening", "open_run_data": "opening", "load_dataset": "sources"}
 
-__all__ = [
-    "DATASET_NAMES",
-    "DataConfig",
-    "DataError",
-    "DatasetArrays",
-    "InMemoryLoader",
-    "LoaderOptions",
-    "RunData",
-    "TrainLoader",
-    "augment_batch",
-    "channel_stats",
-    "choose",
-    "denormalize",
-    "eval_split",
-    "load_dataset",
-    "make_eval_loader",
-    "normalize",
-    "open_run_data",
-    "train_loader",
-]
+__all__ = ["DATASET_NAMES", "DataConfig", "DataError", "DatasetArrays", "InMemoryLoader", "LoaderOptions", "RunData",
+           "TrainLoader", "augment_batch", "channel_stats", "choose", "denormalize", "eval_split", "load_dataset",
+           "make_eval_loader", "normalize", "open_run_data", "train_loader"]
 
 __getattr__ = lazy_getattr(__name__, _HOME)

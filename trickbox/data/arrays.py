@@ -55,11 +55,9 @@ class DatasetArrays:
         return h
 
     def __repr__(self) -> str:
-        return (
-            f"DatasetArrays(name={self.name!r}, classes={self.num_classes}, image={self.in_chans}x"
-            f"{self.image_hw[0]}x{self.image_hw[1]}, train={len(self.train_y)}, val={len(self.val_y)}, "
-            f"test={len(self.test_y)}, noisy_labels={int((self.train_y != self.train_y_clean).sum())})"
-        )
+        return (f"DatasetArrays(name={self.name!r}, classes={self.num_classes}, image={self.in_chans}x"
+                f"{self.image_hw[0]}x{self.image_hw[1]}, train={len(self.train_y)}, val={len(self.val_y)}, "
+                f"test={len(self.test_y)}, noisy_labels={int((self.train_y != self.train_y_clean).sum())})")
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -68,18 +66,18 @@ def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
         raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
     if x.numel() == 0:
         return (0.5,) * x.shape[1], (0.5,) * x.shape[1]
-    return histogram_stats(torch.stack([torch.bincount(x[:, k].reshape(-1), minlength=256) for k in range(x.shape[1])]))
+    return histogram_stats(channel_counts(x))
+
+
+def channel_counts(x: Tensor) -> Tensor:
+    """The ``(C, 256)`` pixel-value counts of each channel of uint8 images ``(N, C, H, W)``."""
+    return torch.stack([torch.bincount(x[:, k].reshape(-1), minlength=256) for k in range(x.shape[1])])
 
 
 def histogram_stats(hist: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std in [0, 1] units of each channel's ``(C, 256)`` pixel-value counts."""
-    values = torch.arange(256, dtype=torch.float64)
-    means: list[float] = []
-    stds: list[float] = []
-    for counts in hist.to(torch.float64):
-        n = counts.sum().clamp_min(1)
-        mean = (counts * values).sum() / n
-        var = ((counts * (values - mean).square()).sum() / n).clamp_min(0.0)
-        means.append(float(mean) / 255.0)
-        stds.append(max(float(var.sqrt()) / 255.0, 1e-3))
-    return tuple(means), tuple(stds)
+    counts, values = hist.to(torch.float64), torch.arange(256, dtype=torch.float64)
+    n = counts.sum(1, keepdim=True).clamp_min(1)
+    mean = (counts * values).sum(1, keepdim=True) / n
+    var = ((counts * (values - mean).square()).sum(1, keepdim=True) / n).clamp_min(0.0)
+    return tuple(float(m) / 255.0 for m in mean[:, 0]), tuple(max(float(s) / 255.0, 1e-3) for s in var.sqrt()[:, 0])

@@ -15,10 +15,11 @@ SHARED_CIFAR10_ZIP = "../shared/datasets/cifar10-jpeg.zip"
 MEMORY_ONLY = ("digits", "cifar10", "cifar100")
 """Datasets that exist only in memory (small, loaded whole by scikit-learn or torchvision)."""
 STREAM_ONLY = ("wds",)
+"""Datasets that can only be streamed (WebDataset shards are read in order, never all at once)."""
 PAD_CROP_MAX_SIZE = 64
 """``data.crop=auto`` pads and crops images of one size up to this many pixels a side (CIFAR-like), else resizes."""
 DEFAULT_RESIZED_SIZE = 224
-"""Datasets that can only be streamed (WebDataset shards are read in order, never all at once)."""
+"""The resized crop's ``image_size`` when ``data.image_size`` is unset."""
 
 
 @dataclass
@@ -131,15 +132,11 @@ class DataConfig:
         if self.std and min(self.std) <= 0:
             raise DataError(f"data.std must be > 0 in every channel, got {self.std!r}")
         if self.name in ("imagefolder", "wds") and not self.root:
-            raise DataError(
-                f"data.root is not set for data.name={self.name}: set data.root=PATH (a directory, .zip or .tar "
-                f"with train/ and test/ class folders), e.g. data.root={SHARED_CIFAR10_ZIP}"
-            )
+            raise DataError(f"data.root is not set for data.name={self.name}: set data.root=PATH (a directory, .zip or "
+                            f".tar with train/ and test/ class folders), e.g. data.root={SHARED_CIFAR10_ZIP}")
         if self.image_size is not None and self.name not in ("imagefolder", "wds"):
-            raise DataError(
-                f"data.image_size={self.image_size} applies only to data.name=imagefolder or wds; "
-                f"remove it for data.name={self.name}"
-            )
+            raise DataError(f"data.image_size={self.image_size} applies only to data.name=imagefolder or wds; "
+                            f"remove it for data.name={self.name}")
         if self.download and self.name not in ("cifar10", "cifar100"):
             raise DataError(f"data.download=true applies only to cifar10/cifar100; remove it for data.name={self.name}")
         if self.loader == "stream" and self.name in MEMORY_ONLY:
@@ -161,8 +158,7 @@ class DataConfig:
             raise DataError("data.crop=pad needs images of one size, and these differ: set data.image_size=N (each "
                             "image is resized to NxN first) or use data.crop=resized")
         size = self.image_size or (DEFAULT_RESIZED_SIZE if crop == "resized" else None)
-        side = size or min(native or (1, 1))
-        padding = self.effective_crop_padding(side) if crop == "pad" else self.crop_padding
+        padding = self.effective_crop_padding(size or min(native or (1, 1))) if crop == "pad" else self.crop_padding
         return dataclasses.replace(self, crop=crop, image_size=size, crop_padding=padding, flip=self.effective_flip())
 
     def effective_flip(self) -> bool:
@@ -177,5 +173,4 @@ class DataConfig:
 
     def resolved_cache_dir(self) -> Path:
         """``cache_dir``, else ``$TRICKBOX_CACHE``, else ``~/.cache/trickbox`` (not created here)."""
-        raw = self.cache_dir or os.environ.get("TRICKBOX_CACHE") or "~/.cache/trickbox"
-        return Path(raw).expanduser()
+        return Path(self.cache_dir or os.environ.get("TRICKBOX_CACHE") or "~/.cache/trickbox").expanduser()

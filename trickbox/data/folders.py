@@ -15,12 +15,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
-from .arrays import histogram_stats
 from .config import DataConfig
 from .loaders import LoaderOptions, RunData
 from .memory import KNN_SIZE
 from .splits import PlannedSplit, epoch_order
-from .streaming import BadImages, Item, OnDevice, Transform, loader_options, read_image, seed_sample
+from .streaming import BadImages, Item, OnDevice, Transform, loader_options, read_image, seed_sample, streamed_stats
 
 KNN_LIMIT_BYTES = 4 << 30
 """The largest float32 copy of the thumbnails the exact KNN pass may hold (N x 3 x 32 x 32 x 4 bytes)."""
@@ -46,8 +45,8 @@ class FolderImages(Dataset[Item]):
 class EpochSampler(Sampler[tuple[int, int]]):
     """This rank's ``(epoch, position)`` keys of one epoch, from batch ``start`` on (set both before iterating)."""
 
-    def __init__(self, n: int, *, seed: int, rank: int, world_size: int, shuffle: bool) -> None:
-        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+    def __init__(self, n: int, *, seed: int, rank: int, world_size: int) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.epoch, self.skip = 0, 0
 
     @property
@@ -59,8 +58,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.per_rank - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
-                            shuffle=self.shuffle)
+        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size)
         return ((self.epoch, int(i)) for i in order[self.skip:])
 
 
@@ -68,16 +66,14 @@ class FolderTrainLoader:
     """Training batches of a folder split (the :class:`~trickbox.data.loaders.TrainLoader` methods)."""
 
     def __init__(self, images: FolderImages, cfg: DataConfig, options: LoaderOptions) -> None:
-        self.images, self.cfg, self.batch_size, self.device = images, cfg, options.batch_size, options.device
-        self.seed, self.rank = options.seed, options.rank
+        self.images, self.cfg, self.batch_size = images, cfg, options.batch_size
+        self.seed, self.rank, self.epoch = options.seed, options.rank, 0
         self.labels = torch.tensor(images.labels, dtype=torch.int64, device=options.device)
-        self.sampler = EpochSampler(len(images), seed=options.seed, rank=options.rank, world_size=options.world_size,
-                                    shuffle=True)
+        self.sampler = EpochSampler(len(images), seed=options.seed, rank=options.rank, world_size=options.world_size)
         self.bad = BadImages(cfg.max_bad_fraction, len(images), "train")
         loader = DataLoader(images, batch_size=self.batch_size, sampler=self.sampler,
                             **loader_options(cfg, options.device, persistent=True))
-        self._device = OnDevice(loader, options.device, cfg.mean or (), cfg.std or (), self.bad)
-        self.epoch = 0
+        self._device = OnDevice(loader, options.device, cfg, self.bad)
 
     def __len__(self) -> int:
         return math.ceil(self.sampler.per_rank / self.batch_size)
@@ -110,13 +106,12 @@ class FolderTrainLoader:
         n, d = len(self.images), 3 * KNN_SIZE * KNN_SIZE
         if n * d * 4 > KNN_LIMIT_BYTES:
             raise DataError(f"tricks.mixup.pairing=knn compares {KNN_SIZE}x{KNN_SIZE} thumbnails of every training "
-                            f"image: {n:,} images need {n * d * 4 / 2**30:.1f} GiB, above the "
-                            f"{KNN_LIMIT_BYTES >> 30} GiB "
-                            f"limit; use data.train_subset<={KNN_LIMIT_BYTES // (d * 4):,} or pairing=random")
+                            f"image: {n:,} images need {n * d * 4 / 2**30:.1f} GiB, above the {KNN_LIMIT_BYTES >> 30} "
+                            f"GiB limit; use data.train_subset<={KNN_LIMIT_BYTES // (d * 4):,} or pairing=random")
         thumbs = FolderImages(self.images.paths, torch.tensor(self.images.labels),
                               Compose([Resize((KNN_SIZE, KNN_SIZE)), ToNumpy()]), self.seed, "knn")
         features = torch.zeros(n, d, dtype=torch.uint8)
-        for x, _y, index, failures in _pass(thumbs, self.cfg, 256):
+        for x, _y, index, failures in in_order(thumbs, self.cfg, LoaderOptions(256, 256, 0)):
             self.bad.add(failures)
             features[index] = x.flatten(1)
         return features, self.labels.cpu()
@@ -125,25 +120,21 @@ class FolderTrainLoader:
         self._device.loader = None  # lets persistent workers exit
 
 
-def _pass(images: FolderImages, cfg: DataConfig, batch_size: int) -> Any:
-    """One ordered pass over every image of ``images`` in this process's workers."""
-    return DataLoader(images, batch_size=batch_size, sampler=[(0, i) for i in range(len(images))],
-                      **loader_options(cfg, torch.device("cpu"), persistent=False))
+def in_order(images: FolderImages, cfg: DataConfig, options: LoaderOptions) -> Any:
+    """This process's share of ``images`` (every ``world_size``-th from its rank), in order, read in its workers."""
+    keys = [(0, i) for i in range(options.rank, len(images), options.world_size)]
+    return DataLoader(images, batch_size=options.eval_batch_size, sampler=keys,
+                      **loader_options(cfg, options.device, persistent=False))
 
 
 def training_stats(planned: PlannedSplit, cfg: DataConfig,
                    eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The pad crop's normalisation on the stream path: the mean and std of the training images as the memory
-    path holds them (resized to ``image_size`` when it is set), from 256-bin histograms in one streamed pass."""
+    path holds them (resized to ``image_size`` when it is set), in one streamed pass."""
     from timm.data.transforms import ToNumpy
 
-    counts = torch.zeros(3, 256, dtype=torch.float64)
     images = FolderImages(planned.names, planned.labels, eval_tf if cfg.image_size else ToNumpy(), 0, "stats")
-    for x, _y, _index, _failures in _pass(images, cfg, 64):
-        if len(x):
-            for c in range(3):
-                counts[c] += torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
-    return histogram_stats(counts)
+    return streamed_stats(in_order(images, cfg, LoaderOptions(64, 64, 0)))
 
 
 def folder_run_data(planned: dict[str, PlannedSplit], classes: list[str], cfg: DataConfig, train_tf: Transform,
@@ -154,15 +145,10 @@ def folder_run_data(planned: dict[str, PlannedSplit], classes: list[str], cfg: D
 
     def split(name: str) -> OnDevice:  # this rank's disjoint share, in order
         part = planned[name]
-        images = FolderImages(part.names, part.labels, eval_tf, options.seed, name)
-        keys = [(0, i) for i in range(options.rank, len(part.names), options.world_size)]
-        loader = DataLoader(images, batch_size=options.eval_batch_size, sampler=keys,
-                            **loader_options(cfg, options.device, persistent=False))
-        return OnDevice(loader, options.device, cfg.mean or (), cfg.std or (),
-                        BadImages(cfg.max_bad_fraction, len(part.names), name))
+        loader = in_order(FolderImages(part.names, part.labels, eval_tf, options.seed, name), cfg, options)
+        return OnDevice(loader, options.device, cfg, BadImages(cfg.max_bad_fraction, len(part.names), name))
 
     return RunData(path="stream", reason=reason, config=cfg, classes=list(classes), in_chans=3, train=train,
                    val=split("val"), test=split("test"), fit=split("train") if options.want_fit else None,
                    sizes={k: len(v.names) for k, v in planned.items()},
                    files={k: list(v.names) for k, v in planned.items()})
-

@@ -17,6 +17,7 @@ import os
 import stat
 import tarfile
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +63,6 @@ class Layout:
     val: FolderSplit | ShardSplit | None
     test: FolderSplit | ShardSplit
 
-    def read(self, name: str) -> bytes:
-        """The bytes of image ``name`` of a folder layout (a path, or a member of the zip)."""
-        if self.kind == "zip":
-            with zipfile.ZipFile(self.root) as archive:
-                return archive.read(name)
-        return Path(name).read_bytes()
-
     def probe_size(self) -> tuple[int, int] | None:
         """The ``(h, w)`` shared by a few images spread over the training split, or None when they differ."""
         from PIL import Image
@@ -78,17 +72,13 @@ class Layout:
         samples = self.train.samples
         picks = samples[:: max(1, len(samples) // PROBES)][:PROBES]
         sizes = set()
-        archive = zipfile.ZipFile(self.root) if self.kind == "zip" else None
-        try:
+        with (zipfile.ZipFile(self.root) if self.kind == "zip" else nullcontext()) as archive:
             for name, _ in picks:
                 try:
                     with Image.open(io.BytesIO(archive.read(name)) if archive else name) as img:
                         sizes.add((img.size[1], img.size[0]))
                 except (OSError, ValueError, Image.DecompressionBombError):
                     continue  # an unreadable image is named when it is read
-        finally:
-            if archive:
-                archive.close()
         return next(iter(sizes)) if len(sizes) == 1 else None
 
 
@@ -105,9 +95,7 @@ def find_layout(cfg: DataConfig) -> Layout:
         if not zipfile.is_zipfile(root):
             raise DataError(f"data.root={cfg.root!r} is a file but not a .zip: point data.root at a directory or .zip "
                             f"holding {FOLDER_LAYOUT}")
-        with zipfile.ZipFile(root) as archive:
-            tree = _zip_tree(archive, cfg.root)
-        return _folder_layout(cfg, root, tree, "zip")
+        return _folder_layout(cfg, root, _zip_tree(root, cfg.root), "zip")
     return _folder_layout(cfg, root, _dir_tree(root), "folder")
 
 
@@ -122,10 +110,8 @@ def _is_image(name: str) -> bool:
 
 def _dir_tree(root: Path) -> Tree:
     """Every split folder's class folders and their regular image files (any depth; symlinks followed)."""
-    tree: Tree = {}
-    for split in _subdirs(root):
-        tree[split.name] = {c.name: sorted(_images_under(c.path)) for c in _subdirs(Path(split.path))}
-    return tree
+    return {split.name: {c.name: sorted(_images_under(c.path)) for c in _subdirs(Path(split.path))}
+            for split in _subdirs(root)}
 
 
 def _subdirs(path: Path) -> list[os.DirEntry[str]]:
@@ -136,19 +122,18 @@ def _subdirs(path: Path) -> list[os.DirEntry[str]]:
 def _images_under(path: str) -> list[str]:
     found: list[str] = []
     with os.scandir(path) as entries:
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir():
+        for e in entries:  # hidden entries are skipped (_is_image refuses them too)
+            if e.is_dir() and not e.name.startswith("."):
                 found.extend(_images_under(e.path))
             elif _is_image(e.name) and stat.S_ISREG(e.stat().st_mode):  # a FIFO or device named *.png is no image
                 found.append(e.path)
     return found
 
 
-def _zip_tree(archive: zipfile.ZipFile, shown: str | None) -> Tree:
+def _zip_tree(root: Path, shown: str | None) -> Tree:
     """The same tree from a zip's member names; ``train/`` may sit at the top or inside one top-level folder."""
-    names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+    with zipfile.ZipFile(root) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
     prefix = ""
     if not any(n.startswith("train/") for n in names):
         tops = {n.split("/", 1)[0] for n in names if "/" in n}
@@ -264,12 +249,10 @@ def _shard_labels(shard: str) -> list[int]:
 def _ends_like_a_tar(shard: str) -> bool:
     """Whether ``shard`` ends with the two zero blocks (1,024 bytes) that close every tar archive. A file cut at a
     member boundary still reads as a valid, shorter tar; only its missing end tells it apart."""
+    size = os.path.getsize(shard)
     with open(shard, "rb") as f:
-        f.seek(0, 2)
-        if f.tell() < 1024:
-            return False
-        f.seek(-1024, 2)
-        return not any(f.read(1024))
+        f.seek(max(0, size - 1024))
+        return size >= 1024 and not any(f.read(1024))
 
 
 def _shard_classes(root: Path, count: int) -> list[str]:

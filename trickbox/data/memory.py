@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,8 @@ def stats(mean: Sequence[float], std: Sequence[float], channels: int, device: to
                         "channel")
     if min(std) <= 0:
         raise DataError(f"std={tuple(std)} must be > 0 in every channel; use the training split's std")
-    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=device).view(-1, 1, 1)
-    s = torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=device).view(-1, 1, 1)
-    return m, s
+    return (torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=device).view(-1, 1, 1),
+            torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=device).view(-1, 1, 1))
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -133,6 +133,13 @@ def eval_view(x: Tensor, *, size: int, crop_pct: float, chunk: int = 256) -> Ten
     return torch.cat(parts) if parts else x[:, :, :size, :size]
 
 
+def eval_images(x: Tensor, cfg: DataConfig) -> Tensor:
+    """Images ``x`` as settled config ``cfg`` evaluates them: the resized crop's :func:`eval_view`, else as they are."""
+    if cfg.crop != "resized":
+        return x
+    return eval_view(x, size=cfg.image_size, crop_pct=cfg.crop_pct)  # type: ignore[arg-type]
+
+
 class InMemoryLoader:
     """Training batches from uint8 tensors held on `device`; shuffling and augmentation on whole batches on the device.
 
@@ -145,11 +152,10 @@ class InMemoryLoader:
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, device: torch.device | str, mean: Sequence[float],
-                 std: Sequence[float], augment: bool = True, crop_padding: int = 4, flip: bool = True,
-                 crop: str = "pad",
-                 size: int | None = None, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 crop_pct: float = 0.875, shuffle: bool = True, drop_last: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 std: Sequence[float], augment: bool = True, crop: str = "pad", crop_padding: int = 4,
+                 flip: bool = True, size: int | None = None, scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), crop_pct: float = 0.875, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if x.ndim != 4 or x.dtype != torch.uint8 or len(x) == 0:
             raise DataError(f"x must be a non-empty uint8 (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
         if y.shape != (len(x),):
@@ -164,6 +170,7 @@ class InMemoryLoader:
             raise DataError("crop='resized' needs the output size: pass size=N")
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device, torch.int64)
+        self.labels = self.y  # the training labels, indexed by dataset index (the TrainLoader attribute)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self._m, self._s = stats(self.mean, self.std, x.shape[1], self.device)
         self.batch_size, self.augment, self.crop_padding, self.flip = batch_size, augment, crop_padding, flip
@@ -172,14 +179,10 @@ class InMemoryLoader:
         self.shuffle, self.drop_last, self.seed, self.rank, self.world_size = shuffle, drop_last, seed, rank, world_size
         self.epoch = 0
 
-    @property
-    def num_samples(self) -> int:
-        """Samples per epoch on this rank (after padding)."""
-        return math.ceil(len(self.x) / self.world_size)
-
     def __len__(self) -> int:
-        """Batches per epoch on this rank (equal on all ranks)."""
-        return self.num_samples // self.batch_size if self.drop_last else math.ceil(self.num_samples / self.batch_size)
+        """Batches per epoch on this rank (equal on all ranks): of its ``ceil(N / world_size)`` samples."""
+        samples = math.ceil(len(self.x) / self.world_size)
+        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation and augmentations the next iteration yields."""
@@ -203,11 +206,6 @@ class InMemoryLoader:
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self._images(idx, generator(self.seed, "augment", epoch, self.rank, b)), self.y[idx], idx
-
-    @property
-    def labels(self) -> Tensor:
-        """The training labels, indexed by dataset index."""
-        return self.y
 
     def knn_features(self) -> tuple[Tensor, Tensor]:
         """Every training image as a flattened uint8 thumbnail (:data:`KNN_SIZE`; 1-channel images as they are)."""
@@ -233,15 +231,12 @@ class InMemoryLoader:
         return (xb.to(torch.float32) - self._m) / self._s
 
 
-class NormalizeCollate:
-    """``collate_fn`` that stacks ``(uint8 image, label)`` pairs and normalises the images."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-    def __call__(self, batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        xs, ys = torch.stack([item[0] for item in batch]), torch.stack([item[1] for item in batch])
-        return normalize(xs, self.mean, self.std), ys
+def _normalized_batch(mean: tuple[float, ...], std: tuple[float, ...],
+                      batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """``collate_fn`` of :func:`make_eval_loader` (with ``functools.partial``): stacks ``(uint8 image, label)`` pairs
+    and normalises the images."""
+    xs, ys = torch.stack([item[0] for item in batch]), torch.stack([item[1] for item in batch])
+    return normalize(xs, mean, std), ys
 
 
 def make_eval_loader(x: Tensor, y: Tensor, *, batch_size: int, mean: Sequence[float],
@@ -254,7 +249,7 @@ def make_eval_loader(x: Tensor, y: Tensor, *, batch_size: int, mean: Sequence[fl
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     stats(mean, std, x.shape[1], torch.device("cpu"))
     return DataLoader(TensorDataset(x, y.long()), batch_size=batch_size, shuffle=False,
-                      collate_fn=NormalizeCollate(mean, std))
+                      collate_fn=partial(_normalized_batch, tuple(map(float, mean)), tuple(map(float, std))))
 
 
 def train_loader(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptions) -> InMemoryLoader:
@@ -269,17 +264,15 @@ def train_loader(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptions)
 def memory_run_data(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptions, reason: str) -> RunData:
     """Decoded splits under settled config ``cfg``: the training split on the device, cropped and flipped there,
     and this process's disjoint share of each evaluation split (viewed as the evaluation transform does)."""
-    train = train_loader(arrays, cfg, options)
-    def view(x: Tensor) -> Tensor:
-        return eval_view(x, size=cfg.image_size, crop_pct=cfg.crop_pct) if cfg.crop == "resized" else x  # type: ignore[arg-type]
     r, world = options.rank, options.world_size
 
     def part(x: Tensor, y: Tensor) -> DataLoader[tuple[Tensor, ...]]:
-        return make_eval_loader(view(x[r::world]), y[r::world], batch_size=options.eval_batch_size, mean=cfg.mean or (),
-                                std=cfg.std or ())
+        return make_eval_loader(eval_images(x[r::world], cfg), y[r::world], batch_size=options.eval_batch_size,
+                                mean=cfg.mean or (), std=cfg.std or ())
 
     return RunData(path="memory", reason=reason, config=cfg, classes=list(arrays.classes), in_chans=arrays.in_chans,
-                   train=train, val=part(arrays.val_x, arrays.val_y), test=part(arrays.test_x, arrays.test_y),
+                   train=train_loader(arrays, cfg, options), val=part(arrays.val_x, arrays.val_y),
+                   test=part(arrays.test_x, arrays.test_y),
                    fit=part(arrays.train_x, arrays.train_y) if options.want_fit else None, arrays=arrays,
                    sizes={"train": len(arrays.train_y), "val": len(arrays.val_y), "test": len(arrays.test_y)},
                    files=arrays.files)

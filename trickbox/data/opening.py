@@ -23,9 +23,9 @@ from ..errors import DataError
 from .config import MEMORY_ONLY, DataConfig
 from .layout import Layout, find_layout
 from .loaders import LoaderOptions, RunData
-from .memory import eval_view, memory_run_data
+from .memory import eval_images, memory_run_data
 from .sources import load_dataset
-from .splits import plan_folders
+from .splits import PlannedSplit, plan_folders
 from .streaming import mean_std, transforms
 
 NATIVE = {"digits": (8, 8), "cifar10": (32, 32), "cifar100": (32, 32)}
@@ -47,42 +47,36 @@ def open_run_data(cfg: DataConfig, options: LoaderOptions) -> RunData:
     choice = choose(cfg, options.device)
     if choice.path == "memory":
         arrays = load_dataset(choice.config, progress=options.progress, layout=choice.layout)
-        settled = _normalised(choice.config, arrays.mean, arrays.std)
-        return memory_run_data(arrays, settled, options, choice.reason)
+        return memory_run_data(arrays, _normalised(choice.config, arrays.mean, arrays.std), options, choice.reason)
     return _stream_run_data(choice, options)
 
 
 def choose(cfg: DataConfig, device: torch.device) -> Choice:
     """``memory`` or ``stream`` for ``cfg``, and why; every layout check runs here, before anything is decoded."""
     cfg.validate()
-    if cfg.name in MEMORY_ONLY:
-        settled = cfg.resolved(NATIVE[cfg.name])
-        refusal = memory_refusal(settled, NATIVE[cfg.name])
-        if refusal:
-            raise DataError(f"{refusal}, and data.name={cfg.name} is held in memory; use data.name=imagefolder on the "
-                            "images as class folders")
-        why = "data.loader=memory" if cfg.loader == "memory" else f"data.name={cfg.name} is held in memory"
-        return Choice("memory", why, settled, None, NATIVE[cfg.name])
-    layout = find_layout(cfg)
-    native = layout.probe_size()
+    layout = None if cfg.name in MEMORY_ONLY else find_layout(cfg)
+    native = NATIVE[cfg.name] if layout is None else layout.probe_size()
     settled = cfg.resolved(native)
     refusal = memory_refusal(settled, native)
+    if layout is None and refusal:
+        raise DataError(f"{refusal}, and data.name={cfg.name} is held in memory; use data.name=imagefolder on the "
+                        "images as class folders")
     if cfg.loader == "memory":
         if refusal:
             raise DataError(f"data.loader=memory cannot honour this config: {refusal}; use data.loader=auto or stream")
-        return Choice("memory", "data.loader=memory", settled, layout, native)
-    if layout.kind == "zip":
+        path, why = "memory", "data.loader=memory"
+    elif layout is None:
+        path, why = "memory", f"data.name={cfg.name} is held in memory"
+    elif layout.kind == "zip":
         if cfg.loader == "stream" or refusal:
-            why = refusal or "data.loader=stream"
-            raise DataError(f"{why}, which needs the stream path, and the stream path reads a directory: extract "
-                            f"data.root={cfg.root!r} and point data.root at the folder")
-        return Choice("memory", "a .zip is decoded into memory; extract it to stream it", settled, layout, native)
-    if cfg.loader == "stream" or layout.kind == "wds":
-        why = "data.loader=stream" if cfg.loader == "stream" else "tar shards are always streamed"
-        return Choice("stream", why, settled, layout, native)
-    if refusal:
-        return Choice("stream", refusal, settled, layout, native)
-    return _by_budget(settled, layout, native, device)
+            raise DataError(f"{refusal or 'data.loader=stream'}, which needs the stream path, and the stream path "
+                            f"reads a directory: extract data.root={cfg.root!r} and point data.root at the folder")
+        path, why = "memory", "a .zip is decoded into memory; extract it to stream it"
+    elif cfg.loader == "stream" or layout.kind == "wds":
+        path, why = "stream", "data.loader=stream" if cfg.loader == "stream" else "tar shards are always streamed"
+    else:
+        path, why = ("stream", refusal) if refusal else _by_budget(settled, layout, native, device)
+    return Choice(path, why, settled, layout, native)
 
 
 def memory_refusal(cfg: DataConfig, native: tuple[int, int] | None) -> str | None:
@@ -98,26 +92,25 @@ def memory_refusal(cfg: DataConfig, native: tuple[int, int] | None) -> str | Non
     return None
 
 
-def memory_budget(cfg: DataConfig, device: torch.device) -> int:
-    """``data.memory_budget_gb`` in bytes, else a quarter of this machine's memory per local process, and on a GPU
-    at most a third of its memory."""
+def _by_budget(cfg: DataConfig, layout: Layout, native: tuple[int, int] | None,
+               device: torch.device) -> tuple[str, str]:
+    """``memory`` when the decoded images fit the budget, else ``stream``, and why. The budget is
+    ``data.memory_budget_gb``, else a quarter of this machine's memory per local process, and on a GPU at most a third
+    of its memory."""
     if cfg.memory_budget_gb is not None:
-        return int(cfg.memory_budget_gb * 2**30)
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 // local
-    if device.type == "cuda":
-        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 3)
-    return int(budget)
-
-
-def _by_budget(cfg: DataConfig, layout: Layout, native: tuple[int, int] | None, device: torch.device) -> Choice:
+        budget = int(cfg.memory_budget_gb * 2**30)
+    else:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 // local
+        if device.type == "cuda":
+            budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 3)
     images = sum(len(s.samples) for s in (layout.train, layout.val, layout.test) if s is not None)  # type: ignore[union-attr]
     h, w = (cfg.image_size, cfg.image_size) if cfg.crop == "pad" and cfg.image_size else native or (0, 0)
-    need, budget = images * 3 * h * w, memory_budget(cfg, device)
+    need = images * 3 * h * w
     where = f"data.memory_budget_gb={cfg.memory_budget_gb}" if cfg.memory_budget_gb else "the default budget"
     verdict = "fits" if need <= budget else "exceeds"
     reason = f"{images:,} images, {need / 2**30:.2f} GiB decoded, {verdict} {where} of {budget / 2**30:.1f} GiB"
-    return Choice("memory" if need <= budget else "stream", reason, cfg, layout, native)
+    return "memory" if need <= budget else "stream", reason
 
 
 def _normalised(cfg: DataConfig, train_mean: tuple[float, ...], train_std: tuple[float, ...]) -> DataConfig:
@@ -135,29 +128,23 @@ def _stream_run_data(choice: Choice, options: LoaderOptions) -> RunData:
 
     cfg, layout = choice.config, choice.layout
     assert layout is not None
-    _, eval_tf = transforms(cfg, *mean_std(cfg), native=choice.native)
-    cfg = _normalised(cfg, *_stream_stats(cfg, layout, eval_tf)) if cfg.crop == "pad" else _normalised(cfg, (), ())
+    planned = None if layout.kind == "wds" else plan_folders(layout, cfg)
+    measured = cfg.crop == "pad" and not (cfg.mean and cfg.std)
+    cfg = _normalised(cfg, *(_stream_stats(cfg, layout, planned, choice.native) if measured else ((), ())))
     train_tf, eval_tf = transforms(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
-    if layout.kind == "wds":
+    if planned is None:
         return shard_run_data(layout, cfg, train_tf, eval_tf, options, choice.reason)
-    return folder_run_data(plan_folders(layout, cfg), layout.classes, cfg, train_tf, eval_tf, options, choice.reason)
+    return folder_run_data(planned, layout.classes, cfg, train_tf, eval_tf, options, choice.reason)
 
 
-def _stream_stats(cfg: DataConfig, layout: Layout, eval_tf: Callable[..., object]) -> tuple[tuple[float, ...], ...]:
+def _stream_stats(cfg: DataConfig, layout: Layout, planned: dict[str, PlannedSplit] | None,
+                  native: tuple[int, int] | None) -> tuple[tuple[float, ...], ...]:
     """The training images' mean and std for the pad crop on the stream path (one streamed pass, cached by the
     images' names, sizes and times)."""
     from .folders import training_stats as folder_stats
-    from .layout import ShardSplit
     from .shards import training_stats as shard_stats
 
-    if cfg.mean and cfg.std:
-        return tuple(cfg.mean), tuple(cfg.std)
-    shards = layout.train if isinstance(layout.train, ShardSplit) else None
-    planned = None if shards is not None else plan_folders(layout, cfg)["train"]
-    names = list(shards.shards) if shards is not None else planned.names  # type: ignore[union-attr]
-
-    def compute() -> tuple[tuple[float, ...], ...]:
-        return shard_stats(shards, cfg, eval_tf) if shards is not None else folder_stats(planned, cfg, eval_tf)  # type: ignore[arg-type]
+    names = list(layout.train.shards) if planned is None else planned["train"].names  # type: ignore[union-attr]
     stamps = [(n, os.stat(n).st_size, os.stat(n).st_mtime_ns) for n in names]
     key = hashlib.blake2b(repr((stamps, cfg.image_size, cfg.interpolation)).encode(), digest_size=10).hexdigest()
     path = cfg.resolved_cache_dir() / f"stats-{key}.json"
@@ -166,7 +153,9 @@ def _stream_stats(cfg: DataConfig, layout: Layout, eval_tf: Callable[..., object
         return tuple(saved["mean"]), tuple(saved["std"])
     except (OSError, ValueError, KeyError):
         pass
-    mean, std = compute()
+    _, eval_tf = transforms(cfg, *mean_std(cfg), native=native)
+    mean, std = shard_stats(layout.train, cfg, eval_tf) if planned is None else \
+        folder_stats(planned["train"], cfg, eval_tf)  # type: ignore[arg-type]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -201,11 +190,6 @@ def eval_split(cfg: DataConfig, split: str, *, batch_size: int, progress: bool =
     arrays = load_dataset(choice.config, progress=progress, layout=choice.layout)
     settled = _normalised(choice.config, arrays.mean, arrays.std)
     x, y = (arrays.test_x, arrays.test_y) if split == "test" else (arrays.val_x, arrays.val_y)
-    if settled.crop == "resized":
-        x = eval_view(x, size=settled.image_size, crop_pct=settled.crop_pct)  # type: ignore[arg-type]
-
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        return ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(y), batch_size))
-
-    return EvalSplit(batches, len(y), arrays.num_classes, arrays.in_chans, tuple(settled.mean or ()),
-                     tuple(settled.std or ()))
+    x = eval_images(x, settled)
+    return EvalSplit(lambda: ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(y), batch_size)),
+                     len(y), arrays.num_classes, arrays.in_chans, tuple(settled.mean or ()), tuple(settled.std or ()))

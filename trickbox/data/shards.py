@@ -12,23 +12,20 @@ be decoded is skipped and named, as in training.
 """
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import DataError
 from ..seeding import derive_seed, generator
-from .arrays import histogram_stats
 from .config import DataConfig
 from .layout import SHARD_IMAGE_KEYS, Layout, ShardSplit
 from .loaders import LoaderOptions, RunData
-from .streaming import READ_ERRORS, BadImages, Item, OnDevice, Transform, default_workers, loader_options
+from .streaming import BadImages, Item, OnDevice, Transform, default_workers, loader_options, read_image, streamed_stats
 
 NO_RANDOM_ACCESS = ("tar shards have no random access, so tricks.mixup.pairing=knn cannot fetch partners; "
                     "use pairing=random, or class folders (data.name=imagefolder)")
@@ -51,8 +48,8 @@ class ShardTrainLoader:
     def __init__(self, split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions) -> None:
         from timm.data import create_dataset
 
-        self.cfg, self.batch_size, self.device, self.seed, self.pattern = cfg, options.batch_size, options.device, \
-            options.seed, split.pattern
+        self.cfg, self.batch_size, self.device, self.seed = cfg, options.batch_size, options.device, options.seed
+        self.pattern = split.pattern
         quiet = logging.getLogger("timm.data.readers.reader_wds")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # no "dataset info file not found" on every run: trickbox lists the shards itself
@@ -66,7 +63,6 @@ class ShardTrainLoader:
         self.dataset.set_loader_cfg(num_workers=default_workers(cfg))
         self.labels = torch.tensor(split.labels, dtype=torch.int64, device=options.device)
         self.bad = BadImages(cfg.max_bad_fraction, split.num_samples, "train")
-        self.mean, self.std = cfg.mean or (), cfg.std or ()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -77,12 +73,12 @@ class ShardTrainLoader:
         self.dataset.set_epoch(epoch)
 
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        options = loader_options(self.cfg, self.device, persistent=False)
         loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size,
-                            generator=generator(self.seed, "shards", self.epoch), **options)
+                            generator=generator(self.seed, "shards", self.epoch),
+                            **loader_options(self.cfg, self.device, persistent=False))
         self.bad.new_epoch()
         read = start
-        for batch in OnDevice(loader, self.device, self.mean, self.std, self.bad).batches(skip=start):
+        for batch in OnDevice(loader, self.device, self.cfg, self.bad).batches(skip=start):
             read += 1
             yield batch
         if read < len(self):  # timm's reader logs and skips shards it cannot open
@@ -94,9 +90,6 @@ class ShardTrainLoader:
 
     def knn_features(self) -> tuple[Tensor, Tensor]:
         raise DataError(NO_RANDOM_ACCESS)
-
-    def close(self) -> None:
-        return None
 
 
 class _EvalShards(IterableDataset[Item]):
@@ -116,56 +109,40 @@ class _EvalShards(IterableDataset[Item]):
         reader = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
         for sample in reader:
             key = next(k for k in SHARD_IMAGE_KEYS if k in sample)
-            label = int(sample["cls"])
             name = f"{sample.get('__url__', '?')}:{sample['__key__']}.{key}"
-            try:
-                with Image.open(io.BytesIO(sample[key])) as img:
-                    yield Item(self.transform(img.convert("RGB")), label, -1)
-            except READ_ERRORS as e:
-                yield Item(None, label, -1, f"{name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-
-def _eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, device: torch.device, batch_size: int,
-                 rank: int, world_size: int, name: str) -> OnDevice:
-    options = loader_options(cfg, device, persistent=False)
-    mine = split.shards[rank::world_size]
-    options["num_workers"] = min(options["num_workers"], max(1, len(mine)))
-    loader = DataLoader(_EvalShards(mine, transform), batch_size=batch_size, **options)
-    bad = BadImages(cfg.max_bad_fraction, split.num_samples, name)
-    return OnDevice(loader, device, cfg.mean or (), cfg.std or (), bad)
+            image, bad = read_image(name, self.transform, sample[key])
+            yield Item(image, int(sample["cls"]), -1, bad)
 
 
 def eval_loader(split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions,
                 name: str) -> OnDevice:
     """This process's shards of an evaluation split, in order, on the device."""
-    return _eval_loader(split, transform, cfg, options.device, options.eval_batch_size, options.rank,
-                        options.world_size, name)
+    loader_kwargs = loader_options(cfg, options.device, persistent=False)
+    mine = split.shards[options.rank::options.world_size]
+    loader_kwargs["num_workers"] = min(loader_kwargs["num_workers"], max(1, len(mine)))
+    loader = DataLoader(_EvalShards(mine, transform), batch_size=options.eval_batch_size, **loader_kwargs)
+    return OnDevice(loader, options.device, cfg, BadImages(cfg.max_bad_fraction, split.num_samples, name))
 
 
 def training_stats(split: ShardSplit, cfg: DataConfig,
                    eval_tf: Transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The pad crop's normalisation: the mean and std of the training shards' images, from histograms in one pass."""
-    counts = torch.zeros(3, 256, dtype=torch.float64)
-    for x, _y, _i, _f in _eval_loader(split, eval_tf, cfg, torch.device("cpu"), 64, 0, 1, "train").loader:
-        for c in range(3 if len(x) else 0):
-            counts[c] += torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
-    return histogram_stats(counts)
+    return streamed_stats(eval_loader(split, eval_tf, cfg, LoaderOptions(64, 64, 0), "train").loader)
 
 
 def shard_run_data(layout: Layout, cfg: DataConfig, train_tf: Transform, eval_tf: Transform, options: LoaderOptions,
                    reason: str) -> RunData:
     """Loaders over tar shards: ``val`` shards, else the test shards stand in for validation too."""
-    assert isinstance(layout.train, ShardSplit) and isinstance(layout.test, ShardSplit)
+    train, val, test = layout.train, layout.val, layout.test
+    assert isinstance(train, ShardSplit) and isinstance(val, ShardSplit) and isinstance(test, ShardSplit)
     if cfg.label_noise > 0 or cfg.train_subset or cfg.test_subset:
         raise DataError("data.label_noise, train_subset and test_subset need random access; tar shards have none: "
                         "write the subset as shards of its own, or use class folders")
-    val = layout.val
-    assert isinstance(val, ShardSplit)
-    shared = " (val/ is also the test split)" if val is layout.test else ""
+    shared = " (val/ is also the test split)" if val is test else ""
     return RunData(path="stream", reason=reason + shared, config=cfg, classes=list(layout.classes), in_chans=3,
-                   train=ShardTrainLoader(layout.train, train_tf, cfg, options),
+                   train=ShardTrainLoader(train, train_tf, cfg, options),
                    val=eval_loader(val, eval_tf, cfg, options, "val"),
-                   test=eval_loader(layout.test, eval_tf, cfg, options, "test"),
-                   fit=eval_loader(layout.train, eval_tf, cfg, options, "train") if options.want_fit else None,
-                   sizes={"train": layout.train.num_samples, "val": val.num_samples, "test": layout.test.num_samples})
+                   test=eval_loader(test, eval_tf, cfg, options, "test"),
+                   fit=eval_loader(train, eval_tf, cfg, options, "train") if options.want_fit else None,
+                   sizes={"train": train.num_samples, "val": val.num_samples, "test": test.num_samples})
 

@@ -18,6 +18,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from itertools import repeat
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .arrays import DatasetArrays, channel_stats
 from .config import MEMORY_ONLY, SHARED_CIFAR10_ZIP, DataConfig
 from .layout import Layout, find_layout
 from .splits import add_label_noise, plan_folders, plan_splits, stratified_take
+from .streaming import READ_ERRORS, first_line, ignore_stop_signals
 
 PARALLEL_MIN_IMAGES = 2000
 WORKERS = 2
@@ -51,12 +53,10 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True, layout: Layout | Non
         cfg = cfg.resolved(layout.probe_size())
     planned = plan_folders(layout, cfg)
     size = cfg.image_size if cfg.crop == "pad" else None  # the resized crop samples from the whole image
-    wanted = [name for split in planned.values() for name in split.names]
-    images = _decoded(layout, wanted, size, cfg, progress)
+    images = _decoded(layout, [name for split in planned.values() for name in split.names], size, cfg, progress)
     parts: dict[str, tuple[Tensor, Tensor, Tensor, list[str]]] = {}
     for key, split in planned.items():
-        x, ok = _take(images, split.names)
-        _check_bad(key, split.names, ok, cfg.max_bad_fraction)
+        x, ok = _take(images, key, split.names, cfg.max_bad_fraction)
         keep = torch.from_numpy(ok)
         parts[key] = (x, split.labels[keep], split.clean[keep], [n for n, good in zip(split.names, ok) if good])
     mean, std = channel_stats(parts["train"][0])
@@ -75,8 +75,7 @@ def _tensor_dataset(cfg: DataConfig) -> DatasetArrays:
     classes, train_x, train_y, test_x, test_y = tensor_source(cfg)
     plan = plan_splits(train_y, test_y, len(classes), cfg)
     clean = train_y[plan.train]
-    noisy = (add_label_noise(clean, cfg.label_noise, len(classes), cfg.noise_seed) if cfg.label_noise > 0
-             else clean.clone())
+    noisy = add_label_noise(clean, cfg.label_noise, len(classes), cfg.noise_seed)
     tx = train_x[plan.train].contiguous()
     mean, std = channel_stats(tx)
     return DatasetArrays(cfg.name, classes, tx, noisy, clean, train_x[plan.val].contiguous(), train_y[plan.val],
@@ -107,9 +106,8 @@ def _cifar(cfg: DataConfig) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
         train, test = kind(root, train=True, download=cfg.download), kind(root, train=False, download=cfg.download)
     except (RuntimeError, OSError) as exc:
         title = "CIFAR-10" if cfg.name == "cifar10" else "CIFAR-100"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        what = (f"download of {title} failed ({reason})" if cfg.download
-                else f"{title} not found under data.root={root!r}")
+        what = f"download of {title} failed ({first_line(exc)})" if cfg.download else \
+            f"{title} not found under data.root={root!r}"
         fixes = ("check the internet connection" if cfg.download else "set data.download=true (needs internet)") + \
             f" or point data.root at a torchvision {title} root"
         if cfg.name == "cifar10":
@@ -124,8 +122,8 @@ def _cifar(cfg: DataConfig) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
 
 
 # -- class folders: decoding, once, with a cache ----------------------------------------------------------------------
-Decoded = dict[str, tuple[int, np.ndarray]]
-"""image name -> (row, the decoded images' array); a row of -1: the image could not be read."""
+Decoded = tuple[dict[str, int], np.ndarray]
+"""image name -> its row in the decoded images' array (-1: the image could not be read), and that array."""
 
 
 def _decoded(layout: Layout, wanted: list[str], size: int | None, cfg: DataConfig, progress: bool) -> Decoded:
@@ -136,30 +134,29 @@ def _decoded(layout: Layout, wanted: list[str], size: int | None, cfg: DataConfi
     if 2 * len(set(wanted)) <= len(everything):
         return _decode(layout, sorted(set(wanted)), size, cfg.interpolation, progress)
     path = _cache_file(layout, everything, size, cfg)
-    cached = _load_cache(path)
-    if cached is not None and cached["names"].tolist() == everything:
-        rows = cached["rows"].tolist()
-        return {n: (r, cached["images"]) for n, r in zip(everything, rows)}
-    decoded = _decode(layout, everything, size, cfg.interpolation, progress)
-    arrays = next(iter(decoded.values()))[1]
-    _save_cache(path, {"names": np.array(everything), "rows": np.array([decoded[n][0] for n in everything]),
-                       "images": arrays})
-    return decoded
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if cached["names"].tolist() == everything:
+                return dict(zip(everything, cached["rows"].tolist())), cached["images"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        pass  # no cache, or not one of these images: decode them
+    rows, images = _decode(layout, everything, size, cfg.interpolation, progress)
+    _save_cache(path, {"names": np.array(everything), "rows": np.array([rows[n] for n in everything]),
+                       "images": images})
+    return rows, images
 
 
-def _take(images: Decoded, names: list[str]) -> tuple[Tensor, np.ndarray]:
-    rows = np.array([images[n][0] for n in names], dtype=np.int64)
+def _take(decoded: Decoded, split: str, names: list[str], limit: float) -> tuple[Tensor, np.ndarray]:
+    """The readable images of split ``split``'s ``names`` and which those are (a bool per name); more than ``limit``
+    of the split unreadable is a :class:`DataError`."""
+    rows = np.array([decoded[0][n] for n in names], dtype=np.int64)
     ok = rows >= 0
-    source = next(iter(images.values()))[1] if images else np.zeros((0, 3, 1, 1), np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(source[rows[ok]])), ok
-
-
-def _check_bad(split: str, names: list[str], ok: np.ndarray, limit: float) -> None:
     bad = [n for n, good in zip(names, ok) if not good]
     if len(bad) > limit * len(names):
         raise DataError(f"data: {len(bad)} of {len(names):,} images of the {split} split could not be read, above "
                         f"data.max_bad_fraction={limit} (first: {bad[0]!r}); fix or remove the files, or raise "
                         "data.max_bad_fraction")
+    return torch.from_numpy(np.ascontiguousarray(decoded[1][rows[ok]])), ok
 
 
 def _decode(layout: Layout, names: list[str], size: int | None, interpolation: str, progress: bool) -> Decoded:
@@ -167,52 +164,35 @@ def _decode(layout: Layout, names: list[str], size: int | None, interpolation: s
     from tqdm import tqdm
 
     chunks = [names[i:i + CHUNK] for i in range(0, len(names), CHUNK)]
-    parts: list[tuple[np.ndarray, list[str]]] = []
+    parts: list[tuple[np.ndarray, list[tuple[str, str]]]] = []
     with tqdm(total=len(names), desc="decoding images", unit="img", file=sys.stderr, disable=not progress) as bar:
-        payloads = _payloads(layout, chunks)
-        if len(names) >= PARALLEL_MIN_IMAGES and (os.cpu_count() or 1) >= 2:
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            from .streaming import ignore_stop_signals
-
-            pool = ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=ignore_stop_signals)
-            try:
-                for part in pool.map(decode_chunk, chunks, payloads, repeat(size), repeat(interpolation)):
-                    parts.append(part)
-                    bar.update(len(part[0]) + len(part[1]))
-            finally:  # a stop signal or an error: the chunks not begun are dropped, not decoded first
+        parallel = len(names) >= PARALLEL_MIN_IMAGES and (os.cpu_count() or 1) >= 2
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        pool = ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=ignore_stop_signals) if parallel else None
+        try:
+            run = pool.map if pool is not None else map
+            for part in run(decode_chunk, chunks, _payloads(layout, chunks), repeat(size), repeat(interpolation)):
+                parts.append(part)
+                bar.update(len(part[0]) + len(part[1]))
+        finally:  # a stop signal or an error: the chunks not begun are dropped, not decoded first
+            if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-        else:
-            for chunk, payload in zip(chunks, payloads):
-                parts.append(decode_chunk(chunk, payload, size, interpolation))
-                bar.update(len(chunk))
     arrays = [a for a, _ in parts if len(a)]
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) > 1:
-        raise _size_error(*sorted(shapes)[:2])
-    images = np.concatenate(arrays) if arrays else np.zeros((0, 3, 1, 1), np.uint8)
-    out: Decoded = {}
-    row = 0
-    for chunk, (_, failures) in zip(chunks, parts):
-        failed = {n for n, _ in (f.split("\0", 1) for f in failures)}
-        for name in chunk:
-            if name in failed:
-                out[name] = (-1, images)
-            else:
-                out[name], row = (row, images), row + 1
-    for failure in (f for _, fs in parts for f in fs):
-        name, error = failure.split("\0", 1)
+    sizes = {a.shape[2:] for a in arrays}
+    if len(sizes) > 1:
+        raise _size_error(*sorted(sizes)[:2])
+    failures = [f for _, fs in parts for f in fs]
+    for name, error in failures:
         warn(f"data: skipped unreadable image {name!r} ({error})")
-    return out
+    failed = {name for name, _ in failures}
+    rows = {n: -1 for n in failed} | {n: r for r, n in enumerate(n for n in names if n not in failed)}
+    return rows, np.concatenate(arrays) if arrays else np.zeros((0, 3, 1, 1), np.uint8)
 
 
 def _payloads(layout: Layout, chunks: list[list[str]]) -> Iterator[list[bytes | None]]:
-    archive = zipfile.ZipFile(layout.root) if layout.kind == "zip" else None
-    try:
+    with (zipfile.ZipFile(layout.root) if layout.kind == "zip" else nullcontext()) as archive:
         for chunk in chunks:
             yield [_read(archive, n) for n in chunk]
-    finally:
-        if archive is not None:
-            archive.close()
 
 
 def _read(archive: zipfile.ZipFile | None, name: str) -> bytes | None:
@@ -223,14 +203,14 @@ def _read(archive: zipfile.ZipFile | None, name: str) -> bytes | None:
 
 
 def decode_chunk(names: list[str], payload: list[bytes | None], size: int | None,
-                 interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
+                 interpolation: str = "bilinear") -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode one chunk to uint8 ``(n, 3, H, W)`` (the readable images, in order) and the failures as
-    ``"name\\0error"`` (runs in worker processes). ``size``: resize each image to that square first."""
+    ``(name, error)`` (runs in worker processes). ``size``: resize each image to that square first."""
     from PIL import Image
 
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     images: list[np.ndarray] = []
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []
     for name, blob in zip(names, payload):
         try:
             if blob is None:
@@ -240,23 +220,20 @@ def decode_chunk(names: list[str], payload: list[bytes | None], size: int | None
                 if size is not None and rgb.size != (size, size):
                     rgb = rgb.resize((size, size), resample)
                 images.append(np.asarray(rgb, dtype=np.uint8))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            failures.append(f"{name}\0{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        except READ_ERRORS as exc:
+            failures.append((name, first_line(exc)))
             continue
         if images[-1].shape != images[0].shape:
-            raise _size_error(_chw(images[0].shape), _chw(images[-1].shape), names[0], name)
+            raise _size_error(images[0].shape[:2], images[-1].shape[:2], names[0], name)
     stacked = np.stack(images).transpose(0, 3, 1, 2) if images else np.zeros((0, 3, 1, 1), np.uint8)
     return np.ascontiguousarray(stacked), failures
 
 
-def _chw(hwc: tuple[int, ...]) -> tuple[int, ...]:
-    return (hwc[2], hwc[0], hwc[1])
-
-
-def _size_error(shape_a: tuple[int, ...], shape_b: tuple[int, ...], a: str = "", b: str = "") -> DataError:
-    which = f" ({a!r} is {shape_a[1]}x{shape_a[2]}, {b!r} is {shape_b[1]}x{shape_b[2]})" if a else \
-        f" ({shape_a[1]}x{shape_a[2]} and {shape_b[1]}x{shape_b[2]})"
-    return DataError(f"images differ in size{which}: the memory path holds one size; use data.loader=stream, or "
+def _size_error(hw_a: tuple[int, ...], hw_b: tuple[int, ...], a: str = "", b: str = "") -> DataError:
+    """Images of sizes ``(h, w)`` ``hw_a`` and ``hw_b`` (named ``a`` and ``b`` when known) in one memory split."""
+    which = f"{a!r} is {hw_a[0]}x{hw_a[1]}, {b!r} is {hw_b[0]}x{hw_b[1]}" if a else \
+        f"{hw_a[0]}x{hw_a[1]} and {hw_b[0]}x{hw_b[1]}"
+    return DataError(f"images differ in size ({which}): the memory path holds one size; use data.loader=stream, or "
                      "data.crop=pad with data.image_size=N to resize them all to NxN")
 
 
@@ -270,16 +247,6 @@ def _cache_file(layout: Layout, names: list[str], size: int | None, cfg: DataCon
         stamp = (len(stats), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
     key = "\x1f".join(repr(k) for k in (CACHE_VERSION, str(layout.root), stamp, size, cfg.interpolation, len(names)))
     return cfg.resolved_cache_dir() / f"imagefolder-{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.npz"
-
-
-def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
 
 
 def _save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -296,5 +263,4 @@ def _save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set data.cache_dir to a writable "
-                      "folder",
-                      stacklevel=2)
+                      "folder", stacklevel=2)

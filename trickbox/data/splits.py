@@ -60,26 +60,19 @@ def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConf
     """Validation first from the full train split (``val_fraction``, default ``cfg.val_fraction``; 0 when the data
     has a validation split of its own), then ``train_subset`` from the rest, then ``test_subset``."""
     fraction = cfg.val_fraction if val_fraction is None else val_fraction
-    n_val = round(fraction * len(train_y))
-    val, rest = stratified_take(train_y, n_val, num_classes, generator(cfg.split_seed, "val"))
+    val, rest = stratified_take(train_y, round(fraction * len(train_y)), num_classes, generator(cfg.split_seed, "val"))
     if len(rest) == 0:
-        raise DataError(
-            f"data.val_fraction={fraction} leaves no training images out of {len(train_y)}; "
-            "lower data.val_fraction"
-        )
+        raise DataError(f"data.val_fraction={fraction} leaves no training images out of {len(train_y)}; "
+                        "lower data.val_fraction")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(rest):
-            raise DataError(
-                f"data.train_subset={cfg.train_subset} exceeds the {len(rest)} training images left after the "
-                f"validation split; set data.train_subset<={len(rest)} or null"
-            )
+            raise DataError(f"data.train_subset={cfg.train_subset} exceeds the {len(rest)} training images left after "
+                            f"the validation split; set data.train_subset<={len(rest)} or null")
         g = generator(cfg.split_seed, "train_subset")
-        picked, _ = stratified_take(train_y[rest], cfg.train_subset, num_classes, g)
-        rest = rest[picked]
+        rest = rest[stratified_take(train_y[rest], cfg.train_subset, num_classes, g)[0]]
     test = torch.arange(len(test_y))
     if cfg.test_subset is not None and cfg.test_subset < len(test_y):
-        g = generator(TEST_SUBSET_SEED, "test_subset")
-        test, _ = stratified_take(test_y, cfg.test_subset, num_classes, g)
+        test, _ = stratified_take(test_y, cfg.test_subset, num_classes, generator(TEST_SUBSET_SEED, "test_subset"))
     return SplitPlan(val=val, train=rest, test=test)
 
 
@@ -114,14 +107,11 @@ def plan_folders(layout: Layout, cfg: DataConfig) -> dict[str, PlannedSplit]:
 
     train_names, train_y = of(layout.train)
     test_names, test_y = of(layout.test)
-    if isinstance(layout.val, FolderSplit):
-        val_names, val_y = of(layout.val)
-        plan = plan_splits(train_y, test_y, k, cfg, val_fraction=0.0)
-    else:
-        plan = plan_splits(train_y, test_y, k, cfg)
-        val_names, val_y = [train_names[i] for i in plan.val.tolist()], train_y[plan.val]
+    val = layout.val if isinstance(layout.val, FolderSplit) else None  # None: carved from train
+    plan = plan_splits(train_y, test_y, k, cfg, val_fraction=None if val is None else 0.0)
+    val_names, val_y = ([train_names[i] for i in plan.val.tolist()], train_y[plan.val]) if val is None else of(val)
     clean = train_y[plan.train]
-    labels = add_label_noise(clean, cfg.label_noise, k, cfg.noise_seed) if cfg.label_noise > 0 else clean
+    labels = add_label_noise(clean, cfg.label_noise, k, cfg.noise_seed)
     return {"train": PlannedSplit([train_names[i] for i in plan.train.tolist()], labels, clean),
             "val": PlannedSplit(val_names, val_y, val_y),
             "test": PlannedSplit([test_names[i] for i in plan.test.tolist()], test_y[plan.test], test_y[plan.test])}

@@ -8,12 +8,14 @@ workers.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from ..errors import DataError, on_every_rank, warn
 from ..seeding import derive_seed
+from .arrays import channel_counts, histogram_stats
 from .config import DataConfig
 from .memory import stats
 
@@ -40,37 +43,25 @@ def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    if cfg.crop == "pad":
-        h, w = (cfg.image_size, cfg.image_size) if cfg.image_size else native or (0, 0)
-        resize: list[Any] = [T.Resize((h, w), interpolation=_interp(cfg.interpolation))] if cfg.image_size else []
-        size: Any = (3, h, w)
-    else:
-        resize, size = [], (3, cfg.image_size, cfg.image_size)
-    common: dict[str, Any] = dict(input_size=size, interpolation=cfg.interpolation, mean=tuple(mean), std=tuple(std),
-                                  crop_pct=cfg.crop_pct, use_prefetcher=True)
+    h, w = (cfg.image_size, cfg.image_size) if cfg.image_size else native or (0, 0)  # resized: image_size is set
+    common: dict[str, Any] = dict(input_size=(3, h, w), interpolation=cfg.interpolation, mean=tuple(mean),
+                                  std=tuple(std), crop_pct=cfg.crop_pct, use_prefetcher=True)
     try:
-        stages = create_transform(is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                                  hflip=0.5 if cfg.flip else 0.0, color_jitter=0.0, separate=True,
-                                  auto_augment=cfg.auto_augment if cfg.augment else None, **common)
+        primary, secondary, final = create_transform(
+            is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=0.5 if cfg.flip else 0.0,
+            color_jitter=0.0, separate=True, auto_augment=cfg.auto_augment if cfg.augment else None, **common)
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         raise DataError(f"data.auto_augment={cfg.auto_augment!r} is not a timm augmentation string "
                         f"({e or type(e).__name__}); use e.g. rand-m9-mstd0.5, augmix-m5-w3 or original") from None
-    primary, secondary, final = stages
     if cfg.crop == "pad":
+        mode = T.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+        resize: list[Any] = [T.Resize((h, w), interpolation=mode)] if cfg.image_size else []
         flip = [T.RandomHorizontalFlip(0.5)] if cfg.flip else []
         primary = T.Compose([*resize, T.RandomCrop((h, w), padding=cfg.crop_padding or 0), *flip])
         evaluation: Transform = T.Compose([*resize, final])
     else:
         evaluation = create_transform(is_training=False, **common)
-    if not cfg.augment:
-        return evaluation, evaluation
-    return T.Compose([primary, secondary, final]), evaluation
-
-
-def _interp(name: str) -> Any:
-    from torchvision.transforms import InterpolationMode
-
-    return InterpolationMode.BICUBIC if name == "bicubic" else InterpolationMode.BILINEAR
+    return (T.Compose([primary, secondary, final]) if cfg.augment else evaluation), evaluation
 
 
 def seed_sample(*parts: int | str) -> None:
@@ -91,24 +82,28 @@ class Item:
     bad: str = ""
 
 
-def read_image(path: str, transform: Transform) -> tuple[Any, str]:
-    """``(transformed image, "")``, or ``(None, "path: why")`` when the file cannot be read as an image."""
+def first_line(e: BaseException) -> str:
+    """What an exception says, in one line (its type when it says nothing)."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def read_image(name: str, transform: Transform, data: bytes | None = None) -> tuple[Any, str]:
+    """``(transformed image, "")``, or ``(None, "name: why")`` when file ``name`` (or its bytes ``data``, e.g. a
+    shard's member) cannot be read as an image."""
     try:
-        with Image.open(path) as img:
+        with Image.open(name if data is None else io.BytesIO(data)) as img:
             return transform(img.convert("RGB")), ""
     except READ_ERRORS as e:
-        return None, f"{path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return None, f"{name!r}: {first_line(e)}"
 
 
 def collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
     """uint8 images, labels and positions of the readable items, and the failures (``path: error``)."""
     good = [it for it in items if it.image is not None]
-    bad = [it.bad for it in items if it.image is None]
-    if not good:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return torch.zeros(0, dtype=torch.uint8), empty, empty.clone(), bad
-    x = torch.stack([torch.as_tensor(it.image) for it in good])
-    return x, torch.tensor([it.label for it in good]), torch.tensor([it.index for it in good]), bad
+    x = torch.stack([torch.as_tensor(it.image) for it in good]) if good else torch.zeros(0, dtype=torch.uint8)
+    labels = torch.tensor([it.label for it in good], dtype=torch.int64)
+    index = torch.tensor([it.index for it in good], dtype=torch.int64)
+    return x, labels, index, [it.bad for it in items if it.image is None]
 
 
 class BadImages:
@@ -118,8 +113,7 @@ class BadImages:
     def __init__(self, max_fraction: float, total: int, split: str) -> None:
         self.max_fraction, self.total, self.split = max_fraction, total, split
         self.seen: set[str] = set()
-        self.count = 0
-        self.last = ""
+        self.count, self.last = 0, ""
 
     def new_epoch(self) -> None:
         self.count = 0
@@ -144,11 +138,20 @@ class BadImages:
             count = int(summed.item())
         if count > self.max_fraction * self.total:
             last = f" (e.g. {self.last})" if self.last else ""
-            raise on_every_rank(DataError(
-                f"data: {count} of {self.total:,} images of the {self.split} split could not be read, above "
-                f"data.max_bad_fraction={self.max_fraction}{last}; fix or remove the files, or raise "
-                "data.max_bad_fraction"))
+            raise on_every_rank(DataError(f"data: {count} of {self.total:,} images of the {self.split} split could not "
+                                          f"be read, above data.max_bad_fraction={self.max_fraction}{last}; fix or "
+                                          "remove the files, or raise data.max_bad_fraction"))
         return count
+
+
+def streamed_stats(loader: Iterable[tuple[Tensor, ...]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std of the uint8 RGB images of one pass over ``loader`` (batches as :func:`collate` makes them),
+    from 256-bin histograms: the pad crop's normalisation on the stream path."""
+    counts = torch.zeros(3, 256, dtype=torch.float64)
+    for x, *_ in loader:
+        if len(x):
+            counts += channel_counts(x)
+    return histogram_stats(counts)
 
 
 def default_workers(cfg: DataConfig) -> int:
@@ -196,19 +199,16 @@ def loader_options(cfg: DataConfig, device: torch.device, *, persistent: bool) -
 class OnDevice:
     """Batches of a loader of uint8 images on the device, normalised, with unreadable images counted and dropped."""
 
-    def __init__(self, loader: Any, device: torch.device, mean: Sequence[float], std: Sequence[float],
-                 bad: BadImages) -> None:
+    def __init__(self, loader: Any, device: torch.device, cfg: DataConfig, bad: BadImages) -> None:
         self.loader, self.device, self.bad = loader, device, bad
-        self._m, self._s = stats(mean, std, 3, device)
+        self._m, self._s = stats(cfg.mean or (), cfg.std or (), 3, device)
 
     def normalise(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=True).to(torch.float32).sub_(self._m).div_(self._s)
 
     def batches(self, *, skip: int = 0, normalise: bool = True) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """``(images, labels, positions)`` from batch ``skip`` on; ``normalise=False`` keeps uint8 images."""
-        for b, (x, y, index, failures) in enumerate(self.loader):
-            if b < skip:
-                continue
+        for x, y, index, failures in islice(self.loader, skip, None):
             self.bad.add(failures)
             if len(y):
                 x = self.normalise(x) if normalise else x.to(self.device, non_blocking=True)
