@@ -179,9 +179,9 @@ class TrickSet:
             parts, batch = self._last
         self._last = None
         # row `s` holds what optimizer step s used: lr == schedule(s)
-        values: dict[str, Any] = {"lr": self.lr()}
+        values: dict[str, Any] = {"lr": self.lr(), **self.rate.groups(), **ctx.pop_row()}
         if parts is not None and ctx.step % self.log_every == 0:
-            values.update(parts.detached(as_tensors=self.guard.deferred))
+            values.update(parts.detached(as_tensors=True))  # tensors: one host read per row, or per deferred flush
         self.rows.write(ctx.step, values, defer=self.guard.deferred)
         ctx.step += 1
         lr = self._apply_lr()

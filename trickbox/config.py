@@ -121,7 +121,11 @@ class TrainConfig:
     by their study instead (job type ``trial``)."""
     system_metrics: bool = False
     """W&B's system metrics (CPU, GPU, memory) for the run; off by default, which keeps short runs and tests fast."""
-    log_every: int = bounded(10, low=1)
+    log_every: int = bounded(1, low=1)
+    """Log the loss and its parts every this many optimizer steps (the values are read with the deferred rows, so
+    every step costs no host sync)."""
+    log_grad_norm: bool = False
+    """Log the global gradient norm (``grad_norm``) every step also without ``grad_clip`` (which always logs it)."""
     keep_checkpoints: int = bounded(2, low=1)
     finite_check_every: int = bounded(32, low=1)
     """Optimizer steps between host reads of the non-finite flag (and, with several processes, of a stop signal):

@@ -49,6 +49,9 @@ class RunContext:
     warmup_steps: int = 0
     """Optimizer steps the ``warmup`` trick runs before the schedule starts (``prefix``); a schedule trick spans
     ``total_steps - warmup_steps`` by default."""
+    row: dict[str, Any] = field(default_factory=dict)
+    """Values that join the log row of the current optimizer step (the gradient norm): device tensors are welcome,
+    they are read with the row, without a host sync of their own."""
     draw_lr: bool = True
     """Whether the loop draws the schedule's LR curve (``lr_curve.png``, W&B ``lr_curve``) before training; a
     trick's setup may switch it off (``tricks.sgdr.plot=false``)."""
@@ -104,6 +107,11 @@ class RunContext:
                 ctx.log = fields.get("log", tracking.log)
                 ctx.log_images = fields.get("log_images", tracking.log_images)
         return ctx
+
+    def pop_row(self) -> dict[str, Any]:
+        """This step's :attr:`row`, emptied for the next one."""
+        row, self.row = self.row, {}
+        return row
 
     def generator(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
         """A torch generator seeded by (seed, name, step, rank): the same draws after a resume."""

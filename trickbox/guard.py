@@ -174,10 +174,9 @@ class DeferredRows:
 
     def write(self, step: int, values: dict[str, Any], *, defer: bool) -> None:
         """Keep the row for the next flush (``defer``: its values may be device tensors), else log it now."""
-        if defer:
-            self.rows.append((step, values))
-        else:
-            self.log(values, step=step)
+        self.rows.append((step, values))
+        if not defer:
+            self.flush()
 
     def flush(self) -> None:
         rows, self.rows = self.rows, []

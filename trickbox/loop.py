@@ -457,6 +457,10 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
         if not sync:
             continue
         tricks.before_optimizer_step(model, signal=run.stop.signum)
+        if tc.log_grad_norm and "grad_norm" not in run.ctx.row:  # a clipping trick logged the norm it clipped
+            acc.unscale_gradients()
+            run.ctx.row["grad_norm"] = torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None]).detach().float()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tricks.step(parts, batch, signal=run.stop.signum, stepped=True)  # the loop steps only on a group's last batch
@@ -465,21 +469,31 @@ def train_epoch(run: Run, model: torch.nn.Module, optimizer: Any, loader: Any, e
         if signum is not None:  # every process agreed on it; this step is finished
             save(run, model, optimizer, epoch, i + 1)
             raise Preempted(128 + signum)
-    seen = {"train/loss": float(loss_sum) / max(1, n_batches - first),
-            "train/images_per_s": images / max(time.perf_counter() - t0, 1e-9)}
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    seen = {"train/loss": float(loss_sum) / max(1, n_batches - first), "train/images_per_s": images / seconds,
+            "train/epoch_seconds": seconds}
     skipped = _skipped(loader, acc)
     return seen | ({"train/skipped_images": float(skipped)} if skipped else {})
 
 
 def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:
+    """The bar: the epoch (1-based) and the rate every step; the loss where reading it costs no extra host sync."""
     if run.progress is None:
         return
     run.progress.update(1)
-    if run.ctx.step % run.cfg.train.log_every == 0 and not run.tricks.guard.deferred:
-        run.progress.set_postfix(loss=f"{float(parts.total.detach()):.3f}", lr=f"{run.tricks.lr():.3g}", epoch=epoch,
-                                 refresh=False)
-    elif run.ctx.step % run.cfg.train.log_every == 0:
-        run.progress.set_postfix(lr=f"{run.tricks.lr():.3g}", epoch=epoch, refresh=False)
+    shown = {"epoch": f"{epoch + 1}/{run.cfg.train.epochs}", "lr": f"{run.tricks.lr():.3g}"}
+    if not run.tricks.guard.deferred and run.ctx.step % run.cfg.train.log_every == 0:
+        shown["loss"] = f"{float(parts.total.detach()):.3f}"
+    run.progress.set_postfix(shown, refresh=False)
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int, lr: float) -> str:
+    """One line per epoch: ``epoch 3/30: train loss 1.234, val top1 0.8125 nll 0.543, lr 0.081, 1,234 img/s, 9.8 s``."""
+    val = " ".join(f"{k[4:]} {v:.4g}" for k, v in metrics.items() if k.startswith("val/") and k[4:] in
+                   ("top1", "nll", "ece", "ema_top1"))
+    return (f"epoch {metrics['epoch']}/{epochs}: train loss {metrics.get('train/loss', float('nan')):.4g}, val {val}, "
+            f"lr {lr:.3g}, {metrics.get('train/images_per_s', 0):,.0f} img/s, "
+            f"{metrics.get('train/epoch_seconds', 0):.1f} s")
 
 
 def evaluate_epoch(run: Run, model: torch.nn.Module, data: Any, epoch: int) -> dict[str, Any]:
@@ -529,6 +543,10 @@ def end_epoch(run: Run, model: torch.nn.Module, optimizer: Any, metrics: dict[st
     """Record and log the epoch, checkpoint it, then the epoch-end hooks (a sweep's reporter may prune there)."""
     run.history.append(metrics)
     run.tracking.log(metrics, step=run.ctx.step)
+    if run.main:
+        lr = run.tricks.lr(max(run.ctx.step - 1, 0))  # the rate of the epoch's last step
+        line = f"trickbox: {epoch_line(metrics, run.cfg.train.epochs, lr)}"
+        run.progress.write(line, file=sys.stderr) if run.progress is not None else print(line, file=sys.stderr)
     save(run, model, optimizer, metrics["epoch"], 0)
     run.start_batch = 0
     run.tricks.epoch_end(metrics)

@@ -31,6 +31,11 @@ class LearningRate:
             ctx.log_images({"lr_curve": [path]}, step=0)
         return rate
 
+    def groups(self) -> dict[str, float]:
+        """Each parameter group's current rate, ``lr/group0`` …, when the optimizer has more than one group."""
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        return {f"lr/group{i}": float(g["lr"]) for i, g in enumerate(groups)} if len(groups) > 1 else {}
+
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive ``optimizer``: each group remembers its ratio to the base rate once."""
         self.optimizer = optimizer

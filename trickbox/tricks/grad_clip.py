@@ -2,8 +2,9 @@
 
 It runs in ``trickbox_before_optimizer_step``: after the backward passes of every accumulated batch (and the
 gradients' synchronisation between processes), before ``optimizer.step()``. With an Accelerator it calls
-``accelerator.clip_grad_norm_`` / ``clip_grad_value_``, which first unscale fp16 gradients (mixed precision), so the
-threshold applies to the true gradients; without one, ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``.
+``accelerator.clip_grad_norm_`` (or unscales with ``accelerator.unscale_gradients`` before clipping by value), so
+the threshold applies to the true fp16 gradients; without one, ``torch.nn.utils.clip_grad_norm_`` /
+``clip_grad_value_``. The global norm before clipping is logged with each step as ``grad_norm``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ class GradClip(Trick):
         acc = ctx.accelerator
         if self.mode == "norm":
             clip_norm = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
-            clip_norm(params, self.max_norm, norm_type=self.norm_type)
+            norm = clip_norm(params, self.max_norm, norm_type=self.norm_type)
         else:
-            clip_value = acc.clip_grad_value_ if acc is not None else torch.nn.utils.clip_grad_value_
-            clip_value(params, self.max_value)
+            if acc is not None:
+                acc.unscale_gradients()  # what acc.clip_grad_value_ does first: the true gradients under fp16
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            torch.nn.utils.clip_grad_value_(params, self.max_value)
+        if norm is not None:
+            ctx.row["grad_norm"] = norm.detach().float()  # before clipping; logged with the step, no host sync
