@@ -200,13 +200,13 @@ def load_study(name: str, storage: str | Path) -> Any:
     return optuna.load_study(study_name=name, storage=store)
 
 
-ANNOUNCE = re.compile(r"^trickbox: \d+ process(es)? on .*\n?", re.MULTILINE)
+ANNOUNCE = re.compile(r"^trickbox: (\d+ process(es)? on |epoch \d+/\d+: ).*\n?", re.MULTILINE)
 
 
 def told(stderr: str) -> str:
-    """``stderr`` without the run's first line (processes, device, precision, data path:
-    :func:`trickbox.loop.announce`),
-    so that a test of a one-line message sees only the message."""
+    """``stderr`` without the lines every run prints (its first line: processes, device, precision, data path,
+    :func:`trickbox.loop.announce`; and one line per epoch, :func:`trickbox.loop.epoch_line`), so that a test of a
+    one-line message sees only the message."""
     return ANNOUNCE.sub("", stderr)
 
 
