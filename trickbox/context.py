@@ -49,6 +49,8 @@ class RunContext:
     warmup_steps: int = 0
     """Optimizer steps the ``warmup`` trick runs before the schedule starts (``prefix``); a schedule trick spans
     ``total_steps - warmup_steps`` by default."""
+    muted: set[str] = field(default_factory=set)
+    """Tricks whose ``trickbox_transform_batch`` sits out the current batch (set per batch by ``one_of``)."""
     row: dict[str, Any] = field(default_factory=dict)
     """Values that join the log row of the current optimizer step (the gradient norm): device tensors are welcome,
     they are read with the row, without a host sync of their own."""

@@ -99,7 +99,8 @@ def trickbox_lr_schedule(ctx: RunContext) -> Callable[[int], float] | None:
 
 @hookspec
 def trickbox_transform_batch(batch: Batch, ctx: RunContext) -> Batch | None:
-    """Chain, per training batch. May change inputs and targets together (mixup, noise).
+    """Chain, per training batch. May change inputs and targets together (mixup, noise). The tricks named in
+    ``ctx.muted`` sit out the batch (a trick that chooses among them sets it, first in the chain).
 
     Return ``batch.replace(x=…, y=…, meta={…})`` or ``None``.
     """

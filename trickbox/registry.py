@@ -140,6 +140,8 @@ class Catalog:
             if values is not None and not isinstance(values, Mapping):
                 raise ConfigError(f"tricks.{name} must be a mapping of parameters, got {values!r}")
             out.append(info.cls(**dict(values or {})))
+        for trick in out:
+            trick.check_among(out)
         return out
 
 
@@ -228,7 +230,10 @@ def call_chain(pm: pluggy.PluginManager, hook_name: str, value: Any, **kwargs: A
     """Call a chain hook: each implementation gets the previous result (``None`` keeps it)."""
     argname = hookspecs.CHAIN_HOOKS[hook_name]
     hook = getattr(pm.hook, hook_name)
+    ctx = kwargs.get("ctx") if hook_name == "trickbox_transform_batch" else None
     for impl in reversed(hook.get_hookimpls()):
+        if ctx is not None and getattr(impl.plugin, "name", None) in ctx.muted:
+            continue  # sitting out this batch: a choosing trick (run first) picked another
         args = {argname: value, **kwargs}
         result = impl.function(**{k: args[k] for k in impl.argnames})
         if result is not None:

@@ -147,6 +147,10 @@ class Trick:
     def check(self) -> None:
         """Cross-parameter validation; raise :class:`ConfigError`. Reads the parameters, sets nothing."""
 
+    def check_among(self, tricks: list[Trick]) -> None:
+        """Rules that involve the run's other tricks (all of them, this one included), e.g. that a trick this one
+        names is enabled; raise :class:`ConfigError`. Runs once every trick is built, before anything else."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
         return f"{type(self).__name__}({args})"

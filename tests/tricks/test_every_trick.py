@@ -357,7 +357,17 @@ def check_warmup(tmp_path: Path) -> None:
     _groups_follow({"warmup": {"epochs": 1}}, lambda s: LR * min(s / 4, 1.0))
 
 
+def check_one_of(tmp_path: Path) -> None:
+    """``choices: {mixup: 1}`` mixes every batch; ``{mixup: 0}`` leaves every batch as it came."""
+    tricks, model, optimizer = build({"mixup": {"alpha": 1.0}, "one_of": {"choices": {"mixup": 1.0}}})
+    assert all(not torch.equal(s.batch.x, s.x) for s in train(tricks, model, optimizer, steps=3))
+    tricks, model, optimizer = build({"mixup": {"alpha": 1.0}, "one_of": {"choices": {"mixup": 0.0}}})
+    for s in train(tricks, model, optimizer, steps=3):
+        assert torch.equal(s.batch.x, s.x) and torch.equal(s.batch.y, one_hot(s.labels))
+
+
 EFFECTS: dict[str, Callable[[Path], None]] = {
+    "one_of": check_one_of,
     "step_lr": check_step_lr,
     "multistep_lr": check_multistep_lr,
     "poly_lr": check_poly_lr,
