@@ -366,7 +366,17 @@ def check_one_of(tmp_path: Path) -> None:
         assert torch.equal(s.batch.x, s.x) and torch.equal(s.batch.y, one_hot(s.labels))
 
 
+def check_random_erasing(tmp_path: Path) -> None:
+    """With prob=1 every image loses a box (zeros in const mode); the targets stay one-hot."""
+    tricks, model, optimizer = build({"random_erasing": {"prob": 1.0, "mode": "const"}})
+    for s in train(tricks, model, optimizer, steps=2):
+        changed = (s.batch.x != s.x).flatten(1).any(1)
+        assert bool(changed.all()) and bool((s.batch.x[s.batch.x != s.x] == 0).all())
+        assert torch.equal(s.batch.y, one_hot(s.labels))
+
+
 EFFECTS: dict[str, Callable[[Path], None]] = {
+    "random_erasing": check_random_erasing,
     "one_of": check_one_of,
     "step_lr": check_step_lr,
     "multistep_lr": check_multistep_lr,
