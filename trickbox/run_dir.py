@@ -88,11 +88,11 @@ def _flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _defaults() -> dict[str, Any]:
-    """The fingerprint keys of the config sections at their defaults (model, optim, data)."""
+    """The fingerprint keys of the config sections at their defaults (data, model, optim)."""
     from .config import RunConfig
 
     cfg = RunConfig()
-    return dict(_flat({"model": vars(cfg.model), "optim": vars(cfg.optim)}))
+    return dict(_flat({"data": vars(cfg.data), "model": vars(cfg.model), "optim": vars(cfg.optim)}))
 
 
 def check_resume(saved: dict[str, Any] | None, now: dict[str, Any], allowed: list[str], where: Path) -> list[str]:

@@ -161,7 +161,7 @@ def test_a_checkpoint_from_before_the_new_model_keys_resumes():
     from trickbox.run_dir import check_resume
 
     now = {"model.name": NAME, "model.drop_path_rate": 0.0, "model.pretrained_strict": True,
-           "model.pretrained_prefix": None}
+           "model.pretrained_prefix": None, "optim.betas": None, "optim.eps": None, "data.color_jitter": 0.0}
     saved = {"model.name": NAME}
     assert check_resume(saved, now, [], where=None) == []  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="model.drop_path_rate"):

@@ -117,6 +117,33 @@ def test_an_option_the_memory_path_cannot_honour_is_one_line_when_forced(tmp_pat
     assert auto.path == "stream" and "auto_augment" in auto.reason
 
 
+@pytest.mark.parametrize("crop", ["pad", "resized"])
+def test_color_jitter_is_timms_on_the_stream_path_and_refused_on_the_memory_path(tmp_path, crop):
+    from timm.data import create_transform
+    from torchvision.transforms import ColorJitter
+
+    from trickbox.data import choose
+    from trickbox.data.streaming import transforms
+    from trickbox.errors import DataError
+
+    root = write_folder(tmp_path / "f", {"train": 8, "test": 4})
+    with pytest.raises(DataError, match="cannot honour this config: data.color_jitter=0.4 runs on single images"):
+        choose(DataConfig(name="imagefolder", root=str(root), loader="memory", color_jitter=0.4), torch.device("cpu"))
+    auto = choose(DataConfig(name="imagefolder", root=str(root), color_jitter=0.4), torch.device("cpu"))
+    assert auto.path == "stream"
+    cfg = DataConfig(name="imagefolder", root="x", image_size=32, crop=crop, color_jitter=0.4).resolved(None)
+    train_tf = transforms(cfg, (0.5,) * 3, (0.25,) * 3)[0]
+    ours = [t for t in _walk(train_tf) if isinstance(t, ColorJitter)]
+    theirs = [t for t in _walk(create_transform(32, is_training=True, color_jitter=0.4)) if isinstance(t, ColorJitter)]
+    assert len(ours) == len(theirs) == 1 and repr(ours[0]) == repr(theirs[0])  # brightness/contrast/saturation 0.4
+
+
+def _walk(transform):
+    yield transform
+    for t in getattr(transform, "transforms", ()):
+        yield from _walk(t)
+
+
 BAD_FOLDER = {"train": 221, "val": 20, "test": 20}
 ON_FOLDER = [*SMALL_RUN, "data.name=imagefolder", "data.loader=stream", "data.workers=0", "data.train_subset=null",
              "data.test_subset=null", "train.epochs=2"]

@@ -96,6 +96,10 @@ class DataConfig:
     auto_augment: str | None = None
     """A timm augmentation string, e.g. ``rand-m9-mstd0.5`` (RandAugment) or ``augmix-m5-w3``; it runs on single
     images in the stream path's workers, so ``data.loader=auto`` streams and ``memory`` is refused."""
+    color_jitter: float = bounded(0.0, low=0)
+    """timm's colour jitter strength (``--color-jitter``: brightness, contrast and saturation by up to this factor),
+    per image in the stream path's workers (like ``auto_augment``, so ``data.loader=auto`` streams); 0: off. timm
+    skips it when ``auto_augment`` is set."""
     mean: list[float] | None = None
     """Normalisation mean per channel in [0, 1] units; None: the training split's with the pad crop, ImageNet's with
     the resized crop (on either path)."""

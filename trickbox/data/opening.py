@@ -83,6 +83,8 @@ def memory_refusal(cfg: DataConfig, native: tuple[int, int] | None) -> str | Non
     """Why the memory path cannot train settled config ``cfg`` as the stream path would (None: it can)."""
     if cfg.augment and cfg.auto_augment:
         return f"data.auto_augment={cfg.auto_augment!r} runs on single images in the stream path's workers"
+    if cfg.augment and cfg.color_jitter:
+        return f"data.color_jitter={cfg.color_jitter:g} runs on single images in the stream path's workers"
     if cfg.crop == "resized" and native is None:
         return "the images differ in size, and the resized crop samples from each whole image"
     if cfg.crop == "resized" and cfg.interpolation != "bilinear":

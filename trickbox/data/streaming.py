@@ -49,7 +49,8 @@ def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
     try:
         primary, secondary, final = create_transform(
             is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=0.5 if cfg.flip else 0.0,
-            color_jitter=0.0, separate=True, auto_augment=cfg.auto_augment if cfg.augment else None, **common)
+            color_jitter=cfg.color_jitter, separate=True, auto_augment=cfg.auto_augment if cfg.augment else None,
+            **common)
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         raise DataError(f"data.auto_augment={cfg.auto_augment!r} is not a timm augmentation string "
                         f"({e or type(e).__name__}); use e.g. rand-m9-mstd0.5, augmix-m5-w3 or original") from None
