@@ -96,6 +96,10 @@ class DataConfig:
     auto_augment: str | None = None
     """A timm augmentation string, e.g. ``rand-m9-mstd0.5`` (RandAugment) or ``augmix-m5-w3``; it runs on single
     images in the stream path's workers, so ``data.loader=auto`` streams and ``memory`` is refused."""
+    aug_repeats: int = bounded(0, low=0, high=64)
+    """Repeated augmentation (timm's ``--aug-repeats``, ``RepeatAugSampler``): each epoch shows about
+    ``1 / aug_repeats`` of the training images, each that many times with its own augmentation, spread over the
+    processes; 0 or 1: off. Folders on either path; tar shards stream in order and refuse it."""
     color_jitter: float = bounded(0.0, low=0)
     """timm's colour jitter strength (``--color-jitter``: brightness, contrast and saturation by up to this factor),
     per image in the stream path's workers (like ``auto_augment``, so ``data.loader=auto`` streams); 0: off. timm
@@ -139,16 +143,13 @@ class DataConfig:
             raise DataError(f"data.root is not set for data.name={self.name}: set data.root=PATH (a directory, .zip or "
                             f".tar with train/ and test/ class folders), e.g. data.root={SHARED_CIFAR10_ZIP}")
         if self.image_size is not None and self.name not in ("imagefolder", "wds"):
-            raise DataError(f"data.image_size={self.image_size} applies only to data.name=imagefolder or wds; "
-                            f"remove it for data.name={self.name}")
+            raise DataError(f"data.image_size={self.image_size} is for imagefolder or wds; drop it for {self.name}")
         if self.download and self.name not in ("cifar10", "cifar100"):
             raise DataError(f"data.download=true applies only to cifar10/cifar100; remove it for data.name={self.name}")
         if self.loader == "stream" and self.name in MEMORY_ONLY:
-            raise DataError(f"data.name={self.name} is held in memory; data.loader=stream is for imagefolder and wds "
-                            "(use data.loader=auto or memory)")
+            raise DataError(f"data.name={self.name} is held in memory; use data.loader=auto or memory, not stream")
         if self.loader == "memory" and self.name in STREAM_ONLY:
-            raise DataError(f"data.name={self.name} (WebDataset shards) can only be streamed; use data.loader=auto or "
-                            "stream")
+            raise DataError(f"data.name={self.name} (tar shards) is only streamed; use data.loader=auto or stream")
 
     def resolved(self, native: tuple[int, int] | None) -> DataConfig:
         """This config with its augmentation settled for images of ``native`` ``(h, w)`` (None: sizes differ):

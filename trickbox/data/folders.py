@@ -18,7 +18,7 @@ from ..errors import DataError
 from .config import DataConfig
 from .loaders import LoaderOptions, RunData
 from .memory import KNN_SIZE
-from .splits import PlannedSplit, epoch_order
+from .splits import PlannedSplit, epoch_length, epoch_order
 from .streaming import BadImages, Item, OnDevice, Transform, loader_options, read_image, seed_sample, streamed_stats
 
 KNN_LIMIT_BYTES = 4 << 30
@@ -35,9 +35,9 @@ class FolderImages(Dataset[Item]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> Item:
-        epoch, i = key
-        seed_sample(self.seed, self.stream, epoch, i)
+    def __getitem__(self, key: tuple[int, ...]) -> Item:
+        epoch, i, *position = key  # a repeated image's copies are told apart by their place in the epoch
+        seed_sample(self.seed, self.stream, epoch, i, *position)
         image, bad = read_image(self.paths[i], self.transform)
         return Item(image, self.labels[i], i, bad)
 
@@ -45,20 +45,24 @@ class FolderImages(Dataset[Item]):
 class EpochSampler(Sampler[tuple[int, int]]):
     """This rank's ``(epoch, position)`` keys of one epoch, from batch ``start`` on (set both before iterating)."""
 
-    def __init__(self, n: int, *, seed: int, rank: int, world_size: int) -> None:
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+    def __init__(self, n: int, *, seed: int, rank: int, world_size: int, repeats: int = 0) -> None:
+        self.n, self.seed, self.rank, self.world_size, self.repeats = n, seed, rank, world_size, repeats
         self.epoch, self.skip = 0, 0
 
     @property
     def per_rank(self) -> int:
         """Keys of a whole epoch on this rank (equal on every rank)."""
-        return math.ceil(self.n / self.world_size)
+        return epoch_length(self.n, self.world_size, self.repeats)
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                            repeats=self.repeats)
+        if self.repeats >= 2:  # each copy's place in the epoch seeds its own augmentation
+            return ((self.epoch, int(i), self.rank + self.world_size * k) for k, i in enumerate(order)
+                    if k >= self.skip)
         return ((self.epoch, int(i)) for i in order[self.skip:])
 
 
@@ -69,7 +73,8 @@ class FolderTrainLoader:
         self.images, self.cfg, self.batch_size = images, cfg, options.batch_size
         self.seed, self.rank, self.epoch = options.seed, options.rank, 0
         self.labels = torch.tensor(images.labels, dtype=torch.int64, device=options.device)
-        self.sampler = EpochSampler(len(images), seed=options.seed, rank=options.rank, world_size=options.world_size)
+        self.sampler = EpochSampler(len(images), seed=options.seed, rank=options.rank, world_size=options.world_size,
+                                    repeats=cfg.aug_repeats)
         self.bad = BadImages(cfg.max_bad_fraction, len(images), "train")
         loader = DataLoader(images, batch_size=self.batch_size, sampler=self.sampler,
                             **loader_options(cfg, options.device, persistent=True))

@@ -93,8 +93,7 @@ def find_layout(cfg: DataConfig) -> Layout:
         return _shard_layout(cfg, root)
     if root.is_file():
         if not zipfile.is_zipfile(root):
-            raise DataError(f"data.root={cfg.root!r} is a file but not a .zip: point data.root at a directory or .zip "
-                            f"holding {FOLDER_LAYOUT}")
+            raise DataError(f"data.root={cfg.root!r} is not a .zip: give a directory or .zip of {FOLDER_LAYOUT}")
         return _folder_layout(cfg, root, _zip_tree(root, cfg.root), "zip")
     return _folder_layout(cfg, root, _dir_tree(root), "folder")
 
@@ -171,8 +170,7 @@ def _folder_layout(cfg: DataConfig, root: Path, tree: Tree, kind: str) -> Layout
         if sorted(found) != classes:
             missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
             what = f"lacks {missing[:3]}" if missing else f"has {extra[:3]} that {train_name}/ lacks"
-            raise DataError(f"{root / name} {what}: every split needs the same class folders as {train_name}/ "
-                            f"({len(classes)} classes)")
+            raise DataError(f"{root / name} {what}: each split needs the {len(classes)} class folders of {train_name}/")
         empty = [c for c in classes if not found[c]]
         if empty:
             raise DataError(f"{root / name / empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put "
@@ -196,8 +194,7 @@ def _shard_layout(cfg: DataConfig, root: Path) -> Layout:
     for split in (train, val, test):
         bad = [y for y in split.labels if not 0 <= y < len(classes)]
         if bad:
-            raise DataError(f"{split.pattern}: class index {bad[0]} is outside the {len(classes)} classes; give every "
-                            "sample a .cls in [0, classes)")
+            raise DataError(f"{split.pattern}: class index {bad[0]} is outside [0, {len(classes)}); fix its .cls")
     return Layout("wds", root, classes, train, val, test)
 
 
@@ -212,8 +209,7 @@ def _shard_split(root: Path, pattern: str, key: str) -> ShardSplit:
                         f"{len(parts)} missing); restore it or give a pattern that names only the shards there")
     shards = sorted({p for part in parts for p in glob.glob(str(root / part))})
     if not shards:
-        raise DataError(f"data.{key}={pattern!r} matches no tar shard under {root}: give a pattern such as "
-                        "train-{000000..000127}.tar or train-*.tar")
+        raise DataError(f"data.{key}={pattern!r} matches no tar shard under {root}; e.g. train-{{000000..000127}}.tar")
     labels = [y for shard in shards for y in _shard_labels(shard)]
     if not labels:
         raise DataError(f"data.{key}={pattern!r}: the shards hold no samples with an image and a .cls label")
@@ -234,15 +230,13 @@ def _shard_labels(shard: str) -> list[int]:
                     data = tar.extractfile(member)
                     cls[key] = int((data.read() if data else b"").strip())
     except (tarfile.TarError, OSError, ValueError) as e:
-        raise DataError(f"{shard} is not a readable tar shard of images with .cls labels ({e}); rewrite or remove "
-                        "it") from e
+        raise DataError(f"{shard} is not a readable tar shard of images with .cls labels ({e}); rewrite it") from e
     if not _ends_like_a_tar(shard):
         raise DataError(f"{shard} ends without a tar's end-of-archive blocks: it was cut short (a copy or a download "
                         "that stopped between two samples), so its last samples may be missing; copy it again")
     missing = sorted(images - set(cls))
     if missing:
-        raise DataError(f"{shard}: sample {missing[0]!r} has an image but no .cls label; give every sample a class "
-                        "index")
+        raise DataError(f"{shard}: sample {missing[0]!r} has an image but no .cls label; give every sample one")
     return [cls[k] for k in sorted(images)]
 
 
@@ -262,8 +256,7 @@ def _shard_classes(root: Path, count: int) -> list[str]:
         try:
             text = names_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise DataError(f"{names_file} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class per "
-                            "line") from None
+            raise DataError(f"{names_file} is not UTF-8 (byte {exc.start}); save it as UTF-8, a class a line") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if len(names) < count:
             raise DataError(f"{names_file} names {len(names)} classes but the shards use class index {count - 1}; "

@@ -22,7 +22,7 @@ from ..seeding import generator
 from .arrays import DatasetArrays
 from .config import DataConfig
 from .loaders import LoaderOptions, RunData
-from .splits import epoch_order
+from .splits import epoch_length, epoch_order
 
 Batch = tuple[Tensor, Tensor, Tensor]
 """(normalised float32 images ``(B, C, H, W)``, int64 labels, int64 dataset indices), all on the device."""
@@ -33,8 +33,7 @@ KNN_SIZE = 32
 def stats(mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``mean * 255`` and ``std * 255`` as float32 ``(C, 1, 1)`` tensors on ``device``, checked."""
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one per "
-                        "channel")
+        raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images; give one each")
     if min(std) <= 0:
         raise DataError(f"std={tuple(std)} must be > 0 in every channel; use the training split's std")
     return (torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=device).view(-1, 1, 1),
@@ -155,7 +154,7 @@ class InMemoryLoader:
                  std: Sequence[float], augment: bool = True, crop: str = "pad", crop_padding: int = 4,
                  flip: bool = True, size: int | None = None, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), crop_pct: float = 0.875, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1, repeats: int = 0) -> None:
         if x.ndim != 4 or x.dtype != torch.uint8 or len(x) == 0:
             raise DataError(f"x must be a non-empty uint8 (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
         if y.shape != (len(x),):
@@ -177,11 +176,11 @@ class InMemoryLoader:
         self.crop, self.size, self.scale, self.ratio = crop, size, tuple(scale), tuple(ratio)
         self.view = eval_view(self.x, size=size, crop_pct=crop_pct) if crop == "resized" and not augment else self.x  # type: ignore[arg-type]
         self.shuffle, self.drop_last, self.seed, self.rank, self.world_size = shuffle, drop_last, seed, rank, world_size
-        self.epoch = 0
+        self.epoch, self.repeats = 0, repeats
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (equal on all ranks): of its ``ceil(N / world_size)`` samples."""
-        samples = math.ceil(len(self.x) / self.world_size)
+        samples = epoch_length(len(self.x), self.world_size, self.repeats)
         return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -193,7 +192,7 @@ class InMemoryLoader:
     def order(self, epoch: int | None = None) -> Tensor:
         """This rank's dataset indices for ``epoch`` (default: the current one), on the CPU."""
         return epoch_order(len(self.x), seed=self.seed, epoch=self.epoch if epoch is None else epoch, rank=self.rank,
-                           world_size=self.world_size, shuffle=self.shuffle)
+                           world_size=self.world_size, shuffle=self.shuffle, repeats=self.repeats)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)
@@ -258,7 +257,7 @@ def train_loader(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptions)
                           mean=cfg.mean or arrays.mean, std=cfg.std or arrays.std, augment=cfg.augment, crop=cfg.crop,
                           crop_padding=cfg.crop_padding or 0, flip=bool(cfg.flip), size=cfg.image_size,
                           scale=cfg.scale, ratio=cfg.ratio, crop_pct=cfg.crop_pct, seed=options.seed, rank=options.rank,
-                          world_size=options.world_size)
+                          world_size=options.world_size, repeats=cfg.aug_repeats)
 
 
 def memory_run_data(arrays: DatasetArrays, cfg: DataConfig, options: LoaderOptions, reason: str) -> RunData:

@@ -58,9 +58,10 @@ def choose(cfg: DataConfig, device: torch.device) -> Choice:
     native = NATIVE[cfg.name] if layout is None else layout.probe_size()
     settled = cfg.resolved(native)
     refusal = memory_refusal(settled, native)
+    if layout is not None and layout.kind == "wds" and cfg.aug_repeats >= 2:
+        raise DataError(f"data.aug_repeats={cfg.aug_repeats}: tar shards stream in order; use data.name=imagefolder")
     if layout is None and refusal:
-        raise DataError(f"{refusal}, and data.name={cfg.name} is held in memory; use data.name=imagefolder on the "
-                        "images as class folders")
+        raise DataError(f"{refusal}, and data.name={cfg.name} is held in memory; use data.name=imagefolder")
     if cfg.loader == "memory":
         if refusal:
             raise DataError(f"data.loader=memory cannot honour this config: {refusal}; use data.loader=auto or stream")

@@ -262,5 +262,5 @@ def _save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set data.cache_dir to a writable "
-                      "folder", stacklevel=2)
+        warnings.warn(f"could not cache decoded images at {str(path)!r} ({exc}); set a writable data.cache_dir",
+                      stacklevel=2)

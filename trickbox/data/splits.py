@@ -62,8 +62,7 @@ def plan_splits(train_y: Tensor, test_y: Tensor, num_classes: int, cfg: DataConf
     fraction = cfg.val_fraction if val_fraction is None else val_fraction
     val, rest = stratified_take(train_y, round(fraction * len(train_y)), num_classes, generator(cfg.split_seed, "val"))
     if len(rest) == 0:
-        raise DataError(f"data.val_fraction={fraction} leaves no training images out of {len(train_y)}; "
-                        "lower data.val_fraction")
+        raise DataError(f"data.val_fraction={fraction} leaves none of {len(train_y)} images to train on; lower it")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(rest):
             raise DataError(f"data.train_subset={cfg.train_subset} exceeds the {len(rest)} training images left after "
@@ -117,11 +116,32 @@ def plan_folders(layout: Layout, cfg: DataConfig) -> dict[str, PlannedSplit]:
             "test": PlannedSplit([test_names[i] for i in plan.test.tolist()], test_y[plan.test], test_y[plan.test])}
 
 
-def epoch_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> Tensor:
+def epoch_length(n: int, world_size: int, repeats: int = 0) -> int:
+    """Samples per rank and epoch: ``ceil(n / world_size)``; with ``repeats`` >= 2 (``data.aug_repeats``), timm's
+    ``RepeatAugSampler`` keeps the epoch about as long as without: ``floor(n // 256 * 256 / world_size)``."""
+    if repeats < 2:
+        return math.ceil(n / world_size)
+    kept = math.floor(n // 256 * 256 / world_size)
+    if kept == 0:
+        raise DataError(f"data.aug_repeats={repeats} keeps no image of {n} (timm's RepeatAugSampler rounds to 256)")
+    return kept
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True,
+                repeats: int = 0) -> Tensor:
     """Rank ``rank``'s indices of one epoch: the ``(seed, epoch)`` permutation of ``range(n)``, padded by wrapping
     around to a multiple of ``world_size``, then every ``world_size``-th entry. Ranks get disjoint parts of equal
-    length whose union is the epoch (plus at most ``world_size - 1`` repeats). Both data paths use it."""
+    length whose union is the epoch (plus at most ``world_size - 1`` repeats). Both data paths use it.
+
+    ``repeats`` >= 2 is timm's ``RepeatAugSampler`` on that permutation: each index ``repeats`` times in a row,
+    padded, dealt to the ranks in turn (so the copies of an image mostly land on different ranks), and cut to
+    :func:`epoch_length`."""
     perm = torch.randperm(n, generator=generator(seed, "perm", epoch)) if shuffle else torch.arange(n)
+    if repeats >= 2:
+        total = math.ceil(n * repeats / world_size) * world_size
+        dealt = perm.repeat_interleave(repeats)
+        dealt = torch.cat([dealt, dealt[: total - len(dealt)]])
+        return dealt[rank:total:world_size][: epoch_length(n, world_size, repeats)]
     total = math.ceil(n / world_size) * world_size
     if total > n:
         perm = torch.cat([perm, perm.repeat(math.ceil((total - n) / n))[: total - n]])
