@@ -1,0 +1,1 @@
+"""Which tricks help on your data: the decision rule of an ablation (:mod:`.rule`)."""
