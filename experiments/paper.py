@@ -103,14 +103,15 @@ def adversarial(args: argparse.Namespace, rows: list[dict[str, Any]], study: Any
                                          for row in picked for n in row["trials"] for attack in ("fgsm", "ifgsm")]
     todo = [j for j in jobs if not (j[2] / f"eval-test-{j[1]}.json").is_file()]
     workers = int(args.workers) if str(args.workers).isdigit() else 1
-    # one thread per evaluation, as the sweep's CPU workers train: the workers share the cores
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
+    from trickbox.cli.eval import parse_eps
+    from trickbox.evaluation.saved_runs import evaluate_run
 
     def attack_one(job: tuple[str, str, Path]) -> None:
+        """What ``trickbox eval RUN --attack A --eps E`` writes, computed in this process (no torch import per run)."""
         cmd = ["trickbox", "eval", str(job[2]), "--attack", job[1], "--eps", ATTACK_EPS, "--no-progress"]
         print("$", shlex.join(cmd), flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
+        result = evaluate_run(job[2], split="test", attack=job[1], eps=parse_eps(ATTACK_EPS), iterations=10)
+        (job[2] / f"eval-test-{job[1]}.json").write_text(json.dumps(result, indent=2) + "\n")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(attack_one, todo))

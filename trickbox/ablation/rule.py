@@ -59,8 +59,8 @@ class Verdict:
     seeds: int
     mean: float
     """Mean per-seed difference (row − reference)."""
-    low: float
-    high: float
+    ci_low: float
+    ci_high: float
     """Its 95 % confidence interval (plain, for the table and the forest plot)."""
     p_adjusted: float
     """Holm-adjusted sequential p-value of helps/hurts."""
