@@ -83,3 +83,18 @@ def test_parameter_groups_and_no_bias_decay_keep_working(name):
         assert all(one_d) or not any(one_d), [names[id(p)] for p in group["params"]]
         assert group["weight_decay"] == (0.0 if all(one_d) else 0.05)
     assert type(optimizer2).__name__ == type(create_optimizer_v2(model.parameters(), opt=name)).__name__
+
+
+@pytest.mark.parametrize("name", ["lamb", "adan"])
+def test_layer_decay_and_linear_scaling_keep_working(name):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=10)
+    ours = create_optimizer(model, OptimConfig(name=name, lr=0.01, layer_decay=0.75))
+    sgd = create_optimizer(model, OptimConfig(name="sgd", lr=0.01, layer_decay=0.75))
+    assert len(ours.param_groups) > 2
+    assert [g["lr"] for g in ours.param_groups] == pytest.approx([g["lr"] for g in sgd.param_groups])
+    tricks = load_tricks({"linear_scaling": {"reference_batch": 256}}, autoload=False)
+    tricks.setup(model, ours, num_classes=10, epochs=1, steps_per_epoch=1, batch_size=64)
+    assert [g["lr"] for g in ours.param_groups] == pytest.approx([g["lr"] / 4 for g in sgd.param_groups])
