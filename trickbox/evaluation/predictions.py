@@ -65,10 +65,11 @@ def predict_files(run_dir: Path, files: list[Path], *, topk: int = 5, batch_size
     out: list[Prediction] = []
     from tqdm.auto import tqdm
 
+    evaluation = _stream_view(cfg.data) if cfg.data.loader == "stream" else None  # built once, not per chunk
     with torch.no_grad(), tqdm(total=len(files), desc="predict", unit="image", file=sys.stderr,
                                disable=not progress) as bar:
         for chunk in (files[i:i + batch_size] for i in range(0, len(files), batch_size)):
-            views, failures = _views(cfg.data, chunk)
+            views, failures = _views(cfg.data, chunk, evaluation)
             if views:
                 x = torch.stack([v for _, v in views]).to(torch.float32) / 255.0
                 probs = torch.softmax(model(normalize(x)).float(), dim=1)
@@ -81,14 +82,21 @@ def predict_files(run_dir: Path, files: list[Path], *, topk: int = 5, batch_size
     return sorted(out, key=lambda r: order[r.path])
 
 
-def _views(cfg: Any, files: list[Path]) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
-    """Each readable file's uint8 evaluation view, as the run's data path makes it, and the unreadable ones."""
+def _stream_view(cfg: Any) -> Any:
+    """The stream path's evaluation transform of settled data config ``cfg``."""
+    from ..data.streaming import transforms
+
+    return transforms(cfg, cfg.mean or (), cfg.std or ())[1]
+
+
+def _views(cfg: Any, files: list[Path], evaluation: Any = None) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """Each readable file's uint8 evaluation view, as the run's data path makes it (``evaluation``: the stream
+    path's transform), and the unreadable ones."""
     import torch
 
-    if cfg.loader == "stream":
-        from ..data.streaming import read_image, transforms
+    if evaluation is not None:
+        from ..data.streaming import read_image
 
-        evaluation = transforms(cfg, cfg.mean or (), cfg.std or ())[1]
         views, failures = [], []
         for f in files:
             image, bad = read_image(str(f), evaluation)
