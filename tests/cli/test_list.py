@@ -17,4 +17,7 @@ def test_list_into_a_pipe_that_closes_early_has_no_traceback():
 def test_list_says_when_plugins_were_not_loaded(cli, monkeypatch):
     monkeypatch.setenv("TRICKBOX_DISABLE_PLUGIN_AUTOLOAD", "1")
     proc = cli("list")
-    assert proc.returncode == 0 and "installed plugins not loaded (cutmix)" in proc.stdout
+    import re
+
+    # (cutmix, and any plugin another test is installing at the same moment, e.g. the scaffold's probe)
+    assert proc.returncode == 0 and re.search(r"installed plugins not loaded \([^)]*\bcutmix\b", proc.stdout)
