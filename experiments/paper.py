@@ -2,7 +2,7 @@
 
     python experiments/paper.py alpha                       # classification: test error against α
     python experiments/paper.py capacity                    # ERM vs mixup at two model sizes
-    python experiments/paper.py stack                       # He et al.: + cosine, + label smoothing, + distillation, + mixup
+    python experiments/paper.py stack                       # He et al.: trickbox ablate --design stack (+ cosine, + LS, + KD, + mixup)
     python experiments/paper.py adversarial                 # FGSM / I-FGSM on the alpha grid's ERM and α=1 models
     python experiments/paper.py labels                      # corrupted labels: best / last test error
     python experiments/paper.py ablation                    # the ablation table
@@ -10,8 +10,9 @@
     python experiments/paper.py erm_mixup                   # ERM against mixup (α=1): the two headline rows, with test curves
     python experiments/paper.py alpha --profile full        # PreAct ResNet-18, 200 epochs, all of CIFAR-10 (GPUs)
 
-Each table is the spec ``sweeps/paper/<table>.yaml`` run by ``trickbox sweep`` (finished trials are kept,
-so an interrupted table continues), then rendered from the study's storage (``trickbox report``'s
+Each table is the spec ``sweeps/paper/<table>.yaml`` run by ``trickbox sweep``, or, for the stack, the
+``trickbox ablate --design stack`` command in :data:`ABLATE` (finished trials are kept, so an interrupted table
+continues), then rendered from the study's storage (``trickbox report``'s
 ``report.md`` table) into ``docs/results/paper_<table>[-full].md`` with the exact command, the
 commit, the machine and the wall time, plus plots next to it. ``--render-only`` re-renders from a
 finished study without training.
@@ -51,6 +52,31 @@ PROFILES: dict[str, dict[str, list[str]]] = {
 ATTACK_EPS = "1,2,4,8"
 
 
+ABLATE: dict[str, tuple[list[str], list[str]]] = {
+    # He et al., Table 6: each row adds one trick to the one above; distillation's teacher (cifar_resnet20 with
+    # cosine decay) is trained once from the baseline config before the first row
+    "stack": (["tricks.mixup.alpha=0.2", "tricks.mixup.grid=false", "tricks.label_smoothing.eps=0.1",
+               "tricks.distillation.temperature=4"],
+              ["--tricks", "sgdr,label_smoothing,distillation,mixup", "--design", "stack", "--seeds", "3",
+               "--train-first", "model.name=cifar_resnet20", "--train-first", "tricks.sgdr={}"]),
+}
+"""Tables that are a ``trickbox ablate`` command on ``sweeps/paper/cifar_paper.yaml``: (overrides, options)."""
+ABLATE_COLUMNS = [
+    {"metric": "test/top1", "title": "test error (%)", "error": True},
+    {"metric": "test/nll", "title": "test NLL", "error": False},
+    {"metric": "test/ece", "title": "test ECE", "error": False},
+    {"metric": "train/top1", "title": "final train error (%)", "error": True},
+]
+
+
+def ablate_command(table: str, args: argparse.Namespace) -> list[str]:
+    overrides, options = ABLATE[table]
+    return ["trickbox", "ablate", "--config", "sweeps/paper/cifar_paper.yaml", *overrides,
+            *overrides_for(table, args.profile), *(["train.tracker=none"] if args.no_wandb else []), *args.overrides,
+            *options, "--workers", str(args.workers), "--study", study_name(table, args.profile), "--out-dir",
+            args.out_dir]
+
+
 def overrides_for(table: str, profile: str) -> list[str]:
     spec_table = "alpha" if table == "adversarial" else table
     p = PROFILES[profile]
@@ -68,9 +94,10 @@ def study_name(table: str, profile: str) -> str:
 def run_sweep(table: str, args: argparse.Namespace) -> float:
     """Run (or continue) the table's grid; return the wall time of this invocation."""
     spec = REPO / "sweeps" / "paper" / f"{table}.yaml"
-    cmd = ["trickbox", "sweep", str(spec.relative_to(REPO)), "--workers", str(args.workers), "--study",
-           study_name(table, args.profile), "--out-dir", args.out_dir, *overrides_for(table, args.profile),
-           *(["train.tracker=none"] if args.no_wandb else []), *args.overrides]
+    cmd = ablate_command(table, args) if table in ABLATE else [
+        "trickbox", "sweep", str(spec.relative_to(REPO)), "--workers", str(args.workers), "--study",
+        study_name(table, args.profile), "--out-dir", args.out_dir, *overrides_for(table, args.profile),
+        *(["train.tracker=none"] if args.no_wandb else []), *args.overrides]
     print("$", shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -82,7 +109,11 @@ def run_sweep(table: str, args: argparse.Namespace) -> float:
 def load_rows(table: str, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     from trickbox.sweep.report import grid_rows, load_study
 
-    study, _ = load_study(study_name(table, args.profile), None, REPO / args.out_dir)
+    name = study_name(table, args.profile)
+    if table in ABLATE:  # its one look (fixed seeds) is the grid study
+        study, _ = load_study(f"{name}.look-1", None, REPO / args.out_dir / name)
+    else:
+        study, _ = load_study(name, None, REPO / args.out_dir)
     info = dict(study.user_attrs.get("trickbox") or {})
     return study, grid_rows(study, info.get("params"), info.get("choices")), info
 
@@ -189,8 +220,15 @@ def rerun(args: argparse.Namespace) -> int:
     from trickbox.sweep.spec import FIRST_DIR, VARIANT, load_spec
     from trickbox.trick import ConfigError
 
+    name = study_name(args.table, args.profile)
+    # an ablated table's rows are the spec its look wrote (the look's own overrides included)
+    spec_file = (REPO / args.out_dir / name / "looks" / "look-1.yaml" if args.table in ABLATE
+                 else REPO / "sweeps" / "paper" / f"{args.table}.yaml")
     try:
-        spec = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml",
+        if not spec_file.is_file():
+            raise ConfigError(f"--rerun {args.table}: {spec_file} is written by the table's `trickbox ablate`; run "
+                              f"`python experiments/paper.py {args.table}` first")
+        spec = load_spec(spec_file, [] if args.table in ABLATE else
                          [*overrides_for(args.table, args.profile), *args.overrides])
         params: dict[str, Any] = {VARIANT: args.rerun, "train.seed": args.seed}
         for item in args.at:
@@ -212,7 +250,7 @@ def rerun(args: argparse.Namespace) -> int:
         print(f"paper.py: error: {exc}", file=sys.stderr)
         return 2
     # the table's train_first run (a teacher), when it has one
-    first = REPO / args.out_dir / study_name(args.table, args.profile) / FIRST_DIR
+    first = REPO / args.out_dir / name / (f"{name}.look-1" if args.table in ABLATE else "") / FIRST_DIR
     mapping = spec.trial_mapping(params, str(first) if spec.train_first is not None else None)
     work = REPO / args.out_dir / f"{spec.study}-rerun"
     name = f"{hashlib.sha256(row_key(params).encode()).hexdigest()[:10]}-s{args.seed}"
@@ -242,7 +280,7 @@ def rerun(args: argparse.Namespace) -> int:
 def compare_rerun(args: argparse.Namespace, params: dict[str, Any], summary: dict[str, Any], row: dict[str, Any],
                   keys: list[str], objective: str) -> int:
     """Print the new run against the committed seeds' 95 % prediction interval, metric by metric; 0 when all inside."""
-    from stats import LEVEL, prediction_interval
+    from trickbox.ablation.stats import LEVEL, prediction_interval
 
     seen = str(args.seed) in row
     print(f"\nrow {args.rerun!r} {params}, seed {args.seed} "
@@ -364,7 +402,8 @@ def write_doc(args: argparse.Namespace, body: str, images: list[str], wall: floa
     spec = "alpha" if args.table == "adversarial" else args.table
     what = "attack evaluation" if args.table == "adversarial" else "trials"
     lines += [
-        f"- Command: `{command_line(args)}` (spec `sweeps/paper/{spec}.yaml`"
+        f"- Command: `{command_line(args)}` (" + (f"`{shlex.join(ablate_command(args.table, args))}`"
+                                                  if args.table in ABLATE else f"spec `sweeps/paper/{spec}.yaml`")
         + (f", profile overrides `{' '.join(overrides_for(args.table, args.profile))}`" if args.profile != "cpu"
            else "") + ")",
         f"- Commit: {what} ran at {trained} ({prov.get('date', date.today())}); table rendered at {rendered}",
@@ -398,7 +437,7 @@ TITLES = {
     "regression": "Regression check (CI): ERM against mixup under 50 % label noise, 300 images",
 }
 
-ERM_ROW = {"erm_mixup": "ERM", "alpha": "ERM (α=0)", "capacity": "ERM", "stack": "+ cosine", "labels": "ERM",
+ERM_ROW = {"erm_mixup": "ERM", "alpha": "ERM (α=0)", "capacity": "ERM", "stack": "+ sgdr", "labels": "ERM",
            "ablation": "ERM", "regression": "ERM"}
 """The row whose training error shows the regime: plain ERM (in the stack, ERM with cosine decay)."""
 
@@ -480,8 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         from trickbox.sweep.spec import load_spec
 
         # the spec's columns as written now (a column added after the study started shows too, where trials have it)
-        columns = load_spec(REPO / "sweeps" / "paper" / f"{args.table}.yaml",
-                            overrides_for(args.table, args.profile)).columns
+        columns = ABLATE_COLUMNS if args.table in ABLATE else load_spec(
+            REPO / "sweeps" / "paper" / f"{args.table}.yaml", overrides_for(args.table, args.profile)).columns
         body = grid_table(study, info.get("objective", "value"), info.get("params"), choices=info.get("choices"),
                           columns=columns or info.get("columns"))
         if args.table == "alpha":
@@ -494,6 +533,15 @@ def main(argv: list[str] | None = None) -> None:
             metric = "test/top1"
             bar_plot(rows, metric, "test error (%)", out / f"{stem}.png")
         images.append(f"{stem}.png")
+    if args.table in ABLATE:  # the ablation's own answer: verdicts (paired by seed, Holm) and the forest plot
+        answer = REPO / args.out_dir / study_name(args.table, args.profile)
+        shutil.copyfile(answer / "forest.png", out / f"{stem}_forest.png")
+        record = json.loads((answer / "ablation.json").read_text())
+        (out / f"{stem}_ablation.json").write_text(json.dumps({k: record[k] for k in ("request", "rows", "compute")},
+                                                              indent=1, ensure_ascii=False) + "\n")
+        verdicts = (answer / "ablation.md").read_text().split("\n\n")[1]  # its table
+        body += "\n**The ablation's verdicts** (`trickbox ablate`, judged on validation top-1):\n\n" + verdicts + "\n"
+        images.append(f"{stem}_forest.png")
     if args.table != "adversarial":
         (out / f"{stem}.json").write_text(json.dumps(per_seed(study, rows), indent=1, ensure_ascii=False) + "\n")
     wall = float(seconds) if args.table == "adversarial" else study_wall(study)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stats import Comparison, paired, welch  # noqa: E402
+from trickbox.ablation.stats import Comparison, paired, welch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -144,11 +144,16 @@ def classification() -> list[Claim]:
                      f"{fmt(gains[16])} pt",
                      "paper_capacity.md"))
     s = Table("stack")
-    order = ["baseline (constant LR)", "+ cosine", "+ label smoothing", "+ distillation", "+ mixup"]
-    for prev, row in zip(order, order[1:]):
-        a, b = s.values(row, "test/top1"), s.values(prev, "test/top1")
-        out.append(claim("1 classification (stack)", f"{row.removeprefix('+ ')} helps on top of the row above",
-                         lower(a, b), f"test error {fmt(a)} % vs {fmt(b)} %", "paper_stack.md"))
+    ablation = RESULTS / "paper_stack_ablation.json"  # `trickbox ablate --design stack`: its verdicts are the claims
+    for row in json.loads(ablation.read_text())["rows"] if ablation.is_file() else []:
+        c = row.get("comparison")
+        if not c:
+            continue
+        judged = Comparison("paired t over seeds, Holm (trickbox ablate)", 100 * c["delta"], 100 * c["ci"][0],
+                            100 * c["ci"][1], c["p_adjusted"], c["pairs"], c["pairs"])
+        a, b = s.values(c["with"], "test/top1"), s.values(c["without"], "test/top1")
+        out.append(claim("1 classification (stack)", f"{c['trick']} helps on top of the row above (val top-1)", judged,
+                         f"ablate: {c['verdict']}; test error {fmt(a)} % vs {fmt(b)} %", "paper_stack.md"))
     return out
 
 

@@ -219,26 +219,6 @@ def experiments_module(name: str):
         sys.path.pop(0)
 
 
-def test_stats_agree_with_scipy_and_the_interval_formula():
-    from scipy import stats as sp
-
-    st = experiments_module("stats")
-    a, b = [10.0, 11.0, 12.5], [14.0, 15.5, 13.0, 16.0]
-    c = st.welch(a, b, higher=False)  # claim: a is lower
-    assert c.p == pytest.approx(sp.ttest_ind(a, b,
-                                             equal_var=False).pvalue) and c.diff == pytest.approx(14.625 - 11.1666667)
-    assert c.low < c.diff < c.high and c.verdict == "reproduced"
-    assert "Welch t" in c.describe() and "p = " in c.describe()
-    assert st.welch(a, b, higher=True).verdict == "not reproduced"  # significant against the claim
-    x, y = [1.0, 2.0, 4.0], [0.5, 1.0, 2.5]
-    d = st.paired([i - j for i, j in zip(x, y)])
-    assert d.p == pytest.approx(sp.ttest_rel(x, y).pvalue)
-    lo, hi = st.prediction_interval([1.0, 2.0, 3.0])  # 2 ± t(0.975, 2)·1·√(4/3)
-    assert (lo, hi) == pytest.approx((2 - 4.302653 * 1.154701, 2 + 4.302653 * 1.154701), rel=1e-5)
-    with pytest.raises(ValueError, match="at least 2 committed seeds"):
-        st.prediction_interval([1.0])
-
-
 def test_verdict_rule_can_say_each_of_its_words():
     verdicts = experiments_module("verdicts")
     low, high = {"0": 10.0, "1": 11.0, "2": 10.5}, {"0": 20.0, "1": 21.0, "2": 20.2}

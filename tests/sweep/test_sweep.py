@@ -109,7 +109,11 @@ def _wait_for_checkpoint(study_dir: Path, deadline: float, owner_host: str | Non
     while time.time() < deadline:
         for state in sorted(study_dir.glob("trial-*/checkpoints/step-*/state.json")):
             number = int(state.parts[-4].split("-")[1])
-            if json.loads(state.read_text()).get("epoch", 0) < 1:
+            try:  # an older checkpoint may be pruned between the listing and the read
+                epoch = json.loads(state.read_text()).get("epoch", 0)
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if epoch < 1:
                 continue
             if owner_host is None:
                 return number

@@ -1,4 +1,4 @@
-"""The ``trickbox`` command: train, list, sweep, report, eval, predict, new-plugin (one module each in this package).
+"""The ``trickbox`` command: train, list, sweep, ablate, report, eval, predict, new-plugin (a module each, here).
 
 Misuse exits with code 2 and one line on stderr, never a traceback.
 """
@@ -10,15 +10,15 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, NonFiniteError, OutputError
+from . import ablate, new_plugin, predict, report, sweep, train
 from . import eval as eval_command
 from . import list as list_command
-from . import new_plugin, predict, report, sweep, train
 from .parsing import EXIT_USAGE, Parser
 
 EXIT_NONFINITE = 3
 EXIT_OUTPUT = 4
 EXIT_LOADER = 5
-COMMANDS = (train, list_command, sweep, report, eval_command, predict, new_plugin)
+COMMANDS = (train, list_command, sweep, ablate, report, eval_command, predict, new_plugin)
 
 
 def build_parser() -> argparse.ArgumentParser:

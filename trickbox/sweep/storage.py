@@ -114,9 +114,12 @@ def open_storage(target: StorageTarget, *, heartbeat: tuple[int, int] | None = N
 
 def retry_history(trial: Any) -> list[int]:
     """The trials this one retries, oldest first (Optuna's ``RetryHeartbeatStaleTrialCallback.retry_history``)."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+    with warnings.catch_warnings():  # experimental since Optuna 3.0; the attribute it reads has not changed since
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
 
 
 class StaleRetry:

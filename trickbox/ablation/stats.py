@@ -27,8 +27,8 @@ class Comparison:
     test: str
     diff: float
     """Mean difference in the claimed direction (points of error, or whatever the inputs measure)."""
-    low: float
-    high: float
+    ci_low: float
+    ci_high: float
     """The (1 − LEVEL) confidence interval of ``diff``."""
     p: float
     """Two-sided p-value; nan when it cannot be computed (fewer than two seeds a side)."""
@@ -50,7 +50,7 @@ class Comparison:
         if math.isnan(self.p):
             return f"{self.test}: n={self.n_a}/{self.n_b}"
         p = f"{self.p:.3f}" if self.p >= 0.001 else f"{self.p:.1e}"
-        return f"{self.test}: Δ {self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}], p = {p}"
+        return f"{self.test}: Δ {self.diff:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}], p = {p}"
 
 
 @contextlib.contextmanager
@@ -85,7 +85,7 @@ def welch(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Com
         return Comparison("Welch t", d, d, d, 0.0 if d != 0 else 1.0, len(a), len(b))
     with _quiet():
         c = _from_scipy("Welch t", ttest_ind(a, b, equal_var=False), sign, len(a), len(b))
-    return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
+    return Comparison(c.test, d, c.ci_low, c.ci_high, c.p, c.n_a, c.n_b)
 
 
 def paired(diffs: Sequence[float]) -> Comparison:
@@ -101,7 +101,7 @@ def paired(diffs: Sequence[float]) -> Comparison:
         return Comparison("paired t", d, d, d, 0.0 if d != 0 else 1.0, len(x), len(x))
     with _quiet():
         c = _from_scipy("paired t", ttest_1samp(x, 0.0), 1.0, len(x), len(x))
-    return Comparison(c.test, d, c.low, c.high, c.p, c.n_a, c.n_b)
+    return Comparison(c.test, d, c.ci_low, c.ci_high, c.p, c.n_a, c.n_b)
 
 
 def prediction_interval(values: Sequence[float]) -> tuple[float, float]:
