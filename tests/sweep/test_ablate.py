@@ -98,7 +98,7 @@ def _request(tmp_path, budget=None):
                    out_dir=tmp_path)
 
 
-def _simulated(monkeypatch, req, values):
+def _simulated(monkeypatch, req, values, wandb=False):
     """``run_look`` records the rows and seeds of each look; ``collect`` returns ``values`` for what ran."""
     from trickbox.ablation import answer, looks
 
@@ -122,7 +122,8 @@ def _simulated(monkeypatch, req, values):
 
     monkeypatch.setattr(looks, "write_look", write)
     monkeypatch.setattr(looks, "collect", collect)
-    monkeypatch.setattr(answer, "log_wandb", lambda *a: None)
+    if not wandb:
+        monkeypatch.setattr(answer, "log_wandb", lambda *a: None)
     return ran
 
 
@@ -170,3 +171,56 @@ def test_a_run_budget_stops_before_a_look_that_does_not_fit(monkeypatch, tmp_pat
     assert "budget of 14 runs" in compute["stopped"]
     assert {v.verdict for v in state.verdicts.values()} <= {UNDECIDED, "no effect > δ"}
     assert "stopped early" in (tmp_path / "sim" / "ablation.md").read_text()
+
+
+def test_the_answer_goes_to_a_wandb_summary_run_in_the_studys_group(monkeypatch, tmp_path):
+    """With W&B on (offline here), one run of job type summary holds the table as a wandb.Table and the plot."""
+    import numpy as np
+
+    from trickbox.ablation import answer
+    from trickbox.ablation.looks import ablate
+
+    from ..wandb_reader import offline_runs, read_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    req = _request(tmp_path)
+    req.base = {"train": {"tracker": "wandb", "project": "abl"}}
+    table = np.random.default_rng(1).normal(0.5, 0.01, (4, 8)) + np.array([[0.0], [0.05], [0.05], [0.05]])
+    _simulated(monkeypatch, req, {r.name: list(map(float, table[i])) for i, r in enumerate(req.design.rows)},
+               wandb=True)
+    code, *_ = ablate(req, answer.write_record)
+    assert code == 0
+    runs = [read_run(p) for p in offline_runs(tmp_path)]
+    assert len(runs) == 1, runs  # one summary run, written once at the end (not after every look)
+    run_ = runs[0]
+    assert (run_.job_type, run_.group, run_.name) == ("summary", "sim", "sim-ablation")
+    logged = {k.split("/_type")[0]: v for row in run_.history for k, v in row.items() if k.endswith("/_type")}
+    assert logged == {"ablation/table": "table-file", "ablation/forest": "image-file"}, logged
+
+
+def test_the_three_designs_rows_and_comparisons():
+    from trickbox.ablation.design import build_design
+
+    stack = build_design("stack", ["a", "b", "c"])
+    assert [r.on for r in stack.rows] == [(), ("a",), ("a", "b"), ("a", "b", "c")]
+    assert [(c.trick, c.with_row, c.without_row) for c in stack.contrasts] == [
+        ("a", "+ a", "baseline"), ("b", "+ b", "+ a"), ("c", "+ c", "+ b")]
+    assert stack.fragment(stack.rows[1]) == {"tricks": {"b": None, "c": None}}
+    single = build_design("single", ["a", "b"])
+    assert [r.on for r in single.rows] == [(), ("a",), ("b",)]
+    assert {c.without_row for c in single.contrasts} == {"baseline"}
+    loo = build_design("leave-one-out", ["a", "b", "c"])
+    assert [r.on for r in loo.rows] == [(), ("a", "b", "c"), ("b", "c"), ("a", "c"), ("a", "b")]
+    assert [(c.trick, c.with_row, c.without_row) for c in loo.contrasts] == [
+        ("a", "all listed tricks", "- a"), ("b", "all listed tricks", "- b"), ("c", "all listed tricks", "- c")]
+    assert loo.contrast_of(loo.rows[2]).trick == "a" and loo.contrast_of(loo.rows[1]) is None  # shown on "- a"
+
+
+def test_the_baseline_keeps_the_configs_other_tricks_and_adds_listed_ones_with_defaults():
+    from trickbox.ablation.design import with_listed
+    from trickbox.registry import discover
+
+    base = with_listed({"tricks": {"no_bias_decay": {}, "mixup": {"alpha": 0.2}}}, ["mixup", "label_smoothing"],
+                       discover())
+    assert base["tricks"] == {"no_bias_decay": {}, "mixup": {"alpha": 0.2}, "label_smoothing": {}}  # config order first

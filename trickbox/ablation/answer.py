@@ -174,7 +174,8 @@ def write_record(req: Request, state: State | None, res: Results | None, compute
         _write(req.dir / "report.html", page(req, md, png))
         record.update(rows=rows, compute=compute, written=time.time(),
                       per_seed={r: {str(s): m for s, m in seeds.items()} for r, seeds in res.runs.items()})
-        log_wandb(req, rows, png)
+        if compute.get("final"):
+            log_wandb(req, rows, png)
     _write(req.dir / "ablation.json", json.dumps(record, indent=1, default=str) + "\n")
     return req.dir / "ablation.json"
 

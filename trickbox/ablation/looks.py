@@ -280,7 +280,7 @@ def ablate(req: Request, record: Recorder = lambda *a: None) -> tuple[int, State
         res = collect(req, done)
         record(req, replay(req, res, done), res, _compute(res, done, ""))  # what `trickbox report` shows meanwhile
     state = replay(req, res, done, final=True)
-    compute = _compute(res, done, stopped)
+    compute = {**_compute(res, done, stopped), "final": True}
     record(req, state, res, compute)
     return 0, state, res, compute
 
