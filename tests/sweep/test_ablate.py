@@ -103,7 +103,7 @@ def _simulated(monkeypatch, req, values, wandb=False):
     from trickbox.ablation import answer, looks
 
     ran: list[tuple[list[str], list[int]]] = []
-    monkeypatch.setattr(looks, "run_look", lambda req, path: 0)
+    monkeypatch.setattr(looks, "run_look", lambda req, path, raw: 0)
     monkeypatch.setattr(looks, "check_look", lambda raw: None)
     real_write = looks.write_look
 
@@ -224,3 +224,29 @@ def test_the_baseline_keeps_the_configs_other_tricks_and_adds_listed_ones_with_d
     base = with_listed({"tricks": {"no_bias_decay": {}, "mixup": {"alpha": 0.2}}}, ["mixup", "label_smoothing"],
                        discover())
     assert base["tricks"] == {"no_bias_decay": {}, "mixup": {"alpha": 0.2}, "label_smoothing": {}}  # config order first
+
+
+@pytest.mark.slow
+def test_an_ablation_under_accelerate_launch_trains_each_run_on_both_ranks(tmp_path):
+    """``accelerate launch train.py ablate ...``: every trial of every look is a DDP run of 2 processes; rank 0
+    writes the answer, and the process group ends once, after the last look."""
+    import subprocess
+
+    from tests.conftest import launch_two_ranks, subprocess_env
+
+    cmd = [*launch_two_ranks(), str(REPO / "train.py"), "ablate", "--tricks", "harm", "--design", "single",
+           "--seeds", "2", "--study", "ddp", *RUN, "data.train_subset=256", "train.epochs=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(ACCELERATE_USE_CPU="1", TRICKBOX_PLUGINS="ablation_tricks",
+                                             PYTHONPATH=str(REPO / "tests" / "fixtures")))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trials = _trials(tmp_path / "sweeps_out", "ddp")
+    assert sorted((t.params["variant"], t.params["train.seed"]) for t in trials if t.state.name == "COMPLETE") == \
+        [("+ harm alone", 0), ("+ harm alone", 1), ("baseline", 0), ("baseline", 1)]
+    study_dir = tmp_path / "sweeps_out" / "ddp" / "ddp.look-1"
+    for t in trials:
+        ranks = [json.loads((study_dir / f"trial-{t.number}" / "ranks" / f"rank-{r}.json").read_text())
+                 for r in (0, 1)]
+        assert ranks[0]["params"] == ranks[1]["params"] == t.params
+    assert proc.stdout.count("# Ablation ddp") == 1  # the answer, printed once (rank 0)
+    assert (tmp_path / "sweeps_out" / "ddp" / "ablation.md").is_file()

@@ -105,6 +105,19 @@ def check_look(raw: Mapping[str, Any]) -> Any:
     return spec_from_mapping(raw)
 
 
+def distributed() -> bool:
+    """Under ``accelerate launch`` with several processes: every rank runs the driver, and each trial on all ranks."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def write_look(req: Request, k: int, raw: Mapping[str, Any]) -> Path:
     import yaml
 
@@ -112,23 +125,25 @@ def write_look(req: Request, k: int, raw: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = (f"# look {k} of `trickbox ablate` {req.study} (written by it; rerun the ablate command, not this file)\n"
             + yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True))
-    if not path.is_file() or path.read_text() != text:
+    if main_rank() and (not path.is_file() or path.read_text() != text):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
     return path
 
 
-def run_look(req: Request, path: Path) -> int:
+def run_look(req: Request, path: Path, raw: Mapping[str, Any]) -> int:
     """The look's grid study, as ``trickbox sweep LOOK --workers N [--storage URL]`` runs it: its supervisor, workers
     (processes that run ``trickbox sweep`` on the same file), storage, retries and progress."""
     from ..sweep.spec import load_spec
     from ..sweep.storage import resolve_storage
-    from ..sweep.workers import supervise
+    from ..sweep.workers import run_distributed, supervise
 
-    spec = load_spec(path)
+    spec = check_look(raw) if distributed() else load_spec(path)
     study_dir = req.dir / spec.study
     target = resolve_storage(req.storage, study_dir)
+    if distributed():  # `accelerate launch train.py --ablate ...`: each trial on every rank (DDP)
+        return run_distributed(spec, target, study_dir, deadline=None, end=False)
     storage = str(target.journal) if target.kind == "journal" else target.url
     worker_args = [str(path), "--storage", storage, "--study", spec.study, "--out-dir", str(req.dir)]
     return supervise(spec, target, study_dir, workers=req.workers, worker_args=worker_args, deadline=None)
@@ -271,7 +286,7 @@ def ablate(req: Request, record: Recorder = lambda *a: None) -> tuple[int, State
         check_look(raw)
         say(f"look {k}/{len(looks)}: {len(rows)} rows x seeds {seeds[0]}-{seeds[-1]} ({runs} runs); "
             f"{len(state.open)} comparison(s) open")
-        code = run_look(req, write_look(req, k, raw))
+        code = run_look(req, write_look(req, k, raw), raw)
         if code != 0:
             say(f"look {k} stopped (exit code {code}); the finished runs are kept: run the same command again to "
                 "continue")

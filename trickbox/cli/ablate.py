@@ -130,20 +130,37 @@ def build_request(args: argparse.Namespace) -> Any:
     return req
 
 
+def _end_launch(code: int) -> None:
+    """Under accelerate launch: the process group ends once, after the last look (never between them)."""
+    if code == 0:
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()  # rank 0 writes the answer first; no rank leaves while another still reads
+        state.destroy_process_group()  # what Accelerator.end_training does (the trials' trackers are finished)
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..ablation.answer import write_record
-    from ..ablation.looks import ablate, check_look, check_record, look_mapping, say
+    from ..ablation.looks import ablate, check_look, check_record, distributed, look_mapping, main_rank, say
 
     req = build_request(args)
+    if distributed() and args.workers != "1":
+        raise ConfigError("--workers starts worker processes; under accelerate launch every rank runs each trial, so "
+                          "drop --workers")
     check_look(look_mapping(req, 1, req.design.rows, list(range(req.rule.looks()[0]))))  # before anything is written
     check_record(req)
-    write_record(req, None, None, {})
+    record = write_record if main_rank() else (lambda *a: None)
+    record(req, None, None, {})
     looks = req.rule.looks()
     seeds = f"seeds added at looks of {', '.join(map(str, looks))}" if len(looks) > 1 else f"{looks[0]} seeds"
-    say(f"{req.study}: {req.design.kind} of {', '.join(req.design.tricks)} ({len(req.design.rows)} rows, "
-        f"{len(req.design.contrasts)} comparisons, {seeds}) in {req.dir}")
-    code, state, _res, _compute = ablate(req, write_record)
-    if code != 0 or state is None:
+    if main_rank():
+        say(f"{req.study}: {req.design.kind} of {', '.join(req.design.tricks)} ({len(req.design.rows)} rows, "
+            f"{len(req.design.contrasts)} comparisons, {seeds}) in {req.dir}")
+    code, state, _res, _compute = ablate(req, record)
+    if distributed():
+        _end_launch(code)
+    if code != 0 or state is None or not main_rank():
         return code
     print((req.dir / "ablation.md").read_text(), end="")
     print(f"trickbox ablate: answer: {req.dir / 'ablation.md'}, {req.dir / 'report.html'}, {req.dir / 'forest.png'}")

@@ -160,13 +160,15 @@ def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index
         coordinator.close()
 
 
-def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, deadline: float | None) -> int:
-    """``accelerate launch train.py --sweep SPEC``: this process is one rank of every trial."""
+def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, deadline: float | None,
+                    end: bool = True) -> int:
+    """``accelerate launch train.py --sweep SPEC``: this process is one rank of every trial. ``end=False``: another
+    study follows in this launch (an ablation's next look), so the process group stays up."""
     accelerator = make_sweep_accelerator(spec, distributed=True)
     channel = Channel(accelerator, spec.options.distributed.failure_wait)
     code = run_ranks(spec, target, study_dir, accelerator=accelerator, channel=channel, worker=f"rank{channel.rank}",
                      worker_index=0, deadline=deadline, wait_for_others=False, progress=True)
-    if code == 0:
+    if code == 0 and end:
         accelerator.end_training()
     elif channel.rank == 0:
         print("trickbox sweep: the launch stops because a rank failed mid-trial; run the same command again to "
