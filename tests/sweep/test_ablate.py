@@ -250,3 +250,14 @@ def test_an_ablation_under_accelerate_launch_trains_each_run_on_both_ranks(tmp_p
         assert ranks[0]["params"] == ranks[1]["params"] == t.params
     assert proc.stdout.count("# Ablation ddp") == 1  # the answer, printed once (rank 0)
     assert (tmp_path / "sweeps_out" / "ddp" / "ablation.md").is_file()
+
+
+def test_an_in_process_ablation_gives_sigterm_back(cli, tmp_path):
+    """The looks' workers run in this process; their SIGTERM handler must not outlive them."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    r = cli("ablate", "--tricks", "label_smoothing", "--design", "single", "--seeds", "2", "--study", "sig",
+            *SMALL_RUN, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert signal.getsignal(signal.SIGTERM) is before

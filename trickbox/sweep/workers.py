@@ -57,12 +57,18 @@ class StopRequest:
     """SIGTERM between trials or while waiting for the others': ask for no new trial (call it: was it sent?)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested, self.previous = False, None
         with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "requested", True))
+            self.previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "requested", True))
 
     def __call__(self) -> bool:
         return self.requested
+
+    def close(self) -> None:
+        """Give SIGTERM back to whoever had it (a process that goes on after the trials: an ablation's next look)."""
+        if self.previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self.previous)
 
 
 # -- in a worker / on every rank -------------------------------------------------------------
@@ -142,6 +148,7 @@ def run_ranks(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, accele
             return follow_trials(runner, channel)
         return run_trials(coordinator, runner, stopping=stop, channel=channel)
     finally:
+        stop.close()
         if coordinator is not None:
             coordinator.close()
 
@@ -154,9 +161,11 @@ def run_worker(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, index
         return run_ranks(spec, target, study_dir, accelerator=accelerator, channel=Channel(), worker=f"w{index}",
                          worker_index=index, deadline=deadline, wait_for_others=True, progress=progress)
     coordinator = Coordinator(spec, target, study_dir, worker=f"w{index}", worker_index=index, deadline=deadline)
+    stop = StopRequest()
     try:
-        return run_trials(coordinator, ScriptRunner(spec, script, launch, coordinator), stopping=StopRequest())
+        return run_trials(coordinator, ScriptRunner(spec, script, launch, coordinator), stopping=stop)
     finally:
+        stop.close()
         coordinator.close()
 
 
@@ -237,8 +246,9 @@ class _Workers:
         def on_term(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt  # stop the workers (they checkpoint; their trials are retried later), then leave
 
+        previous = None
         with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, on_term)
+            previous = signal.signal(signal.SIGTERM, on_term)
         from tqdm.auto import tqdm
 
         done, code, spec = [False] * len(self.procs), 0, self.coordinator.spec
@@ -273,6 +283,9 @@ class _Workers:
             code = 130
         finally:
             bar.close()
+            if previous is not None:
+                with contextlib.suppress(ValueError):
+                    signal.signal(signal.SIGTERM, previous)
         return code
 
     def restart(self, i: int, rc: int) -> bool:
