@@ -249,6 +249,7 @@ def test_an_ablation_under_accelerate_launch_trains_each_run_on_both_ranks(tmp_p
                  for r in (0, 1)]
         assert ranks[0]["params"] == ranks[1]["params"] == t.params
     assert proc.stdout.count("# Ablation ddp") == 1  # the answer, printed once (rank 0)
+    assert "failed mid-trial" not in proc.stderr and "terminate called" not in proc.stderr
     assert (tmp_path / "sweeps_out" / "ddp" / "ablation.md").is_file()
 
 

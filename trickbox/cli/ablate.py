@@ -138,6 +138,9 @@ def _end_launch(code: int) -> None:
         state = PartialState()
         state.wait_for_everyone()  # rank 0 writes the answer first; no rank leaves while another still reads
         state.destroy_process_group()  # what Accelerator.end_training does (the trials' trackers are finished)
+        import gc
+
+        gc.collect()  # gloo work still referenced from Python must not die at interpreter shutdown (SIGABRT)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

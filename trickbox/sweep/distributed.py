@@ -12,6 +12,7 @@ need the whole plan once and one decision per epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import timedelta
@@ -39,6 +40,15 @@ class Channel:
         # A side group with a short timeout: the failure exchange must not wait for the main group's.
         self.ctl = (dist.new_group(backend="gloo", timeout=timedelta(seconds=failure_wait)) if self.world_size > 1
                     else None)
+
+    def close(self) -> None:
+        """End the side group (every rank, after the study's last trial); the main group is the accelerator's."""
+        import torch.distributed as dist
+
+        if self.ctl is not None and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group(self.ctl)
+        self.ctl = None
 
     def broadcast(self, obj: Any) -> Any:
         from accelerate.utils import broadcast_object_list

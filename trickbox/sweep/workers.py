@@ -9,6 +9,7 @@ spec's ``train_first`` run once, then runs :func:`trickbox.sweep.trials.run_tria
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -177,8 +178,11 @@ def run_distributed(spec: SweepSpec, target: StorageTarget, study_dir: Path, *, 
     channel = Channel(accelerator, spec.options.distributed.failure_wait)
     code = run_ranks(spec, target, study_dir, accelerator=accelerator, channel=channel, worker=f"rank{channel.rank}",
                      worker_index=0, deadline=deadline, wait_for_others=False, progress=True)
-    if code == 0 and end:
-        accelerator.end_training()
+    if code == 0:
+        channel.close()  # its side group first, then (last look only) the main group, while Python is whole
+        if end:
+            accelerator.end_training()
+            gc.collect()  # gloo work still referenced from Python must not die at interpreter shutdown (SIGABRT)
     elif channel.rank == 0:
         print("trickbox sweep: the launch stops because a rank failed mid-trial; run the same command again to "
               "continue the study", file=sys.stderr, flush=True)
