@@ -144,15 +144,17 @@ def table(args: argparse.Namespace, loaders: dict[str, float], small: dict[str, 
     return "\n".join(lines)
 
 
-def write_block(path: Path, body: str) -> None:
-    """Replace the text between ``<!-- streaming -->`` and ``<!-- /streaming -->`` in ``path`` (appended if absent)."""
-    start, end = f"<!-- {BLOCK} -->", f"<!-- /{BLOCK} -->"
+def write_block(path: Path, body: str, block: str = BLOCK,
+                title: str = "Streaming (ImageNet-shaped data, CPU)") -> None:
+    """Replace the text between ``<!-- block -->`` and ``<!-- /block -->`` in ``path`` (appended under ``## title``
+    if absent)."""
+    start, end = f"<!-- {block} -->", f"<!-- /{block} -->"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{start}\n{body}\n{end}"
+    marked = f"{start}\n{body}\n{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+        text = text[: text.index(start)] + marked + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip() + f"\n\n## Streaming (ImageNet-shaped data, CPU)\n\n{block}\n"
+        text = text.rstrip() + f"\n\n## {title}\n\n{marked}\n"
     path.write_text(text, encoding="utf-8")
 
 

@@ -104,6 +104,17 @@ def imagenet_like(tmp_path_factory, cifar_zip) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def photo_like(tmp_path_factory) -> Path:
+    """ImageNet-shaped JPEGs cut from real photographs (benchmarks/make_photo_like.py): 1,000 train + 40 val images,
+    10 classes, about 400x350 at quality 90."""
+    spec = importlib.util.spec_from_file_location("make_photo_like", REPO / "benchmarks" / "make_photo_like.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_photo_like(tmp_path_factory.mktemp("data") / "photo_like", train=1000, val=40, progress=False)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """End-to-end (``slow``) tests first: with one pytest-xdist worker per core the long runs start early and the
     many short tests fill the gaps, instead of one long test running alone at the end."""

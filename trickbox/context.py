@@ -57,6 +57,9 @@ class RunContext:
     draw_lr: bool = True
     """Whether the loop draws the schedule's LR curve (``lr_curve.png``, W&B ``lr_curve``) before training; a
     trick's setup may switch it off (``tricks.sgdr.plot=false``)."""
+    image_sizes: dict[int, int] = field(default_factory=dict)
+    """The training images' side per 0-based epoch when a trick changes it (``progressive_resize``, in its setup);
+    drawn under the LR curve."""
     train_data: Any = None
     """The training set (``trickbox.data.DatasetArrays``) when the loop has one; ``None`` in a user's loop."""
     train_loader: Any = None

@@ -24,10 +24,12 @@ class LearningRate:
         """The driver of ``schedule`` (what ``trickbox_lr_schedule`` returned), its curve drawn before training: the
         schedule as composed (a ``warmup`` around any schedule trick), into ``lr_curve.png`` and the trackers."""
         rate = cls(schedule, ctx.base_lr)
-        if schedule is not None and ctx.draw_lr and ctx.is_main and ctx.run_dir is not None:
+        sizes = getattr(ctx, "image_sizes", None) or None
+        if (schedule is not None or sizes) and ctx.draw_lr and ctx.is_main and ctx.run_dir is not None:
             from .plots import plot_lr_curve
 
-            path = plot_lr_curve(schedule, ctx.total_steps, ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png")
+            path = plot_lr_curve(schedule, ctx.total_steps, ctx.steps_per_epoch, ctx.run_dir / "lr_curve.png",
+                                 sizes=sizes)
             ctx.log_images({"lr_curve": [path]}, step=0)
         return rate
 

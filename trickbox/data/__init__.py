@@ -13,7 +13,8 @@ module             what it holds
 ``memory``         the memory path: batched pad and resized crops on the device, evaluation views
 ``sources``        the memory path's sources: digits, CIFAR, class folders decoded once and cached
 ``arrays``         :class:`DatasetArrays`, the decoded splits, and their statistics
-``streaming``      what the stream path shares: transforms, worker records, unreadable images, worker settings
+``streaming``      what the stream path shares: transforms (each epoch's size), worker records, unreadable images
+``decoding``       the stream path's JPEGs decoded at the reduction their crop needs (``data.fast_decode``)
 ``folders``        class folders on the stream path
 ``shards``         WebDataset shards on the stream path
 =================  ==========================================================================================

@@ -104,6 +104,10 @@ class DataConfig:
     """timm's colour jitter strength (``--color-jitter``: brightness, contrast and saturation by up to this factor),
     per image in the stream path's workers (like ``auto_augment``, so ``data.loader=auto`` streams); 0: off. timm
     skips it when ``auto_augment`` is set."""
+    fast_decode: bool = True
+    """stream path, resized crop: decode each JPEG at the largest 1/2, 1/4 or 1/8 reduction its crop (or evaluation
+    resize) still has enough pixels at, after drawing timm's box on the full size (``trickbox.data.decoding``);
+    false: decode every image whole."""
     mean: list[float] | None = None
     """Normalisation mean per channel in [0, 1] units; None: the training split's with the pad crop, ImageNet's with
     the resized crop (on either path)."""

@@ -19,7 +19,17 @@ from .config import DataConfig
 from .loaders import LoaderOptions, RunData
 from .memory import KNN_SIZE
 from .splits import PlannedSplit, epoch_length, epoch_order
-from .streaming import BadImages, Item, OnDevice, Transform, loader_options, read_image, seed_sample, streamed_stats
+from .streaming import (
+    BadImages,
+    Item,
+    OnDevice,
+    TrainTransform,
+    Transform,
+    loader_options,
+    read_image,
+    seed_sample,
+    streamed_stats,
+)
 
 KNN_LIMIT_BYTES = 4 << 30
 """The largest float32 copy of the thumbnails the exact KNN pass may hold (N x 3 x 32 x 32 x 4 bytes)."""
@@ -35,10 +45,14 @@ class FolderImages(Dataset[Item]):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def transform_at(self, epoch: int) -> Transform:
+        """The transform of ``epoch``: its own size under ``progressive_resize`` (:class:`TrainTransform`)."""
+        return self.transform.for_epoch(epoch) if isinstance(self.transform, TrainTransform) else self.transform
+
     def __getitem__(self, key: tuple[int, ...]) -> Item:
         epoch, i, *position = key  # a repeated image's copies are told apart by their place in the epoch
         seed_sample(self.seed, self.stream, epoch, i, *position)
-        image, bad = read_image(self.paths[i], self.transform)
+        image, bad = read_image(self.paths[i], self.transform_at(epoch))
         return Item(image, self.labels[i], i, bad)
 
 
@@ -83,6 +97,21 @@ class FolderTrainLoader:
     def __len__(self) -> int:
         return math.ceil(self.sampler.per_rank / self.batch_size)
 
+    @property
+    def image_size(self) -> int:
+        """The training images' side at full size."""
+        tf = self.images.transform
+        return tf.image_size if isinstance(tf, TrainTransform) else int(self.cfg.image_size or 0)
+
+    def set_sizes(self, sizes: dict[int, int]) -> None:
+        """The training images' side per 0-based epoch (``progressive_resize``), before the first epoch: the
+        persistent workers take the sizes with them when they start."""
+        if not isinstance(self.images.transform, TrainTransform):
+            raise DataError("this folder loader was built with a fixed transform; it cannot change the image size")
+        if getattr(self._device.loader, "_iterator", None) is not None:
+            raise DataError("set the training sizes before the first epoch (the loader's workers have started)")
+        self.images.transform.sizes = dict(sizes)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -96,7 +125,7 @@ class FolderTrainLoader:
         out = []
         for i in indices.tolist():
             seed_sample(self.seed, "fetch", self.epoch, self.rank, epoch_step, i)
-            image, bad = read_image(self.images.paths[i], self.images.transform)
+            image, bad = read_image(self.images.paths[i], self.images.transform_at(self.epoch))
             if image is None:
                 raise DataError(f"data: a mixup partner cannot be read: {bad}; fix or remove the file")
             out.append(torch.as_tensor(image))

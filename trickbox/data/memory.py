@@ -177,11 +177,23 @@ class InMemoryLoader:
         self.view = eval_view(self.x, size=size, crop_pct=crop_pct) if crop == "resized" and not augment else self.x  # type: ignore[arg-type]
         self.shuffle, self.drop_last, self.seed, self.rank, self.world_size = shuffle, drop_last, seed, rank, world_size
         self.epoch, self.repeats = 0, repeats
+        self.sizes: dict[int, int] = {}
+        """The training images' side per 0-based epoch (``progressive_resize``); other epochs keep full size."""
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (equal on all ranks): of its ``ceil(N / world_size)`` samples."""
         samples = epoch_length(len(self.x), self.world_size, self.repeats)
         return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+
+    @property
+    def image_size(self) -> int:
+        """The training images' side at full size (the resized crop's ``size``, else the images' own)."""
+        return int(self.size if self.crop == "resized" and self.size else self.view.shape[-1])
+
+    def set_sizes(self, sizes: dict[int, int]) -> None:
+        """The training images' side per 0-based epoch: the resized crop samples at that size, the pad crop's
+        batches are resized on the device after cropping."""
+        self.sizes = dict(sizes)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation and augmentations the next iteration yields."""
@@ -220,13 +232,19 @@ class InMemoryLoader:
                                                                              epoch_step))
 
     def _images(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        size = self.sizes.get(self.epoch)
         if not self.augment:
             xb: Tensor = self.view[idx]
         elif self.crop == "resized":
-            xb = resized_crop_batch(self.x[idx], size=self.size, scale=self.scale, ratio=self.ratio,  # type: ignore[arg-type]
-                                    flip=self.flip, gen=gen)
+            xb = resized_crop_batch(self.x[idx], size=size or self.size, scale=self.scale,  # type: ignore[arg-type]
+                                    ratio=self.ratio, flip=self.flip, gen=gen)
+            size = None
         else:
             xb = augment_batch(self.x[idx], crop_padding=self.crop_padding, flip=self.flip, gen=gen)
+        if size:
+            from ..functional.resize import resize_batch
+
+            xb = resize_batch(xb, size)
         return (xb.to(torch.float32) - self._m) / self._s
 
 

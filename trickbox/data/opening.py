@@ -26,7 +26,7 @@ from .loaders import LoaderOptions, RunData
 from .memory import eval_images, memory_run_data
 from .sources import load_dataset
 from .splits import PlannedSplit, plan_folders
-from .streaming import mean_std, transforms
+from .streaming import TrainTransform, mean_std, transforms
 
 NATIVE = {"digits": (8, 8), "cifar10": (32, 32), "cifar100": (32, 32)}
 
@@ -134,7 +134,8 @@ def _stream_run_data(choice: Choice, options: LoaderOptions) -> RunData:
     planned = None if layout.kind == "wds" else plan_folders(layout, cfg)
     measured = cfg.crop == "pad" and not (cfg.mean and cfg.std)
     cfg = _normalised(cfg, *(_stream_stats(cfg, layout, planned, choice.native) if measured else ((), ())))
-    train_tf, eval_tf = transforms(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
+    _, eval_tf = transforms(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
+    train_tf = TrainTransform(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
     if planned is None:
         return shard_run_data(layout, cfg, train_tf, eval_tf, options, choice.reason)
     return folder_run_data(planned, layout.classes, cfg, train_tf, eval_tf, options, choice.reason)

@@ -25,7 +25,17 @@ from ..seeding import derive_seed, generator
 from .config import DataConfig
 from .layout import SHARD_IMAGE_KEYS, Layout, ShardSplit
 from .loaders import LoaderOptions, RunData
-from .streaming import BadImages, Item, OnDevice, Transform, default_workers, loader_options, read_image, streamed_stats
+from .streaming import (
+    BadImages,
+    Item,
+    OnDevice,
+    TrainTransform,
+    Transform,
+    default_workers,
+    loader_options,
+    read_image,
+    streamed_stats,
+)
 
 NO_RANDOM_ACCESS = ("tar shards have no random access, so tricks.mixup.pairing=knn cannot fetch partners; "
                     "use pairing=random, or class folders (data.name=imagefolder)")
@@ -59,7 +69,7 @@ class ShardTrainLoader:
                                           seed=derive_seed(options.seed, "shards") % (1 << 31))
         finally:
             quiet.setLevel(level)
-        self.dataset.transform = transform
+        self.dataset.transform, self.transform = transform, transform
         self.dataset.set_loader_cfg(num_workers=default_workers(cfg))
         self.labels = torch.tensor(split.labels, dtype=torch.int64, device=options.device)
         self.bad = BadImages(cfg.max_bad_fraction, split.num_samples, "train")
@@ -68,9 +78,23 @@ class ShardTrainLoader:
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size
 
+    @property
+    def image_size(self) -> int:
+        """The training images' side at full size."""
+        tf = self.transform
+        return tf.image_size if isinstance(tf, TrainTransform) else int(self.cfg.image_size or 0)
+
+    def set_sizes(self, sizes: dict[int, int]) -> None:
+        """The training images' side per 0-based epoch (``progressive_resize``); workers start afresh each epoch."""
+        if not isinstance(self.transform, TrainTransform):
+            raise DataError("this shard loader was built with a fixed transform; it cannot change the image size")
+        self.transform.sizes = dict(sizes)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
+        if isinstance(self.transform, TrainTransform):
+            self.dataset.transform = self.transform.for_epoch(epoch)
 
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size,

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,21 +37,24 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
-               native: tuple[int, int] | None = None) -> tuple[Transform, Transform]:
+               native: tuple[int, int] | None = None, train_size: int | None = None) -> tuple[Transform, Transform]:
     """``(train, eval)`` transforms of settled config ``cfg`` (``DataConfig.resolved``), ending in uint8 CHW arrays.
     The resized crop is timm's ``create_transform``; the pad crop replaces only its first stage (the crop and flip)
-    and keeps timm's augmentation strings and output stage. ``native``: the images' size when they share one."""
+    and keeps timm's augmentation strings and output stage. ``native``: the images' size when they share one.
+    ``train_size``: the training images' side instead (``progressive_resize``): the resized crop's output, or a
+    resize after the pad crop; evaluation keeps ``image_size``."""
     from timm.data import create_transform
     from torchvision import transforms as T
 
     h, w = (cfg.image_size, cfg.image_size) if cfg.image_size else native or (0, 0)  # resized: image_size is set
+    th, tw = (train_size, train_size) if train_size else (h, w)
     common: dict[str, Any] = dict(input_size=(3, h, w), interpolation=cfg.interpolation, mean=tuple(mean),
                                   std=tuple(std), crop_pct=cfg.crop_pct, use_prefetcher=True)
     try:
         primary, secondary, final = create_transform(
             is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=0.5 if cfg.flip else 0.0,
             color_jitter=cfg.color_jitter, separate=True, auto_augment=cfg.auto_augment if cfg.augment else None,
-            **common)
+            **{**common, "input_size": (3, th, tw)})
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         raise DataError(f"data.auto_augment={cfg.auto_augment!r} is not a timm augmentation string "
                         f"({e or type(e).__name__}); use e.g. rand-m9-mstd0.5, augmix-m5-w3 or original") from None
@@ -58,11 +62,52 @@ def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
         mode = T.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
         resize: list[Any] = [T.Resize((h, w), interpolation=mode)] if cfg.image_size else []
         flip = [T.RandomHorizontalFlip(0.5)] if cfg.flip else []
-        primary = T.Compose([*resize, T.RandomCrop((h, w), padding=cfg.crop_padding or 0), *flip])
+        smaller = [T.Resize((th, tw), interpolation=mode)] if (th, tw) != (h, w) else []
+        primary = T.Compose([*resize, T.RandomCrop((h, w), padding=cfg.crop_padding or 0), *flip, *smaller])
         evaluation: Transform = T.Compose([*resize, final])
+        plain: Transform = T.Compose([*resize, *smaller, final])
     else:
         evaluation = create_transform(is_training=False, **common)
-    return (T.Compose([primary, secondary, final]) if cfg.augment else evaluation), evaluation
+        plain = evaluation if (th, tw) == (h, w) else create_transform(is_training=False,
+                                                                        **{**common, "input_size": (3, th, tw)})
+        if cfg.fast_decode:  # the crop's box first, then only the pixels it needs (trickbox.data.decoding)
+            from .decoding import EncodedCompose, FastEvalDecode, FastResizedCrop
+
+            primary = EncodedCompose(FastResizedCrop(primary.transforms[0]), T.Compose(primary.transforms[1:]))
+            evaluation, plain = (EncodedCompose(FastEvalDecode(t.transforms[0]), T.Compose(t.transforms[1:]))
+                                 for t in (evaluation, plain))
+            if cfg.augment:
+                return EncodedCompose(primary, T.Compose([secondary, final])), evaluation
+    return (T.Compose([primary, secondary, final]) if cfg.augment else plain), evaluation
+
+
+class TrainTransform:
+    """The training transform at ``data.image_size``, and at the size of each epoch that ``progressive_resize``
+    set in :attr:`sizes` (0-based epoch → side). Workers get a copy when they start, so the sizes are set before
+    the first epoch; each size's transform is built once per process."""
+
+    def __init__(self, cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
+                 native: tuple[int, int] | None = None) -> None:
+        self.cfg, self.mean, self.std, self.native = cfg, tuple(mean), tuple(std), native
+        self.sizes: dict[int, int] = {}
+        self._built: dict[int | None, Transform] = {None: transforms(cfg, mean, std, native)[0]}
+
+    @property
+    def image_size(self) -> int:
+        """The side of the training images at full size."""
+        return int(self.cfg.image_size or (self.native or (0, 0))[0])
+
+    def at(self, size: int | None) -> Transform:
+        key = None if size in (None, self.image_size) else size
+        if key not in self._built:
+            self._built[key] = transforms(self.cfg, self.mean, self.std, self.native, train_size=key)[0]
+        return self._built[key]
+
+    def for_epoch(self, epoch: int) -> Transform:
+        return self.at(self.sizes.get(epoch))
+
+    def __call__(self, img: Image.Image) -> Any:
+        return self._built[None](img)
 
 
 def seed_sample(*parts: int | str) -> None:
@@ -92,6 +137,12 @@ def read_image(name: str, transform: Transform, data: bytes | None = None) -> tu
     """``(transformed image, "")``, or ``(None, "name: why")`` when file ``name`` (or its bytes ``data``, e.g. a
     shard's member) cannot be read as an image."""
     try:
+        if getattr(transform, "takes_encoded", False):  # decodes only what its crop needs
+            from .decoding import Encoded
+
+            raw = data if data is not None else Path(name).read_bytes()
+            with Image.open(io.BytesIO(raw)) as img:
+                return transform(Encoded(img, raw)), ""
         with Image.open(name if data is None else io.BytesIO(data)) as img:
             return transform(img.convert("RGB")), ""
     except READ_ERRORS as e:
