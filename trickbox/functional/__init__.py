@@ -3,8 +3,8 @@
 One topic per module: :mod:`.schedule` (SGDR), :mod:`.decay` (step, multistep, poly, warmup),
 :mod:`.targets` (one-hot, label smoothing, soft cross-entropy), :mod:`.distillation`, :mod:`.mixup` (mixup and
 its ablation variants), :mod:`.noise`, :mod:`.stages` (timm feature stages),
-:mod:`.ema` (model EMA), :mod:`.init` (zero-γ) and :mod:`.optim` (linear
-scaling, no bias decay).
+:mod:`.ema` (model EMA), :mod:`.init` (zero-γ), :mod:`.optim` (linear
+scaling, no bias decay) and :mod:`.resize` (progressive resizing).
 """
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ from .mixup import (
 )
 from .noise import gaussian_noise
 from .optim import is_no_decay, linear_scaled_lr, split_no_decay
+from .resize import progressive_size, resize_batch, size_ladder
 from .schedule import lr_curve, sgdr_cycle, sgdr_lr, sgdr_restarts
 from .stages import feature_stages
 from .targets import one_hot, smooth_targets, soft_cross_entropy
 
 __all__ = [
+    "progressive_size",
+    "resize_batch",
+    "size_ladder",
     "sgdr_cycle",
     "sgdr_lr",
     "sgdr_restarts",
