@@ -481,7 +481,8 @@ def _show_progress(run: Run, parts: LossParts, epoch: int) -> None:
     if run.progress is None:
         return
     run.progress.update(1)
-    shown = {"epoch": f"{epoch + 1}/{run.cfg.train.epochs}", "lr": f"{run.tricks.lr():.3g}"}
+    step = max(run.ctx.step - 1, 0)  # the rate of the step just taken (after the last one a restart would show)
+    shown = {"epoch": f"{epoch + 1}/{run.cfg.train.epochs}", "lr": f"{run.tricks.lr(step):.3g}"}
     if not run.tricks.guard.deferred and run.ctx.step % run.cfg.train.log_every == 0:
         shown["loss"] = f"{float(parts.total.detach()):.3f}"
     run.progress.set_postfix(shown, refresh=False)

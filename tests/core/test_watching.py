@@ -64,12 +64,12 @@ def test_the_bar_shows_a_1_based_epoch_and_the_current_rate():
 
     from trickbox.loop import _show_progress
 
-    rates = iter([0.1, 0.05])
+    rates = {0: 0.1, 1: 0.05, 2: 0.1}  # a restart at step 2, after the run's last step
     run = SimpleNamespace(progress=_Bar(), cfg=SimpleNamespace(train=SimpleNamespace(epochs=3, log_every=10)),
                           ctx=SimpleNamespace(step=1),
-                          tricks=SimpleNamespace(lr=lambda: next(rates), guard=SimpleNamespace(deferred=True)))
+                          tricks=SimpleNamespace(lr=lambda step: rates[step], guard=SimpleNamespace(deferred=True)))
     _show_progress(run, None, 0)  # type: ignore[arg-type]
     assert run.progress.shown == {"epoch": "1/3", "lr": "0.1"}
-    run.ctx.step = 2  # not a log_every step: the rate is still current
+    run.ctx.step = 2  # not a log_every step: the rate is still current (the one step 1 used, not step 2's restart)
     _show_progress(run, None, 0)  # type: ignore[arg-type]
     assert run.progress.shown["lr"] == "0.05"
