@@ -26,6 +26,11 @@ def on_every_rank(exc: BaseException) -> BaseException:
     return exc
 
 
+def first_line(e: BaseException) -> str:
+    """What an exception says, in one line (its type when it says nothing)."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def warn(message: str) -> None:
     """One line on stderr, ``trickbox: warning: …``, whatever the message holds (a file name with a newline is shown
     with its escapes): Python's warning format takes two lines and names trickbox's source instead of the problem."""

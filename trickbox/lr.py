@@ -24,7 +24,7 @@ class LearningRate:
         """The driver of ``schedule`` (what ``trickbox_lr_schedule`` returned), its curve drawn before training: the
         schedule as composed (a ``warmup`` around any schedule trick), into ``lr_curve.png`` and the trackers."""
         rate = cls(schedule, ctx.base_lr)
-        sizes = getattr(ctx, "image_sizes", None) or None
+        sizes = ctx.image_sizes or None
         if (schedule is not None or sizes) and ctx.draw_lr and ctx.is_main and ctx.run_dir is not None:
             from .plots import plot_lr_curve
 

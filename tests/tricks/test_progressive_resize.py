@@ -3,6 +3,7 @@
 size the model cannot take."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,9 +138,8 @@ def test_a_resumed_progressive_run_equals_the_uninterrupted_one(imagenet_like, t
     second = _run(tmp_path, "parts", root, resume=True)
     assert second.steps == whole.steps
     assert_same_weights(whole.run_dir, second.run_dir)
-    logged = [line for line in (whole.run_dir / "metrics.jsonl").read_text().splitlines() if "train/image_size" in line]
-    assert [int(float(line.split('"train/image_size": ')[1].split(",")[0].rstrip("}"))) for line in logged] == \
-        [16, 24, 32]
+    rows = [json.loads(line) for line in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["train/image_size"] for row in rows if "train/image_size" in row] == [16, 24, 32]
 
 
 def test_a_size_the_model_cannot_take_is_one_line(cli, tmp_path, imagenet_like):

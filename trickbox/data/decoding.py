@@ -72,6 +72,17 @@ def decode(source: Encoded | Image.Image, r: int) -> Image.Image:
     return img.convert("RGB")
 
 
+def from_reduced(img: Image.Image, width: int, box: tuple[float, float, float, float], out: tuple[int, int],
+                 interpolation: Any) -> Image.Image:
+    """``box`` of the full ``width``-wide image, resampled to ``out`` (w, h) from ``img``, its reduced decode (each
+    of its pixels ``r x r`` of the full image's)."""
+    from torchvision.transforms import InterpolationMode
+
+    r = round(width / img.width)
+    resample = Image.BICUBIC if interpolation == InterpolationMode.BICUBIC else Image.BILINEAR
+    return img.resize(out, resample, box=tuple(v / r for v in box))
+
+
 class FastResizedCrop:
     """timm's RandomResizedCrop (``crop``: a ``RandomResizedCropAndInterpolation``) on an :class:`Encoded` image,
     decoded at the reduction its box allows."""
@@ -80,7 +91,6 @@ class FastResizedCrop:
         self.crop = crop
 
     def __call__(self, source: Encoded | Image.Image) -> Image.Image:
-        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         crop, (width, height) = self.crop, source.size
@@ -89,13 +99,10 @@ class FastResizedCrop:
         interp = random.choice(crop.interpolation) if isinstance(crop.interpolation, (tuple, list)) \
             else crop.interpolation
         out_h, out_w = crop.size
-        r = reduction(w, h, out_w, out_h)
-        img = decode(source, r)
+        img = decode(source, reduction(w, h, out_w, out_h))
         if img.size == (width, height):
             return F.resized_crop(img, i, j, h, w, crop.size, interp)  # timm's own call
-        resample = Image.BICUBIC if interp == InterpolationMode.BICUBIC else Image.BILINEAR
-        r = round(width / img.width)  # the reduction the decoder made (each output pixel: r x r of the image's)
-        return img.resize((out_w, out_h), resample, box=(j / r, i / r, (j + w) / r, (i + h) / r))
+        return from_reduced(img, width, (j, i, j + w, i + h), (out_w, out_h), interp)
 
     def __repr__(self) -> str:
         return f"FastResizedCrop({self.crop!r})"
@@ -109,24 +116,19 @@ class FastEvalDecode:
         self.resize = resize
 
     def __call__(self, source: Encoded | Image.Image) -> Image.Image:
-        from torchvision.transforms import InterpolationMode
-
         width, height = source.size
-        size = self.resize.size if isinstance(self.resize.size, int) else list(self.resize.size)
-        if isinstance(size, list) and len(size) == 1:
+        size = self.resize.size
+        if not isinstance(size, int) and len(size) == 1:
             size = size[0]
         if isinstance(size, int):  # the shorter side to size, the longer in proportion (torchvision's rule)
             short, long = sorted((width, height))
             out = (size, int(size * long / short)) if width <= height else (int(size * long / short), size)
         else:
             out = (size[1], size[0])
-        r = reduction(width, height, *out)
-        img = decode(source, r)
+        img = decode(source, reduction(width, height, *out))
         if img.size == (width, height):
             return self.resize(img)  # torchvision's own call
-        resample = Image.BICUBIC if self.resize.interpolation == InterpolationMode.BICUBIC else Image.BILINEAR
-        r = round(width / img.width)  # the reduction the decoder made
-        return img.resize(out, resample, box=(0, 0, width / r, height / r))
+        return from_reduced(img, width, (0, 0, width, height), out, self.resize.interpolation)
 
     def __repr__(self) -> str:
         return f"FastEvalDecode({self.resize!r})"

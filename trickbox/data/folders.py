@@ -85,6 +85,8 @@ class FolderTrainLoader:
 
     def __init__(self, images: FolderImages, cfg: DataConfig, options: LoaderOptions) -> None:
         self.images, self.cfg, self.batch_size = images, cfg, options.batch_size
+        assert isinstance(images.transform, TrainTransform)
+        self.train_tf = images.transform
         self.seed, self.rank, self.epoch = options.seed, options.rank, 0
         self.labels = torch.tensor(images.labels, dtype=torch.int64, device=options.device)
         self.sampler = EpochSampler(len(images), seed=options.seed, rank=options.rank, world_size=options.world_size,
@@ -100,17 +102,14 @@ class FolderTrainLoader:
     @property
     def image_size(self) -> int:
         """The training images' side at full size."""
-        tf = self.images.transform
-        return tf.image_size if isinstance(tf, TrainTransform) else int(self.cfg.image_size or 0)
+        return self.train_tf.image_size
 
     def set_sizes(self, sizes: dict[int, int]) -> None:
         """The training images' side per 0-based epoch (``progressive_resize``), before the first epoch: the
         persistent workers take the sizes with them when they start."""
-        if not isinstance(self.images.transform, TrainTransform):
-            raise DataError("this folder loader was built with a fixed transform; it cannot change the image size")
         if getattr(self._device.loader, "_iterator", None) is not None:
             raise DataError("set the training sizes before the first epoch (the loader's workers have started)")
-        self.images.transform.sizes = dict(sizes)
+        self.train_tf.sizes = dict(sizes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -171,7 +170,7 @@ def training_stats(planned: PlannedSplit, cfg: DataConfig,
     return streamed_stats(in_order(images, cfg, LoaderOptions(64, 64, 0)))
 
 
-def folder_run_data(planned: dict[str, PlannedSplit], classes: list[str], cfg: DataConfig, train_tf: Transform,
+def folder_run_data(planned: dict[str, PlannedSplit], classes: list[str], cfg: DataConfig, train_tf: TrainTransform,
                     eval_tf: Transform, options: LoaderOptions, reason: str) -> RunData:
     """Loaders that read, decode and augment images in worker processes; this process's part of every split."""
     train = FolderTrainLoader(FolderImages(planned["train"].names, planned["train"].labels, train_tf, options.seed,

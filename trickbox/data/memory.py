@@ -232,19 +232,17 @@ class InMemoryLoader:
                                                                              epoch_step))
 
     def _images(self, idx: Tensor, gen: torch.Generator) -> Tensor:
-        size = self.sizes.get(self.epoch)
-        if not self.augment:
-            xb: Tensor = self.view[idx]
-        elif self.crop == "resized":
-            xb = resized_crop_batch(self.x[idx], size=size or self.size, scale=self.scale,  # type: ignore[arg-type]
-                                    ratio=self.ratio, flip=self.flip, gen=gen)
-            size = None
+        size = self.sizes.get(self.epoch)  # progressive_resize: the resized crop samples at it, others resize
+        if self.augment and self.crop == "resized":
+            xb: Tensor = resized_crop_batch(self.x[idx], size=size or self.size,  # type: ignore[arg-type]
+                                            scale=self.scale, ratio=self.ratio, flip=self.flip, gen=gen)
         else:
-            xb = augment_batch(self.x[idx], crop_padding=self.crop_padding, flip=self.flip, gen=gen)
-        if size:
-            from ..functional.resize import resize_batch
+            xb = augment_batch(self.x[idx], crop_padding=self.crop_padding, flip=self.flip, gen=gen) \
+                if self.augment else self.view[idx]
+            if size:
+                from ..functional.resize import resize_batch
 
-            xb = resize_batch(xb, size)
+                xb = resize_batch(xb, size)
         return (xb.to(torch.float32) - self._m) / self._s
 
 

@@ -134,11 +134,10 @@ def _stream_run_data(choice: Choice, options: LoaderOptions) -> RunData:
     planned = None if layout.kind == "wds" else plan_folders(layout, cfg)
     measured = cfg.crop == "pad" and not (cfg.mean and cfg.std)
     cfg = _normalised(cfg, *(_stream_stats(cfg, layout, planned, choice.native) if measured else ((), ())))
-    _, eval_tf = transforms(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
     train_tf = TrainTransform(cfg, cfg.mean or (), cfg.std or (), native=choice.native)
     if planned is None:
-        return shard_run_data(layout, cfg, train_tf, eval_tf, options, choice.reason)
-    return folder_run_data(planned, layout.classes, cfg, train_tf, eval_tf, options, choice.reason)
+        return shard_run_data(layout, cfg, train_tf, train_tf.evaluation, options, choice.reason)
+    return folder_run_data(planned, layout.classes, cfg, train_tf, train_tf.evaluation, options, choice.reason)
 
 
 def _stream_stats(cfg: DataConfig, layout: Layout, planned: dict[str, PlannedSplit] | None,

@@ -55,7 +55,7 @@ class _Items(IterableDataset[Item]):
 class ShardTrainLoader:
     """Training batches of tar shards (the :class:`~trickbox.data.loaders.TrainLoader` methods, no random access)."""
 
-    def __init__(self, split: ShardSplit, transform: Transform, cfg: DataConfig, options: LoaderOptions) -> None:
+    def __init__(self, split: ShardSplit, transform: TrainTransform, cfg: DataConfig, options: LoaderOptions) -> None:
         from timm.data import create_dataset
 
         self.cfg, self.batch_size, self.device, self.seed = cfg, options.batch_size, options.device, options.seed
@@ -81,20 +81,16 @@ class ShardTrainLoader:
     @property
     def image_size(self) -> int:
         """The training images' side at full size."""
-        tf = self.transform
-        return tf.image_size if isinstance(tf, TrainTransform) else int(self.cfg.image_size or 0)
+        return self.transform.image_size
 
     def set_sizes(self, sizes: dict[int, int]) -> None:
         """The training images' side per 0-based epoch (``progressive_resize``); workers start afresh each epoch."""
-        if not isinstance(self.transform, TrainTransform):
-            raise DataError("this shard loader was built with a fixed transform; it cannot change the image size")
         self.transform.sizes = dict(sizes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
-        if isinstance(self.transform, TrainTransform):
-            self.dataset.transform = self.transform.for_epoch(epoch)
+        self.dataset.transform = self.transform.for_epoch(epoch)  # timm's reader decodes; the crop takes the size
 
     def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         loader = DataLoader(_Items(self.dataset), batch_size=self.batch_size,
@@ -154,8 +150,8 @@ def training_stats(split: ShardSplit, cfg: DataConfig,
     return streamed_stats(eval_loader(split, eval_tf, cfg, LoaderOptions(64, 64, 0), "train").loader)
 
 
-def shard_run_data(layout: Layout, cfg: DataConfig, train_tf: Transform, eval_tf: Transform, options: LoaderOptions,
-                   reason: str) -> RunData:
+def shard_run_data(layout: Layout, cfg: DataConfig, train_tf: TrainTransform, eval_tf: Transform,
+                   options: LoaderOptions, reason: str) -> RunData:
     """Loaders over tar shards: ``val`` shards, else the test shards stand in for validation too."""
     train, val, test = layout.train, layout.val, layout.test
     assert isinstance(train, ShardSplit) and isinstance(val, ShardSplit) and isinstance(test, ShardSplit)

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError, warn
+from ..errors import DataError, first_line, warn
 from ..seeding import generator
 from .arrays import DatasetArrays, channel_stats
 from .config import MEMORY_ONLY, SHARED_CIFAR10_ZIP, DataConfig
 from .layout import Layout, find_layout
 from .splits import add_label_noise, plan_folders, plan_splits, stratified_take
-from .streaming import READ_ERRORS, first_line, ignore_stop_signals
+from .streaming import READ_ERRORS, ignore_stop_signals
 
 PARALLEL_MIN_IMAGES = 2000
 WORKERS = 2

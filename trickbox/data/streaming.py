@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import DataError, on_every_rank, warn
+from ..errors import DataError, first_line, on_every_rank, warn
 from ..seeding import derive_seed
 from .arrays import channel_counts, histogram_stats
 from .config import DataConfig
@@ -84,13 +84,15 @@ def transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
 class TrainTransform:
     """The training transform at ``data.image_size``, and at the size of each epoch that ``progressive_resize``
     set in :attr:`sizes` (0-based epoch → side). Workers get a copy when they start, so the sizes are set before
-    the first epoch; each size's transform is built once per process."""
+    the first epoch; each size's transform is built once per process. :attr:`evaluation` is the run's evaluation
+    transform (at ``data.image_size`` whatever the training size)."""
 
     def __init__(self, cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
                  native: tuple[int, int] | None = None) -> None:
         self.cfg, self.mean, self.std, self.native = cfg, tuple(mean), tuple(std), native
         self.sizes: dict[int, int] = {}
-        self._built: dict[int | None, Transform] = {None: transforms(cfg, mean, std, native)[0]}
+        train, self.evaluation = transforms(cfg, mean, std, native)
+        self._built: dict[int | None, Transform] = {None: train}
 
     @property
     def image_size(self) -> int:
@@ -126,11 +128,6 @@ class Item:
     label: int
     index: int
     bad: str = ""
-
-
-def first_line(e: BaseException) -> str:
-    """What an exception says, in one line (its type when it says nothing)."""
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def read_image(name: str, transform: Transform, data: bytes | None = None) -> tuple[Any, str]:

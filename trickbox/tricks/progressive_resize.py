@@ -18,6 +18,7 @@ import torch
 
 from ..batch import Batch
 from ..context import RunContext
+from ..errors import first_line
 from ..functional.resize import progressive_size, resize_batch
 from ..trick import ConfigError, Param, Trick, hookimpl
 
@@ -91,9 +92,9 @@ class ProgressiveResize(Trick):
                     with torch.no_grad():
                         model(probe)
                 except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the answer
-                    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                     raise ConfigError(
-                        f"tricks.progressive_resize: the model cannot take {size}x{size} images ({why}); raise "
+                        f"tricks.progressive_resize: the model cannot take {size}x{size} images "
+                        f"({first_line(e)[:200]}); raise "
                         "tricks.progressive_resize.start, or build the model for any size (for timm ViTs "
                         "model.kwargs.dynamic_img_size=true)") from None
         finally:
